@@ -1,0 +1,391 @@
+"""Pipeline configs: YAML files in `pipelines/` turned into typed, validated objects.
+
+Every number of SPEC.md lives in a pipeline file, not in code. The YAML is
+checked once, here, against the dataclasses below: an unknown key, a value of
+the wrong type or out of range fails with one line naming the key
+(`select.clip_seconds: must be > 0, got -1`), before any work starts. Code
+downstream reads only these frozen objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    """One instrument class: the GM program it is rendered with and the source programs it takes."""
+
+    name: str
+    program: int
+    source_programs: tuple[int, int]
+
+    def check(self, key: str) -> None:
+        _require(0 <= self.program <= 127, f"{key}.program", f"must be a GM program 0..127, got {self.program}")
+        lo, hi = self.source_programs
+        _require(0 <= lo <= hi <= 127, f"{key}.source_programs", f"must be [lo, hi] within 0..127, got {[lo, hi]}")
+
+
+# Instruments a pipeline may name by name alone; others are spelled out as
+# {name, program, source_programs}. GM families: programs 8k..8k+7 (strings: 40..51).
+KNOWN_INSTRUMENTS = {
+    "piano": InstrumentConfig("piano", 0, (0, 7)),
+    "organ": InstrumentConfig("organ", 19, (16, 23)),
+    "guitar": InstrumentConfig("guitar", 24, (24, 31)),
+    "bass": InstrumentConfig("bass", 32, (32, 39)),
+    "violin": InstrumentConfig("violin", 40, (40, 51)),
+    "trumpet": InstrumentConfig("trumpet", 56, (56, 63)),
+    "saxophone": InstrumentConfig("saxophone", 65, (64, 71)),
+    "flute": InstrumentConfig("flute", 73, (72, 79)),
+}
+
+
+def _default_instruments() -> tuple[InstrumentConfig, ...]:
+    return tuple(KNOWN_INSTRUMENTS[n] for n in ("piano", "violin", "trumpet"))
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Which monophonic 8 s windows of which tracks become clips, and how they are altered."""
+
+    clip_seconds: float = 8.0
+    instruments: tuple[InstrumentConfig, ...] = field(default_factory=_default_instruments)
+    pitch_min: int = 48  # C3
+    pitch_max: int = 72  # C5
+    # A note may overlap the next onset by at most this long (s) and still count as
+    # monophonic; it is then cut at that onset (real MIDI has such legato overlaps).
+    overlap_tolerance: float = 0.05
+    # "monophonic": only windows already monophonic; "top_line": keep the highest note.
+    polyphony: Literal["monophonic", "top_line"] = "monophonic"
+    min_voiced: float = 0.4  # share of frames with a sounding note, else skipped
+    min_notes: int = 4
+    clips_per_source: int = 8  # at most this many windows per MIDI file (0: all)
+    variants: int = 1  # velocity-modulation variants per window
+    modulation_depth: float = 0.5  # d in m(t) = d + (1-d)(1/2 + 1/2 sin(2 pi f t + phi))
+    freq_min_cycles: float = 0.125  # f_min = freq_min_cycles / T  (report: 1/(8T))
+    freq_max_cycles: float = 8.0  # f_max = freq_max_cycles / T   (report: 8/T)
+    parse_timeout: float = 30.0  # seconds one MIDI file may take to parse
+    parse_memory_mb: int = 3072  # address-space cap of the parsing process
+    max_file_mb: float = 8.0  # larger MIDI files are skipped unread
+
+    def check(self, key: str) -> None:
+        _require(self.clip_seconds > 0, f"{key}.clip_seconds", f"must be > 0, got {self.clip_seconds}")
+        _require(len(self.instruments) > 0, f"{key}.instruments", "must name at least one instrument")
+        names = [i.name for i in self.instruments]
+        _require(len(set(names)) == len(names), f"{key}.instruments", f"names must be unique, got {names}")
+        for n, inst in enumerate(self.instruments):
+            inst.check(f"{key}.instruments[{n}]")
+        _require(0 <= self.pitch_min and self.pitch_min + 12 <= self.pitch_max <= 127, f"{key}.pitch_max",
+                 f"the range pitch_min..pitch_max must span at least an octave within 0..127, got {self.pitch_min}..{self.pitch_max}")
+        _require(self.overlap_tolerance >= 0, f"{key}.overlap_tolerance", f"must be >= 0, got {self.overlap_tolerance}")
+        _require(0 <= self.min_voiced <= 1, f"{key}.min_voiced", f"must be within [0, 1], got {self.min_voiced}")
+        _require(self.min_notes >= 1, f"{key}.min_notes", f"must be >= 1, got {self.min_notes}")
+        _require(self.clips_per_source >= 0, f"{key}.clips_per_source", f"must be >= 0, got {self.clips_per_source}")
+        _require(self.variants >= 1, f"{key}.variants", f"must be >= 1, got {self.variants}")
+        _require(0 <= self.modulation_depth <= 1, f"{key}.modulation_depth", f"must be within [0, 1], got {self.modulation_depth}")
+        _require(0 < self.freq_min_cycles <= self.freq_max_cycles, f"{key}.freq_max_cycles",
+                 f"need 0 < freq_min_cycles <= freq_max_cycles, got {self.freq_min_cycles}, {self.freq_max_cycles}")
+        _require(self.parse_timeout > 0, f"{key}.parse_timeout", f"must be > 0, got {self.parse_timeout}")
+        _require(self.parse_memory_mb >= 256, f"{key}.parse_memory_mb", f"must be >= 256, got {self.parse_memory_mb}")
+        _require(self.max_file_mb > 0, f"{key}.max_file_mb", f"must be > 0, got {self.max_file_mb}")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """FluidSynth settings. Gain is fixed, never per-clip normalised, so velocity keeps its meaning."""
+
+    sample_rate: int = 24000
+    soundfont: str = "generaluser-gs"  # a registry name (soundfonts/registry.yaml) or a .sf2/.sf3 path
+    gain: float = 0.5
+    reverb: bool = False
+    chorus: bool = False
+    clip_limit: float = 1.0  # samples beyond +-clip_limit are clipped and counted in the manifest
+    clips_per_shard: int = 32
+
+    def check(self, key: str) -> None:
+        _require(8000 <= self.sample_rate <= 96000, f"{key}.sample_rate", f"must be within 8000..96000, got {self.sample_rate}")
+        _require(0 < self.gain <= 10, f"{key}.gain", f"must be within (0, 10], got {self.gain}")
+        _require(self.clip_limit > 0, f"{key}.clip_limit", f"must be > 0, got {self.clip_limit}")
+        _require(self.clips_per_shard >= 1, f"{key}.clips_per_shard", f"must be >= 1, got {self.clips_per_shard}")
+        _require(bool(self.soundfont), f"{key}.soundfont", "must name a SoundFont")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A frame grid controls are computed on: frame k covers [k/rate, (k+1)/rate)."""
+
+    name: str
+    rate: float
+    frames: int
+
+    def check(self, key: str) -> None:
+        _require(self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
+        _require(self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
+
+
+def _default_grids() -> tuple[GridConfig, ...]:
+    return (GridConfig("75hz", 75.0, 600), GridConfig("240hz", 240.0, 1921))
+
+
+@dataclass(frozen=True)
+class ControlsConfig:
+    grids: tuple[GridConfig, ...] = field(default_factory=_default_grids)
+    bpm_max: float = 300.0  # bpm control = local BPM / bpm_max, clipped to [0, 1]
+
+    def check(self, key: str) -> None:
+        _require(len(self.grids) > 0, f"{key}.grids", "must list at least one grid")
+        names = [g.name for g in self.grids]
+        _require(len(set(names)) == len(names), f"{key}.grids", f"names must be unique, got {names}")
+        for n, g in enumerate(self.grids):
+            g.check(f"{key}.grids[{n}]")
+        _require(self.bpm_max > 0, f"{key}.bpm_max", f"must be > 0, got {self.bpm_max}")
+
+    def grid(self, name: str) -> GridConfig:
+        for g in self.grids:
+            if g.name == name:
+                return g
+        raise ConfigError(f"controls.grids: no grid named {name!r} (have {[g.name for g in self.grids]})")
+
+
+@dataclass(frozen=True)
+class CqtConfig:
+    fmin: float = 130.81
+    bins_per_octave: int = 36
+    n_bins: int = 216
+    hop_length: int = 100
+
+    def check(self, key: str) -> None:
+        _require(self.fmin > 0, f"{key}.fmin", f"must be > 0, got {self.fmin}")
+        _require(self.bins_per_octave >= 1, f"{key}.bins_per_octave", f"must be >= 1, got {self.bins_per_octave}")
+        _require(self.n_bins >= 1, f"{key}.n_bins", f"must be >= 1, got {self.n_bins}")
+        _require(self.hop_length >= 1, f"{key}.hop_length", f"must be >= 1, got {self.hop_length}")
+
+
+@dataclass(frozen=True)
+class EncodecConfig:
+    bandwidth: float = 12.0  # kbps; 12 -> 16 codebooks
+    checkpoint: str | None = None  # a path; default: torch hub's cache
+
+    def check(self, key: str) -> None:
+        _require(self.bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0), f"{key}.bandwidth",
+                 f"must be one of 1.5, 3, 6, 12, 24 kbps, got {self.bandwidth}")
+
+
+FORMATS = ("audio", "cqt", "encodec", "disc")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    formats: tuple[str, ...] = ("cqt", "encodec", "disc")
+    device: str = "auto"
+    batch_size: int = 0  # 0: chosen per device
+    # EnCodec weights: "pretrained" (torch hub cache or encodec.checkpoint; stop if absent),
+    # "random" (same architecture untrained: tests, benchmarks), "auto" (pretrained if present).
+    weights: Literal["pretrained", "random", "auto"] = "pretrained"
+    cqt: CqtConfig = field(default_factory=CqtConfig)
+    encodec: EncodecConfig = field(default_factory=EncodecConfig)
+
+    def check(self, key: str) -> None:
+        _check_formats(self.formats, f"{key}.formats")
+        _require(self.batch_size >= 0, f"{key}.batch_size", f"must be >= 0, got {self.batch_size}")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{key}.device",
+                 f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.cqt.check(f"{key}.cqt")
+        self.encodec.check(f"{key}.encodec")
+
+
+def _default_control_grids() -> dict[str, str]:
+    return {"audio": "240hz", "cqt": "240hz", "encodec": "75hz", "disc": "75hz"}
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    formats: tuple[str, ...] = ("audio", "cqt", "encodec", "disc")
+    valid_share: float = 0.2
+    shard_mb: float = 150.0
+    # which control grid is stored beside each format
+    control_grids: dict[str, str] = field(default_factory=_default_control_grids)
+
+    def check(self, key: str) -> None:
+        _check_formats(self.formats, f"{key}.formats")
+        _require(0 <= self.valid_share < 1, f"{key}.valid_share", f"must be within [0, 1), got {self.valid_share}")
+        _require(self.shard_mb > 0, f"{key}.shard_mb", f"must be > 0, got {self.shard_mb}")
+        for fmt in self.formats:
+            _require(fmt in self.control_grids, f"{key}.control_grids", f"names no grid for format {fmt!r}")
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    jobs: int = 2
+    scheduler: str | None = None  # None: local dask cluster; "sync": in-process; "tcp://host:port"
+    threads_per_job: int = 0  # torch threads per worker; 0: cores // jobs
+
+    def check(self, key: str) -> None:
+        _require(self.jobs >= 1, f"{key}.jobs", f"must be >= 1, got {self.jobs}")
+        _require(self.threads_per_job >= 0, f"{key}.threads_per_job", f"must be >= 0, got {self.threads_per_job}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "pvt"
+    # A folder of MIDI files or a selection manifest (.jsonl); in a pipeline file,
+    # relative to that file's folder.
+    midi: str = ""
+    seed: int = 0
+    limit: int = 0  # at most this many source MIDI files (0: all)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    exec: ExecConfig = field(default_factory=ExecConfig)
+
+    def check(self, key: str = "") -> None:
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.check(f.name)
+        for fmt, grid in self.shard.control_grids.items():
+            self.controls.grid(grid)  # raises naming the missing grid
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.select.clip_seconds * self.render.sample_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
+    """Read and validate a pipeline file; `overrides` are dotted keys (`render.soundfont`) set on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: pipeline file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", p.stem)
+    if isinstance(data.get("midi"), str) and data["midi"] and not Path(data["midi"]).is_absolute():
+        data["midi"] = str((p.parent / data["midi"]).resolve())
+    return config_from_dict(data, **overrides)
+
+
+def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
+    data = json.loads(json.dumps(data))  # deep copy
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    cfg = _build(PipelineConfig, data, "")
+    cfg.check()
+    return cfg
+
+
+def config_hash(section: Any) -> str:
+    """A short stable hash of a config section: part of every manifest row, so a changed config is noticed."""
+    blob = json.dumps(_to_plain(section), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _check_formats(formats: tuple[str, ...], key: str) -> None:
+    _require(len(formats) > 0, key, "must name at least one format")
+    for fmt in formats:
+        _require(fmt in FORMATS, key, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    where = key or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, _join(key, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        _require(value in args, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if tp is InstrumentConfig and isinstance(value, str):
+        _require(value in KNOWN_INSTRUMENTS, key,
+                 f"unknown instrument {value!r} (known: {', '.join(KNOWN_INSTRUMENTS)}; or give name, program, source_programs)")
+        return KNOWN_INSTRUMENTS[value]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        _require(len(value) == len(args), key, f"must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} at {key} is not supported")  # a bug, not a user mistake

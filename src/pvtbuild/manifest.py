@@ -1,0 +1,112 @@
+"""Manifest rows, atomic writes and resume checks.
+
+Every stage writes, per output shard, the shard file and a `.jsonl` manifest
+part with one `ManifestRow` per item. Both go through `atomic_write`: a
+temporary name in the same directory, fsync, rename. The manifest part is
+written last and records the shard's sha256, so "this shard is done" means
+exactly: its manifest part exists and the shard file still has that checksum.
+A killed run therefore leaves either a complete shard or nothing visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+@dataclass
+class ManifestRow:
+    """One item of one stage: what went in, with which parameters, and what came out."""
+
+    id: str
+    stage: str
+    status: str  # "ok" or "skipped: <reason>"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    params: str = ""  # config_hash of the stage's config section
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> sha256
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ManifestRow":
+        return cls(**d)
+
+
+def skip_reason(status: str) -> str:
+    """The reason part of a `skipped: reason` status (empty for ok)."""
+    return status.split(":", 1)[1].strip() if status.startswith("skipped") else ""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    """JSON lines with sorted keys, so equal content is equal bytes."""
+    return "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, dumps_jsonl(records).encode())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_rows(path: str | Path, rows: Iterable[ManifestRow]) -> None:
+    write_jsonl(path, (r.to_dict() for r in rows))
+
+
+def read_rows(path: str | Path) -> list[ManifestRow]:
+    return [ManifestRow.from_dict(d) for d in read_jsonl(path)]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stable_hash(*parts: Any, n: int = 16) -> str:
+    """A content-derived id: sha256 of the parts' JSON, never Python's salted hash()."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

@@ -1,0 +1,124 @@
+"""The select stage: MIDI files in, a selection manifest of clips out.
+
+Output: `OUT/select/selection.jsonl`, one `ClipSpec` per line, its `source`
+relative to the manifest's folder, so a manifest can be moved with its MIDI
+files or committed (see `manifests/demo.jsonl`) and rendered anywhere with
+`pvtbuild render --midi MANIFEST`. Files that yield nothing are rows with
+status `skipped: <reason>` in `OUT/select/manifest.jsonl`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .clip import ClipSpec
+from .config import PipelineConfig, config_hash
+from .errors import InputError, PvtbuildError
+from .executor import Executor, Task
+from .manifest import ManifestRow, read_jsonl, stable_hash, write_jsonl
+from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, run_stage, write_record
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
+FILES_PER_TASK = 16
+SELECTION_NAME = "selection.jsonl"
+
+
+def find_midi_files(root: Path, limit: int = 0) -> list[Path]:
+    """MIDI files under `root`, sorted so that shards and ids do not depend on the file system's order."""
+    if not root.is_dir():
+        raise PvtbuildError(f"{root}: not a folder of MIDI files")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    if not files:
+        raise PvtbuildError(f"{root}: no MIDI files (*.mid, *.midi, *.kar) found")
+    return files[:limit] if limit else files
+
+
+def select_params(cfg: PipelineConfig) -> str:
+    return config_hash({"select": cfg.select, "seed": cfg.seed})
+
+
+def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -> tuple[list[ClipSpec], StageSummary]:
+    """Select clips from every MIDI file under `midi_dir`; resumable, one task per group of files."""
+    files = find_midi_files(midi_dir, cfg.limit)
+    stage_dir = out / "select"
+    params = select_params(cfg)
+    inputs = stable_hash([(str(p.relative_to(midi_dir)), p.stat().st_size) for p in files])
+    claim_stage_dir(stage_dir, "select", params, inputs)
+    summary = StageSummary("select", unit="file")
+    records = run_stage(executor, stage_dir, params, chunk([str(p.resolve()) for p in files], FILES_PER_TASK),
+                        lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
+                                              (i, group, cfg, str(stage_dir))),
+                        lambda group, status: [_file_row(stable_hash(os.path.basename(p)), p, params, status)
+                                               for p in group],
+                        summary, unit="group")
+    clips = [ClipSpec.from_dict(r["inputs"]) for i in sorted(records) for r in records[i].rows
+             if r["status"] == "ok" and r["stage"] == "select-clip"]
+    write_selection(stage_dir / SELECTION_NAME, clips)
+    return clips, summary.finish()
+
+
+def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: str) -> ShardRecord:
+    """Select clips from a group of MIDI files; a bad file becomes a skipped row, never an error."""
+    from .midi import load_midi, md5_file, select_clips
+
+    params = select_params(cfg)
+    rows: list[dict] = []
+    for path in paths:
+        file_id = stable_hash(os.path.basename(path))
+        try:
+            md5 = md5_file(path)
+            file_id = md5
+            midi = load_midi(path, cfg.select)
+            clips = select_clips(midi, path, md5, cfg.select, cfg.seed)
+        except InputError as e:
+            rows.append(_file_row(file_id, path, params, f"skipped: {e}"))
+            continue
+        if not clips:
+            names = "/".join(i.name for i in cfg.select.instruments)
+            reason = f"no monophonic {cfg.select.clip_seconds:g} s window on a {names} track"
+            rows.append(_file_row(file_id, path, params, f"skipped: {reason}"))
+            continue
+        rows.append(_file_row(file_id, path, params, "ok", clips=len(clips)))
+        rows.extend(ManifestRow(c.clip_id, "select-clip", "ok", c.to_dict(), params).to_dict() for c in clips)
+    record = ShardRecord("select", index, "", "", params, rows)
+    write_record(Path(stage_dir), record)
+    return record
+
+
+def _file_row(file_id: str, path: str, params: str, status: str, **info: int) -> dict:
+    return ManifestRow(file_id, "select", status, {"source": path}, params, info=dict(info)).to_dict()
+
+
+def write_selection(path: Path, clips: list[ClipSpec]) -> None:
+    """Write a selection manifest with sources relative to its folder."""
+    base = path.parent.resolve()
+    rows = []
+    for c in clips:
+        d = c.to_dict()
+        d["source"] = os.path.relpath(Path(c.source).resolve(), base)
+        rows.append(d)
+    write_jsonl(path, rows)
+
+
+def read_selection(path: Path) -> list[ClipSpec]:
+    """Read a selection manifest; sources become absolute paths resolved from its folder."""
+    if not path.is_file():
+        raise PvtbuildError(f"{path}: selection manifest not found")
+    base = path.parent.resolve()
+    clips = []
+    for n, d in enumerate(_read_rows(path), start=1):
+        try:
+            spec = ClipSpec.from_dict(d)
+        except TypeError as e:
+            raise PvtbuildError(f"{path}:{n}: not a clip selection row ({e})") from None
+        source = Path(spec.source)
+        clips.append(ClipSpec.from_dict(dict(d, source=str(source if source.is_absolute() else base / source))))
+    return clips
+
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        return read_jsonl(path)
+    except ValueError as e:
+        raise PvtbuildError(f"{path}: not a JSON-lines selection manifest ({e})") from None

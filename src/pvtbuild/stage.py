@@ -1,0 +1,195 @@
+"""What every stage shares: its folder in the build directory, shard records, resume, summaries.
+
+A stage writes into `OUT/<stage>/`:
+- `stage.json`: the stage's parameter hash. A rerun with other parameters stops
+  with one line instead of silently mixing outputs built two ways.
+- per output shard `i`: the shard file (`shard-{i:05d}.npz`, written atomically)
+  and then `shard-{i:05d}.json`, its `ShardRecord` (the file's sha256 and one
+  manifest row per item). The record is written last, so it marks completion.
+- `manifest.jsonl`: all rows of all shards, rebuilt at the end of each run.
+
+Resume is therefore: skip shard `i` when its record exists, names the current
+parameters, and its file still has the recorded sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import PvtbuildError
+from .executor import Executor, Task, TaskFailure
+from .manifest import ManifestRow, atomic_write_bytes, read_jsonl, sha256_file, skip_reason, write_jsonl
+
+
+@dataclass
+class ShardRecord:
+    """A finished output shard: where it is, its checksum, and the manifest rows of its items."""
+
+    stage: str
+    index: int
+    file: str  # relative to the stage folder; "" when the shard has no file (all items skipped)
+    sha256: str
+    params: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def manifest_rows(self) -> list[ManifestRow]:
+        return [ManifestRow.from_dict(r) for r in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ShardRecord":
+        return cls(**d)
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def record_path(stage_dir: Path, index: int) -> Path:
+    return stage_dir / f"{shard_stem(index)}.json"
+
+
+def write_record(stage_dir: Path, record: ShardRecord) -> None:
+    blob = json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    atomic_write_bytes(record_path(stage_dir, record.index), blob)
+
+
+def read_record(stage_dir: Path, index: int) -> ShardRecord | None:
+    path = record_path(stage_dir, index)
+    if not path.is_file():
+        return None
+    try:
+        return ShardRecord.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None  # unreadable record: the shard is redone
+
+
+def finished_record(stage_dir: Path, index: int, params: str) -> ShardRecord | None:
+    """The shard's record if the shard is complete and intact, else None (it must be redone)."""
+    rec = read_record(stage_dir, index)
+    if rec is None or rec.params != params:
+        return None
+    if rec.file:
+        path = stage_dir / rec.file
+        if not path.is_file() or sha256_file(path) != rec.sha256:
+            return None
+    return rec
+
+
+def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str) -> None:
+    """Create the stage folder, or check that an existing one was built with the same parameters."""
+    meta_path = stage_dir / "stage.json"
+    meta = {"stage": stage, "params": params, "inputs": inputs}
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("params") != params or old.get("inputs") != inputs:
+            what = "settings" if old.get("params") != params else "inputs"
+            raise PvtbuildError(
+                f"{stage_dir}: was built with other {what}; use another --out, or delete that folder to rebuild")
+        return
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True, indent=1).encode())
+
+
+def write_manifest(stage_dir: Path, records: Iterable[ShardRecord]) -> Path:
+    """Rebuild `manifest.jsonl` from the shard records, in shard order."""
+    rows = [r for rec in sorted(records, key=lambda r: r.index) for r in rec.rows]
+    path = stage_dir / "manifest.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def read_manifest(stage_dir: Path) -> list[ManifestRow]:
+    path = stage_dir / "manifest.jsonl"
+    if not path.is_file():
+        raise PvtbuildError(f"{path}: not found; run the stage that writes it first")
+    return [ManifestRow.from_dict(d) for d in read_jsonl(path)]
+
+
+def run_stage(executor: Executor, stage_dir: Path, params: str, groups: list[Any],
+              make_task: Callable[[int, Any], Task], failed_rows: Callable[[Any, str], list[dict[str, Any]]],
+              summary: "StageSummary", unit: str = "shard") -> dict[int, ShardRecord]:
+    """Run one task per group not already finished; returns every group's record, old and new.
+
+    `make_task(i, group)` must put the shard index first in the task's args. A task
+    that fails gets a record of skipped rows (`failed_rows(group, status)`) whose
+    params are marked failed, so this run goes on and the next run retries it.
+    """
+    records: dict[int, ShardRecord] = {}
+    tasks = []
+    for i, group in enumerate(groups):
+        rec = finished_record(stage_dir, i, params)
+        if rec is not None:
+            records[i] = rec
+            summary.add(rec, reused=True)
+        else:
+            tasks.append(make_task(i, group))
+    for task, result in executor.run(tasks, desc=summary.stage, unit=unit):
+        if isinstance(result, TaskFailure):
+            i = task.args[0]
+            result = ShardRecord(summary.stage, i, "", "", f"failed:{params}",
+                                 failed_rows(groups[i], f"skipped: task failed: {result.reason}"))
+            write_record(stage_dir, result)
+            summary.failed_shards.append(f"{task.key}: {result.rows[0]['status'] if result.rows else ''}")
+        records[result.index] = result
+        summary.add(result, reused=False)
+    write_manifest(stage_dir, records.values())
+    return records
+
+
+def chunk(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+@dataclass
+class StageSummary:
+    """Counts for the end-of-stage report: what was written, reused, skipped (by reason), failed."""
+
+    stage: str
+    unit: str = "clip"
+    ok: int = 0
+    reused: int = 0  # items in shards found complete from an earlier run
+    skipped: Counter = field(default_factory=Counter)
+    failed_shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    _t0: float = field(default_factory=time.monotonic, repr=False)
+
+    def add(self, record: ShardRecord, reused: bool) -> None:
+        for row in record.rows:
+            if row["stage"] != self.stage:
+                continue  # e.g. the clip rows a select shard carries beside its file rows
+            status = row["status"]
+            if status == "ok":
+                if reused:
+                    self.reused += 1
+                else:
+                    self.ok += 1
+            else:
+                self.skipped[skip_reason(status) or status] += 1
+
+    def finish(self) -> "StageSummary":
+        self.seconds = time.monotonic() - self._t0
+        return self
+
+    @property
+    def total_ok(self) -> int:
+        return self.ok + self.reused
+
+    def lines(self, top: int = 8) -> list[str]:
+        rate = self.ok / self.seconds if self.seconds > 0 else 0.0
+        out = [f"{self.stage}: {self.ok} {self.unit}s written, {self.reused} already done, "
+               f"{sum(self.skipped.values())} skipped, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s)"]
+        for reason, n in self.skipped.most_common(top):
+            out.append(f"  skipped {n:5d}: {reason}")
+        if len(self.skipped) > top:
+            out.append(f"  ... and {len(self.skipped) - top} other reasons (see the stage's manifest.jsonl)")
+        for f in self.failed_shards:
+            out.append(f"  failed shard: {f}")
+        return out
