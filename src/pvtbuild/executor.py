@@ -133,11 +133,13 @@ def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
 
     env = dict(WORKER_ENV, OMP_NUM_THREADS=str(threads), PVTBUILD_THREADS=str(threads))
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
-                         | {"distributed.scheduler.allowed-failures": 2}):
+                         | {"distributed.scheduler.allowed-failures": 2,
+                            # MIDI parsing runs in a child process (midi.py), which daemons may not have.
+                            "distributed.worker.daemon": False}):
         if scheduler is None:
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                    dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                                   silence_logs=logging.ERROR)
+                                   silence_logs=logging.CRITICAL)
             client = Client(cluster)
             label = f"local dask cluster, {jobs} worker(s) x {threads} thread(s)"
         else:

@@ -157,6 +157,7 @@ class StageSummary:
     ok: int = 0
     reused: int = 0  # items in shards found complete from an earlier run
     skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> first file it happened to
     failed_shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
     _t0: float = field(default_factory=time.monotonic, repr=False)
@@ -172,7 +173,10 @@ class StageSummary:
                 else:
                     self.ok += 1
             else:
-                self.skipped[skip_reason(status) or status] += 1
+                reason = skip_reason(status) or status
+                self.skipped[reason] += 1
+                source = str(row.get("inputs", {}).get("source", ""))
+                self.examples.setdefault(reason, Path(source).name if source else row["id"])
 
     def finish(self) -> "StageSummary":
         self.seconds = time.monotonic() - self._t0
@@ -187,7 +191,7 @@ class StageSummary:
         out = [f"{self.stage}: {self.ok} {self.unit}s written, {self.reused} already done, "
                f"{sum(self.skipped.values())} skipped, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s)"]
         for reason, n in self.skipped.most_common(top):
-            out.append(f"  skipped {n:5d}: {reason}")
+            out.append(f"  skipped {n:5d}: {reason} (e.g. {self.examples[reason]})")
         if len(self.skipped) > top:
             out.append(f"  ... and {len(self.skipped) - top} other reasons (see the stage's manifest.jsonl)")
         for f in self.failed_shards:

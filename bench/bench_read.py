@@ -1,0 +1,225 @@
+"""Read throughput of the pvtbuild TFRecord readers against one .npz per example (the old format).
+
+    python bench/bench_read.py                 # synthetic EnCodec-style records, n=2000
+    python bench/bench_read.py DATASET [N]     # the train split of a built dataset
+
+Synthetic records are what the EnCodec pipeline stores: ``encodec`` [128,600]
+float32, ``disc`` [16,600] int16 and 7 controls on the 75 Hz grid (6 x [600] +
+``instrument_75hz`` [3,600]), ~348 kB each. For a given dataset the first `n`
+train records are read, and the same records are re-saved as npz for the
+comparison. Files are read right after being written, so these are warm page
+cache numbers: decoding and framework overhead, not disk speed. MB/s counts
+array payload bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvtbuild.dataset import (
+    array_shapes,
+    list_shards,
+    num_shards,
+    read_shapes,
+    serialize_example,
+    shard_name,
+    write_dataset_json,
+    write_shapes,
+    write_shard,
+)
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
+
+CONTROLS = ("velocity", "chroma", "pitch", "voiced", "beat", "bpm")
+
+
+def synthetic_record(i: int, frames: int = 600) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One EnCodec-format record with plausible statistics (latents don't compress, controls do)."""
+    rng = np.random.default_rng(i)
+    arrays = {
+        "encodec": rng.standard_normal((128, frames)).astype(np.float32),
+        "disc": rng.integers(0, 1024, (16, frames)).astype(np.int16),
+    }
+    steps = np.sort(rng.integers(0, frames, 12))
+    for c in CONTROLS:
+        levels = rng.random(13).astype(np.float32)
+        arrays[f"{c}_75hz"] = levels[np.searchsorted(steps, np.arange(frames), side="right")]
+    inst = np.zeros((3, frames), np.float32)
+    inst[i % 3] = 1
+    arrays["instrument_75hz"] = inst
+    return arrays, {"id": f"clip{i:06d}", "program": [0, 40, 56][i % 3], "mod_freq": float(rng.random())}
+
+
+def _timed(fn) -> tuple[Any, float]:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def build_synthetic(root: Path, n: int, shard_mb: float = 150.0) -> dict[str, float]:
+    """Write a synthetic dataset of n records; returns write timings (pvtbuild writer vs TF's)."""
+    first, _ = synthetic_record(0)
+    rec_bytes = sum(a.nbytes for a in first.values())
+    shards = num_shards(n * rec_bytes, shard_mb)
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    (ser, t_ser) = _timed(lambda: [serialize_example(*synthetic_record(i)) for i in range(n)])
+    infos = []
+    t0 = time.perf_counter()
+    for k in range(shards):
+        path = root / "train" / shard_name("train", k, shards)
+        infos.append(write_shard(path, ser[bounds[k] : bounds[k + 1]]))
+    t_write = time.perf_counter() - t0
+    write_shapes(root / "shapes.txt", array_shapes(first))
+    write_dataset_json(root / "dataset.json", {"train": infos}, {"bench": True})
+    out = {"serialize_s": t_ser, "write_shard_s": t_write, "shards": shards, "file_mb": sum(i.bytes for i in infos) / 1e6}
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    with tf.io.TFRecordWriter(str(root / "tf-writer-copy.tfrecord")) as w:
+        for r in ser:
+            w.write(r)
+    out["tf_writer_s"] = time.perf_counter() - t0
+    os.unlink(root / "tf-writer-copy.tfrecord")
+    return out
+
+
+def _npz_copy(dataset_dir: Path, n: int, out_dir: Path) -> tuple[list[Path], float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    t0 = time.perf_counter()
+    for i, item in enumerate(TFRecordIterableDataset(dataset_dir, "train")):
+        if i == n:
+            break
+        p = out_dir / f"{i:06d}.npz"
+        np.savez_compressed(p, **{k: v.numpy() for k, v in item.items()})
+        paths.append(p)
+    return paths, time.perf_counter() - t0
+
+
+class _NpzDataset:
+    """The old loader: a map-style dataset, one np.load per example."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        with np.load(self.paths[i]) as z:
+            return {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+def _rate(count: int, seconds: float, payload: int) -> dict[str, float]:
+    return {"examples": count, "seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 1),
+            "mb_per_s": round(count * payload / seconds / 1e6, 1)}
+
+
+def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 16, workers: int = 2) -> dict[str, Any]:
+    """Measure tf.data, torch (in-process and DataLoader) and npz reading of n records.
+
+    Returns a dict with one entry per reader (examples, seconds, examples_per_s,
+    mb_per_s), `ratios` (examples/s over npz's, same worker count), and the
+    write timings when the records are synthetic.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    result: dict[str, Any] = {"n": n, "batch_size": batch_size, "workers": workers}
+    t0 = time.perf_counter()
+    import tensorflow as tf
+
+    from pvtbuild.dataset.tf_reader import make_dataset
+
+    result["tf_import_s"] = round(time.perf_counter() - t0, 2)  # 0 if already imported by the caller
+    with tempfile.TemporaryDirectory(prefix="pvtbench-") as tmp:
+        tmp_dir = Path(tmp)
+        if dataset_dir is None:
+            dataset_dir = tmp_dir / "dataset"
+            result["write"] = build_synthetic(Path(dataset_dir), n)
+        dataset_dir = Path(dataset_dir)
+        shapes = read_shapes(dataset_dir / "shapes.txt")
+        payload = sum(int(np.prod(s)) * d.itemsize for d, s in shapes.values())
+        result["record_kb"] = round(payload / 1e3, 1)
+        result["shards"] = len(list_shards(dataset_dir, "train"))
+
+        def tf_read(deterministic: bool) -> int:
+            seen = 0
+            for b in make_dataset(dataset_dir, "train", batch_size=batch_size, deterministic=deterministic):
+                seen += int(tf.shape(next(iter(b.values())))[0])
+                if seen >= n:
+                    break
+            return min(seen, n)
+
+        count, secs = _timed(lambda: tf_read(True))
+        result["tf"] = _rate(count, secs, payload)
+        count, secs = _timed(lambda: tf_read(False))
+        result["tf_nondet"] = _rate(count, secs, payload)
+
+        def torch_read(num_workers: int) -> int:
+            ds = TFRecordIterableDataset(dataset_dir, "train")
+            if num_workers == 0:
+                return sum(1 for _, _ in zip(range(n), ds))
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+            seen = 0
+            for b in loader:
+                seen += len(next(iter(b.values())))
+                if seen >= n:
+                    break
+            return min(seen, n)
+
+        count, secs = _timed(lambda: torch_read(0))
+        result["torch"] = _rate(count, secs, payload)
+        count, secs = _timed(lambda: torch_read(workers))
+        result[f"torch_dl{workers}"] = _rate(count, secs, payload)
+
+        paths, t_npz = _npz_copy(dataset_dir, n, tmp_dir / "npz")
+        result["npz_write_s"] = round(t_npz, 1)
+        result["npz_mb"] = round(sum(p.stat().st_size for p in paths) / 1e6, 1)
+
+        def npz_read(num_workers: int) -> int:
+            ds = _NpzDataset(paths)
+            if num_workers == 0:
+                return sum(1 for i in range(len(ds)) if ds[i])
+            return sum(len(next(iter(b.values()))) for b in DataLoader(ds, batch_size=batch_size, num_workers=num_workers))
+
+        count, secs = _timed(lambda: npz_read(0))
+        result["npz"] = _rate(count, secs, payload)
+        count, secs = _timed(lambda: npz_read(workers))
+        result[f"npz_dl{workers}"] = _rate(count, secs, payload)
+
+    speed = lambda k: result[k]["examples_per_s"]  # noqa: E731
+    result["ratios"] = {
+        "tf / npz": round(speed("tf") / speed("npz"), 2),
+        "torch / npz": round(speed("torch") / speed("npz"), 2),
+        f"torch_dl{workers} / npz_dl{workers}": round(speed(f"torch_dl{workers}") / speed(f"npz_dl{workers}"), 2),
+        "torch / tf": round(speed("torch") / speed("tf"), 2),
+    }
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"{result['n']} records of {result['record_kb']} kB in {result['shards']} shards, batch {result['batch_size']}")
+    for key, val in result.items():
+        if isinstance(val, dict) and "examples_per_s" in val:
+            print(f"  {key:10s} {val['examples_per_s']:9.1f} ex/s {val['mb_per_s']:8.1f} MB/s  ({val['seconds']} s)")
+    for key, val in result["ratios"].items():
+        print(f"  {key:22s} x{val}")
+    print(f"  tensorflow import {result['tf_import_s']} s; npz files {result['npz_mb']} MB written in {result['npz_write_s']} s")
+    if "write" in result:
+        w = result["write"]
+        print(f"  write: serialize {w['serialize_s']:.2f} s, write_shard {w['write_shard_s']:.2f} s, "
+              f"tf.io.TFRecordWriter {w['tf_writer_s']:.2f} s for {w['file_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    _print(run(args[0] if args else None, int(args[1]) if len(args) > 1 else 2000))

@@ -1,0 +1,114 @@
+"""Frame-aligned control signals of a clip (the `controls` stage's core).
+
+Sampling rule: frame k of a grid with rate r covers [k/r, (k+1)/r) and takes
+the value at its centre t_k = (k + 0.5)/r. A note sounds on [onset, offset);
+since a clip is monophonic, at most one note sounds at t_k. Sampling at the
+centre (rather than, say, "any note within the frame") keeps every control a
+plain function of time, identical on every grid, and lets a note shorter than
+a frame vanish instead of smearing.
+
+Controls, all float32 of T = grid.frames frames:
+
+| name       | shape  | value at t_k                                               |
+| ---------- | ------ | ---------------------------------------------------------- |
+| velocity   | [T]    | velocity/127 of the sounding note, 0 when none             |
+| chroma     | [T]    | (pitch % 12)/11 of the sounding note, 0 when none          |
+| pitch      | [T]    | pitch/127 of the sounding note, 0 when none                |
+| voiced     | [T]    | 1 when a note sounds, else 0                               |
+| instrument | [I, T] | one-hot of the clip's instrument class, on every frame     |
+| beat       | [T]    | phase in [0, 1) within the current beat (sawtooth)         |
+| bpm        | [T]    | 60 / (current inter-beat interval) / bpm_max, in [0, 1]    |
+
+The "unconditional" value (-1) is applied by the trainer, never stored here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .clip import ClipNotes
+from .config import GridConfig
+
+CONTROL_NAMES: tuple[str, ...] = ("velocity", "chroma", "pitch", "voiced", "instrument", "beat", "bpm")
+
+
+def frame_times(grid: GridConfig) -> np.ndarray:
+    """Centres (k + 0.5)/rate of the grid's frames, seconds from the clip start."""
+    return (np.arange(grid.frames, dtype=np.float64) + 0.5) / grid.rate
+
+
+def compute_controls(notes: ClipNotes, instrument_index: int, n_instruments: int, grid: GridConfig,
+                     bpm_max: float) -> dict[str, np.ndarray]:
+    """All controls of one clip on one grid, keyed by `CONTROL_NAMES` (see the module docstring).
+
+    Args:
+        notes: the clip's monophonic notes and beats, relative to its start.
+        instrument_index: row of the clip's instrument in the one-hot (its index in the config).
+        n_instruments: number of instrument classes (rows of `instrument`).
+        grid: the frame grid (rate, frames).
+        bpm_max: the tempo mapped to 1.0 by `bpm`.
+    """
+    if not 0 <= instrument_index < n_instruments:
+        raise ValueError(f"instrument_index {instrument_index} not in 0..{n_instruments - 1}")
+    t = frame_times(grid)
+    note = sounding_note(notes, t)
+    voiced = note >= 0
+    safe = np.where(voiced, note, 0)
+    pitches = np.asarray(notes.pitches, dtype=np.float64)
+    velocities = np.asarray(notes.velocities, dtype=np.float64)
+
+    def per_note(values: np.ndarray) -> np.ndarray:
+        if len(values) == 0:
+            return np.zeros(len(t), dtype=np.float32)
+        return np.where(voiced, values[safe], 0.0).astype(np.float32)
+
+    phase, period = beat_phase(notes.beats, t)
+    bpm = np.where(period > 0, 60.0 / np.where(period > 0, period, 1.0) / bpm_max, 0.0)
+    instrument = np.zeros((n_instruments, len(t)), dtype=np.float32)
+    instrument[instrument_index] = 1.0
+    return {
+        "velocity": per_note(velocities / 127.0),
+        "chroma": per_note((pitches % 12) / 11.0),
+        "pitch": per_note(pitches / 127.0),
+        "voiced": voiced.astype(np.float32),
+        "instrument": instrument,
+        "beat": phase.astype(np.float32),
+        "bpm": np.clip(bpm, 0.0, 1.0).astype(np.float32),
+    }
+
+
+def sounding_note(notes: ClipNotes, t: np.ndarray) -> np.ndarray:
+    """Index of the note sounding at each time (onset <= t < offset), -1 where none.
+
+    Relies on the notes being sorted and non-overlapping: the candidate is the
+    last note with onset <= t, and it sounds if t is before its offset.
+    """
+    onsets = np.asarray(notes.onsets, dtype=np.float64)
+    offsets = np.asarray(notes.offsets, dtype=np.float64)
+    idx = np.searchsorted(onsets, t, side="right") - 1
+    safe = np.maximum(idx, 0)
+    sounding = (idx >= 0) & (t < offsets[safe]) if len(onsets) else np.zeros(len(t), dtype=bool)
+    return np.where(sounding, idx, -1)
+
+
+def beat_phase(beats: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase in [0, 1) within the current beat, and that beat's length (s), at each time.
+
+    The current beat is [b_j, b_{j+1}) with b_j the last beat <= t. Times
+    before the first beat or after the last use the nearest interval
+    (extrapolated), so a clip whose beat list is short still gets a sawtooth.
+    With fewer than two beats there is no tempo: phase and period are 0.
+    """
+    beats = np.asarray(beats, dtype=np.float64)
+    if len(beats) < 2:
+        return np.zeros(len(t)), np.zeros(len(t))
+    j = np.clip(np.searchsorted(beats, t, side="right") - 1, 0, len(beats) - 2)
+    period = beats[j + 1] - beats[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phase = np.where(period > 0, (t - beats[j]) / period, 0.0)
+    phase = np.mod(phase, 1.0)  # extrapolated frames wrap like further beats
+    phase[phase >= 1.0] = 0.0  # mod of a tiny negative number rounds to 1.0
+    return phase, period
+
+
+__all__ = ["CONTROL_NAMES", "compute_controls", "frame_times", "sounding_note", "beat_phase"]

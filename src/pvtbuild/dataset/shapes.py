@@ -1,0 +1,86 @@
+"""shapes.txt: the dtype and shape of every array a dataset stores, one line each.
+
+Format (see `pvtbuild.dataset.tfrecord` for the whole dataset layout)::
+
+    audio float32 1,192000
+    cqt float32 2,216,1921
+    disc int16 16,600
+    velocity_75hz float32 600
+
+``name dtype d1,d2,...``, separated by single spaces, lines sorted by name;
+dtype is a numpy dtype name (the bytes are little-endian whatever the
+machine). Blank lines and lines starting with ``#`` are ignored on reading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..manifest import atomic_write_bytes
+from .tfrecord import SUPPORTED_DTYPES
+
+Shapes = dict[str, tuple[np.dtype, tuple[int, ...]]]
+
+
+def format_shapes(shapes: Mapping[str, tuple[Any, Sequence[int]]]) -> str:
+    """The text of shapes.txt for name -> (dtype, shape)."""
+    lines = []
+    for name in sorted(shapes):
+        dtype, shape = shapes[name]
+        dtype = np.dtype(dtype).newbyteorder("=")
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"array name must be non-empty without whitespace, got {name!r}")
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"array {name!r}: dtype {dtype} not supported (use one of {[d.name for d in SUPPORTED_DTYPES]})")
+        if len(shape) == 0 or any(int(d) < 1 for d in shape):
+            raise ValueError(f"array {name!r}: shape must have at least one dimension, all >= 1, got {list(shape)}")
+        lines.append(f"{name} {dtype.name} {','.join(str(int(d)) for d in shape)}\n")
+    return "".join(lines)
+
+
+def write_shapes(path: str | Path, shapes: Mapping[str, tuple[Any, Sequence[int]]]) -> None:
+    """Write shapes.txt atomically from name -> (dtype, shape)."""
+    atomic_write_bytes(path, format_shapes(shapes).encode())
+
+
+def read_shapes(path: str | Path) -> Shapes:
+    """name -> (np.dtype, shape) from a shapes.txt file (or a dataset directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "shapes.txt"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (every pvtbuild dataset has one beside its shards)")
+    return parse_shapes(path.read_text(), str(path))
+
+
+def parse_shapes(text: str, where: str = "shapes.txt") -> Shapes:
+    out: Shapes = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            name, dtype_name, dims = parts
+            dtype = np.dtype(dtype_name)
+            shape = tuple(int(d) for d in dims.split(","))
+        except (ValueError, TypeError):
+            raise InputError(f"{where}:{n}: expected 'name dtype d1,d2,...', got {line.strip()!r}") from None
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(f"{where}:{n}: dtype {dtype_name!r} not supported")
+        if any(d < 1 for d in shape):
+            raise InputError(f"{where}:{n}: dimensions must be >= 1, got {dims}")
+        if name in out:
+            raise InputError(f"{where}:{n}: {name!r} listed twice")
+        out[name] = (dtype, shape)
+    if not out:
+        raise InputError(f"{where}: lists no arrays")
+    return out
+
+
+def array_shapes(arrays: Mapping[str, np.ndarray]) -> Shapes:
+    """name -> (dtype, shape) of one record's arrays: what `write_shapes` takes."""
+    return {name: (np.dtype(a.dtype).newbyteorder("="), tuple(a.shape)) for name, a in sorted(arrays.items())}

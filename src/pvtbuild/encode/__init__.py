@@ -1,0 +1,14 @@
+"""Encoders from audio clips to the stored formats (SPEC.md, "encode").
+
+- `cqt`: complex CQT [2, 216, 1921] float32 (nnAudio), and its inverse for listening.
+- `encodec`: EnCodec 24 kHz latents [128, 600] float32 and codes [16, 600] int16, and decoders.
+- `device`: device choice, batch size, torch threads.
+
+Heavy dependencies (nnAudio, encodec, librosa) load on first use.
+"""
+
+from .cqt import CqtEncoder
+from .device import default_batch_size, pick_device, set_threads
+from .encodec import EncodecEncoder, load_encodec
+
+__all__ = ["CqtEncoder", "EncodecEncoder", "default_batch_size", "load_encodec", "pick_device", "set_threads"]

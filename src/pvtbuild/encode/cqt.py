@@ -1,0 +1,138 @@
+"""The complex CQT format: [2, F, T] float32, real and imaginary parts as channels.
+
+Computed with nnAudio's `CQT1992v2` (time-domain kernels applied as one strided
+convolution, so a batch runs on the GPU when there is one). nnAudio's CQT2010v2
+cannot be used: it fails for hop 100. With its default `normalization_type="librosa"`
+the kernels are L1-normalised and the output scaled by sqrt(kernel length), which is
+what `librosa.cqt` computes with its defaults (`scale=True`, `norm=1`): on a clip
+of harmonic tones the magnitudes correlate at 0.99996 and the per-bin gain is
+1.00 +- 0.015, with the same phase convention. So the inverse is plain `librosa.icqt`
+with the same parameters and no rescaling (38.6 dB SNR on in-band tones).
+
+For 8 s at 24 kHz with hop 100 (`center=True`): 192000 // 100 + 1 = 1921 frames.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import torch
+
+from ..config import CqtConfig
+from ..errors import ConfigError
+
+_CACHE: dict[tuple, torch.nn.Module] = {}
+_LOCK = threading.Lock()
+
+
+class CqtEncoder:
+    """Complex CQT of batches of mono clips.
+
+    Args:
+        cfg: the `encode.cqt` config section.
+        sample_rate: of the clips (Hz).
+        device: where the transform runs.
+    """
+
+    def __init__(self, cfg: CqtConfig, sample_rate: int, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self.device = torch.device(device)
+        self._layer = _nnaudio_cqt(cfg, sample_rate, self.device)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip the transform accepts: the reflect padding needs more than half the longest kernel."""
+        return self._layer.kernel_width // 2 + 1
+
+    def frames(self, n_samples: int) -> int:
+        """Number of CQT frames for a clip of `n_samples`."""
+        return n_samples // self.cfg.hop_length + 1
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """CQT of each clip.
+
+        Args:
+            batch: [B, N] float32 audio.
+
+        Returns:
+            [B, 2, F, T] float32: real and imaginary parts, F = `n_bins`, T = N // hop + 1.
+        """
+        batch = _as_batch(batch)
+        if batch.shape[1] < self.min_samples:
+            raise ConfigError(
+                f"encode.cqt: clips of {batch.shape[1]} samples are shorter than the lowest CQT kernel needs "
+                f"({self.min_samples} samples at fmin {self.cfg.fmin} Hz); use longer clips or a higher fmin")
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            out = self._layer(x)  # [B, F, T, 2]
+            out = out.permute(0, 3, 1, 2).contiguous()
+            return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def inverse(self, cqt: np.ndarray, length: int | None = None) -> np.ndarray:
+        """Audio back from a stored CQT; see `inverse`."""
+        return inverse(cqt, self.sample_rate, self.cfg, length)
+
+
+def inverse(cqt: np.ndarray, sample_rate: int, cfg: CqtConfig, length: int | None = None) -> np.ndarray:
+    """Audio from a [2, F, T] (or [B, 2, F, T]) CQT, for listening.
+
+    `librosa.icqt` with the parameters of the forward transform; content outside
+    fmin .. the top bin is lost. SNR on in-band harmonic tones: about 38 dB.
+
+    Args:
+        cqt: real and imaginary channels as written by `CqtEncoder.encode`.
+        sample_rate: of the original audio.
+        cfg: the CQT parameters the data was made with.
+        length: samples to return; default (T - 1) * hop, the clip length when it is a multiple of hop.
+
+    Returns:
+        [N] (or [B, N]) float32 audio.
+    """
+    import librosa  # heavy; only needed for listening
+
+    cqt = np.asarray(cqt)
+    if cqt.ndim < 3 or cqt.shape[-3] != 2 or cqt.shape[-2] != cfg.n_bins:
+        raise ValueError(f"expected a CQT of shape [..., 2, {cfg.n_bins}, T], got {list(cqt.shape)}")
+    complex_cqt = cqt[..., 0, :, :].astype(np.float32) + 1j * cqt[..., 1, :, :].astype(np.float32)
+    if length is None:
+        length = (cqt.shape[-1] - 1) * cfg.hop_length
+    audio = librosa.icqt(complex_cqt.astype(np.complex64), sr=sample_rate, hop_length=cfg.hop_length,
+                         fmin=cfg.fmin, bins_per_octave=cfg.bins_per_octave, length=length)
+    return audio.astype(np.float32, copy=False)
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+def _nnaudio_cqt(cfg: CqtConfig, sample_rate: int, device: torch.device) -> torch.nn.Module:
+    """The nnAudio layer for these parameters, built once per process and device."""
+    key = (cfg.fmin, cfg.bins_per_octave, cfg.n_bins, cfg.hop_length, sample_rate, str(device))
+    with _LOCK:
+        layer = _CACHE.get(key)
+        if layer is None:
+            _check_nyquist(cfg, sample_rate)
+            from nnAudio.features.cqt import CQT1992v2
+
+            layer = CQT1992v2(sr=sample_rate, hop_length=cfg.hop_length, fmin=cfg.fmin, n_bins=cfg.n_bins,
+                              bins_per_octave=cfg.bins_per_octave, output_format="Complex", verbose=False)
+            layer = layer.to(device).eval()
+            _CACHE[key] = layer
+        return layer
+
+
+def _check_nyquist(cfg: CqtConfig, sample_rate: int) -> None:
+    top = cfg.fmin * 2.0 ** ((cfg.n_bins - 1) / cfg.bins_per_octave)
+    if top > sample_rate / 2:
+        most = math.floor(cfg.bins_per_octave * math.log2(sample_rate / 2 / cfg.fmin)) + 1
+        raise ConfigError(f"encode.cqt.n_bins: the top bin ({top:.0f} Hz) is above Nyquist ({sample_rate / 2:.0f} Hz); "
+                          f"use at most {most} bins at fmin {cfg.fmin} Hz")
+
+
+def _as_batch(batch: np.ndarray) -> np.ndarray:
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 2:
+        raise ValueError(f"expected a batch of mono clips [B, N], got shape {list(batch.shape)}")
+    return batch

@@ -1,0 +1,390 @@
+"""Tests of pvtbuild.dataset: the TFRecord writer, shapes.txt, both readers and verify.
+
+Everything runs on real files through real TensorFlow and PyTorch. A small
+dataset (every supported dtype, pipeline-like names, 3 train shards + 1 valid)
+is written once per module; tests that corrupt it work on a copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pvtbuild.dataset import (
+    array_shapes,
+    decode_record,
+    iter_records,
+    list_shards,
+    meta_schema,
+    parse_example,
+    read_dataset_json,
+    read_shapes,
+    serialize_example,
+    shard_info,
+    shard_name,
+    verify_dataset,
+    write_dataset_json,
+    write_shapes,
+    write_shard,
+)
+from pvtbuild.dataset.tfrecord import _crc32c_lanes, crc32c, masked_crc32c
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
+from pvtbuild.errors import InputError
+
+tf = pytest.importorskip("tensorflow")
+from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402  (after the importorskip)
+
+SMALL_SHAPES = {  # pipeline names at reduced length, plus one array of every other dtype
+    "audio": ("float32", (1, 2400)),
+    "cqt": ("float32", (2, 24, 50)),
+    "encodec": ("float32", (128, 60)),
+    "disc": ("int16", (16, 60)),
+    "velocity_75hz": ("float32", (60,)),
+    "instrument_75hz": ("float32", (3, 60)),
+    "x_f16": ("float16", (7,)),
+    "x_f64": ("float64", (3, 2)),
+    "x_i8": ("int8", (5,)),
+    "x_i32": ("int32", (2, 3)),
+    "x_i64": ("int64", (4,)),
+    "x_u8": ("uint8", (9,)),
+    "x_u16": ("uint16", (2, 2)),
+    "x_bool": ("bool", (6,)),
+}
+TRAIN_SHARDS, PER_SHARD, VALID = 3, 5, 4
+
+
+def _arrays(seed: int, shapes: dict) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (dtype, shape) in shapes.items():
+        dt = np.dtype(dtype)
+        if dt.kind == "f":
+            out[name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b":
+            out[name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            info = np.iinfo(dt)
+            out[name] = rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
+    return out
+
+
+def _meta(i: int) -> dict:
+    return {"id": f"clip{i:03d}", "source_md5": f"{i:032x}", "instrument": "violin", "program": 40,
+            "start": 12.5 + i, "transpose": -12, "mod_freq": 0.25, "mod_phase": 1.5}
+
+
+def _write_dataset(root: Path, shapes: dict, splits: dict[str, list[list[int]]]) -> dict:
+    """Write a dataset whose records are _arrays(i)/_meta(i); returns id -> (arrays, meta)."""
+    records = {}
+    infos = {}
+    for split, shards in splits.items():
+        infos[split] = []
+        for k, idx in enumerate(shards):
+            items = [(_arrays(i, shapes), _meta(i)) for i in idx]
+            records.update({m["id"]: (a, m) for a, m in items})
+            path = root / split / shard_name(split, k, len(shards))
+            infos[split].append(write_shard(path, (serialize_example(a, m, shapes=read_shapes_like(shapes)) for a, m in items)))
+    write_shapes(root / "shapes.txt", shapes)
+    write_dataset_json(root / "dataset.json", infos, {"config": {"name": "test"}}, meta_schema(_meta(0)))
+    return records
+
+
+def read_shapes_like(shapes: dict) -> dict:
+    return {n: (np.dtype(d), tuple(s)) for n, (d, s) in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds") / "dataset"
+    train = [list(range(k * PER_SHARD, (k + 1) * PER_SHARD)) for k in range(TRAIN_SHARDS)]
+    valid = [list(range(100, 100 + VALID))]
+    records = _write_dataset(root, SMALL_SHAPES, {"train": train, "valid": valid})
+    return root, records
+
+
+def _assert_same(got: dict, want: dict, names) -> None:
+    for name in names:
+        g = got[name].numpy() if hasattr(got[name], "numpy") else np.asarray(got[name])
+        assert g.dtype == want[name].dtype and g.shape == want[name].shape, name
+        assert g.tobytes() == want[name].tobytes(), f"{name} differs"
+
+
+# --- writer ----------------------------------------------------------------------------
+
+
+def test_crc32c_matches_reference_values_and_the_bytewise_loop():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"") == 0
+    rng = np.random.default_rng(1)
+    for n in (4096, 4097, 10_007, 65_536, 300_001):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        reg = 0xFFFFFFFF
+        for b in data[:n]:
+            reg ^= b
+            for _ in range(8):
+                reg = (reg >> 1) ^ (0x82F63B78 if reg & 1 else 0)
+        assert _crc32c_lanes(np.frombuffer(data, np.uint8)) == reg ^ 0xFFFFFFFF, n
+    # masked CRC as TFRecord defines it
+    c = crc32c(b"abc")
+    assert masked_crc32c(b"abc") == ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_write_shard_bytes_equal_tensorflow_tfrecordwriter(tmp_path):
+    records = [serialize_example(_arrays(i, SMALL_SHAPES), _meta(i)) for i in range(3)] + [b"", b"x" * 5000]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as w:
+        for r in records:
+            w.write(r)
+    info = write_shard(tmp_path / "ours.tfrecord", records)
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+    assert (info.records, info.bytes) == (5, (tmp_path / "ours.tfrecord").stat().st_size)
+    assert shard_info(tmp_path / "ours.tfrecord") == info
+    assert [bytes(r) for r in iter_records(tmp_path / "ours.tfrecord", verify_crc=True)] == records
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_serialize_example_is_deterministic_and_parses_as_a_protobuf_example(tmp_path):
+    from tensorflow.core.example import example_pb2
+
+    arrays, meta = _arrays(7, SMALL_SHAPES), _meta(7)
+    a = serialize_example(arrays, meta)
+    b = serialize_example(dict(reversed(list(arrays.items()))), dict(reversed(list(meta.items()))))
+    assert a == b
+    ref = example_pb2.Example()
+    for name, arr in arrays.items():
+        ref.features.feature[name].bytes_list.value.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    for name, v in meta.items():
+        f = ref.features.feature[name]
+        (f.bytes_list.value.append(v.encode()) if isinstance(v, str)
+         else f.int64_list.value.append(v) if isinstance(v, int) else f.float_list.value.append(v))
+    assert example_pb2.Example.FromString(a) == ref
+    # and our decoder reads protobuf's own serialization
+    back = decode_record(ref.SerializeToString(), read_shapes_like(SMALL_SHAPES), [*SMALL_SHAPES, *meta])
+    _assert_same(back, arrays, SMALL_SHAPES)
+    assert {k: back[k] for k in meta} == {**meta, "start": np.float32(meta["start"]).item()}
+    # same records twice -> byte-identical shards
+    recs = [serialize_example(_arrays(i, SMALL_SHAPES), _meta(i)) for i in range(4)]
+    s1 = write_shard(tmp_path / "a.tfrecord", recs)
+    s2 = write_shard(tmp_path / "b.tfrecord", (serialize_example(_arrays(i, SMALL_SHAPES), _meta(i)) for i in range(4)))
+    assert s1.sha256 == s2.sha256
+
+
+def test_serialize_example_rejects_arrays_not_matching_shapes_txt():
+    shapes = read_shapes_like(SMALL_SHAPES)
+    arrays = _arrays(0, SMALL_SHAPES)
+    with pytest.raises(ValueError, match="disc"):
+        serialize_example({**arrays, "disc": arrays["disc"].astype(np.int32)}, {}, shapes=shapes)
+    with pytest.raises(ValueError, match="missing"):
+        serialize_example({k: v for k, v in arrays.items() if k != "cqt"}, {}, shapes=shapes)
+    with pytest.raises(ValueError, match="both"):
+        serialize_example(arrays, {"cqt": 1})
+    with pytest.raises(TypeError):
+        serialize_example({}, {"bad": [1, 2]})
+
+
+def test_big_endian_arrays_are_stored_little_endian():
+    x = np.arange(6, dtype=">f4").reshape(2, 3)
+    rec = serialize_example({"x": x}, {})
+    assert bytes(parse_example(rec)["x"][1][0]) == x.astype("<f4").tobytes()
+
+
+def test_shapes_txt_round_trip_and_readable_errors(tmp_path):
+    write_shapes(tmp_path / "shapes.txt", SMALL_SHAPES)
+    text = (tmp_path / "shapes.txt").read_text()
+    assert "cqt float32 2,24,50\n" in text and "velocity_75hz float32 60\n" in text
+    assert read_shapes(tmp_path / "shapes.txt") == read_shapes_like(SMALL_SHAPES)
+    assert read_shapes(tmp_path) == read_shapes_like(SMALL_SHAPES)
+    assert array_shapes(_arrays(0, SMALL_SHAPES)) == read_shapes_like(SMALL_SHAPES)
+    (tmp_path / "shapes.txt").write_text("# comment\ncqt float32 2,24,50\ndisc int16\n")
+    with pytest.raises(InputError, match=r"shapes.txt:3"):
+        read_shapes(tmp_path / "shapes.txt")
+    with pytest.raises(InputError, match="not found"):
+        read_shapes(tmp_path / "nope.txt")
+
+
+def test_dataset_json_lists_counts_and_relative_shard_files(small):
+    root, _ = small
+    doc = read_dataset_json(root)
+    assert doc["format"] == "pvtbuild-tfrecord" and doc["config"] == {"name": "test"}
+    assert doc["splits"]["train"]["count"] == TRAIN_SHARDS * PER_SHARD
+    assert doc["splits"]["valid"]["shards"][0]["file"] == "valid/valid-00000-of-00001.tfrecord"
+    assert doc["meta"]["program"] == "int" and doc["meta"]["id"] == "string" and doc["meta"]["start"] == "float"
+    with pytest.raises(ValueError, match="reserved"):
+        write_dataset_json(root / "x.json", {}, {"splits": 1})
+
+
+# --- readers -----------------------------------------------------------------------------
+
+
+def test_tf_reader_returns_every_array_bit_exact_batched_and_not(small):
+    root, records = small
+    seen = set()
+    for batch in make_dataset(root, "train", names=[*SMALL_SHAPES, "id", "program"], batch_size=4):
+        assert batch["cqt"].shape[1:] == (2, 24, 50)
+        for j, rid in enumerate(batch["id"].numpy()):
+            rid = rid.decode()
+            seen.add(rid)
+            _assert_same({k: v[j] for k, v in batch.items() if k in SMALL_SHAPES}, records[rid][0], SMALL_SHAPES)
+            assert int(batch["program"][j]) == 40
+    assert len(seen) == TRAIN_SHARDS * PER_SHARD
+    single = next(iter(make_dataset(root, "valid", batch_size=None)))
+    assert single["encodec"].shape == (128, 60) and single["x_bool"].dtype == tf.bool
+    with pytest.raises(InputError, match="no array or metadata named"):
+        make_dataset(root, "train", names=["nope"])
+
+
+def test_torch_reader_returns_every_array_bit_exact_with_metadata(small):
+    root, records = small
+    ds = TFRecordIterableDataset(root, "train", names=[*SMALL_SHAPES, "id", "start", "transpose"], verify_crc=True)
+    items = list(ds)
+    assert len(items) == TRAIN_SHARDS * PER_SHARD
+    for item in items:
+        arrays, meta = records[item["id"]]
+        assert all(isinstance(item[n], torch.Tensor) for n in SMALL_SHAPES)
+        _assert_same(item, arrays, SMALL_SHAPES)
+        assert item["transpose"] == -12 and item["start"] == pytest.approx(meta["start"])
+    with pytest.raises(InputError, match="no array or metadata named"):
+        TFRecordIterableDataset(root, "train", names=["encodec", "nope"])
+
+
+def test_tf_and_torch_readers_agree_bit_exact_on_a_full_size_record(tmp_path):
+    full = {"cqt": ("float32", (2, 216, 1921)), "audio": ("float32", (1, 192000)),
+            "disc": ("int16", (16, 600)), "velocity_240hz": ("float32", (1921,))}
+    records = _write_dataset(tmp_path, full, {"train": [[1, 2]]})
+    via_tf = {r["id"].numpy().decode(): r for r in make_dataset(tmp_path, "train", names=[*full, "id"], batch_size=None)}
+    via_torch = {r["id"]: r for r in TFRecordIterableDataset(tmp_path, "train", names=[*full, "id"])}
+    assert via_tf.keys() == via_torch.keys() == records.keys()
+    for rid, (arrays, _) in records.items():
+        _assert_same(via_tf[rid], arrays, full)
+        _assert_same(via_torch[rid], arrays, full)
+
+
+def test_plain_tf_data_reads_a_pvtbuild_shard_knowing_only_shapes_txt(small):
+    root, records = small
+    # what a trainer outside pvtbuild writes, with shapes.txt in hand and nothing else
+    shapes = {}
+    for line in (root / "shapes.txt").read_text().splitlines():
+        name, dtype, dims = line.split()
+        shapes[name] = (tf.dtypes.as_dtype(dtype), [int(d) for d in dims.split(",")])
+    features = {name: tf.io.FixedLenFeature([], tf.string) for name in shapes}
+
+    def parse(record):
+        x = tf.io.parse_single_example(record, features)
+        return {name: tf.reshape(tf.io.decode_raw(x[name], dt), shape) for name, (dt, shape) in shapes.items()}
+
+    files = sorted(str(p) for p in (root / "valid").glob("*.tfrecord"))
+    got = list(tf.data.TFRecordDataset(files).map(parse))
+    assert len(got) == VALID
+    for i, ex in enumerate(got):
+        _assert_same(ex, records[f"clip{100 + i:03d}"][0], SMALL_SHAPES)
+
+
+def test_torch_reader_splits_files_across_two_dataloader_workers_without_duplicates_or_loss(small):
+    root, _ = small
+    ds = TFRecordIterableDataset(root, "train", names=["id"], shuffle_seed=5)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    ids = [item["id"] for item in loader]
+    assert len(ids) == len(set(ids)) == TRAIN_SHARDS * PER_SHARD
+    # ranks x workers: every file exactly once
+    files = []
+    for rank in range(2):
+        rds = TFRecordIterableDataset(root, "train", shuffle_seed=5, rank=rank, world_size=2)
+        files += [f for w in range(2) for f in rds.files_for(w, 2)]
+    assert sorted(files) == list_shards(root, "train")
+    with pytest.raises(InputError, match="shard files for 4 ranks"):
+        TFRecordIterableDataset(root, "train", rank=0, world_size=4)
+
+
+def test_tf_reader_shards_files_across_workers_without_duplicates_or_loss(small):
+    root, _ = small
+    ids = []
+    for index in range(3):
+        ds = make_dataset(root, "train", names=["id"], batch_size=None, num_shards=3, shard_index=index)
+        ids += [x["id"].numpy().decode() for x in ds]
+    assert len(ids) == len(set(ids)) == TRAIN_SHARDS * PER_SHARD
+    with pytest.raises(InputError, match="shard files for 4 workers"):
+        make_dataset(root, "train", num_shards=4)
+
+
+def test_seeded_shuffle_is_reproducible_and_changes_with_seed_and_epoch(small):
+    root, _ = small
+
+    def torch_order(seed, epoch=0):
+        ds = TFRecordIterableDataset(root, "train", names=["id"], shuffle_seed=seed, shuffle_buffer=8)
+        ds.set_epoch(epoch)
+        return [x["id"] for x in ds]
+
+    def tf_order(seed):
+        ds = make_dataset(root, "train", names=["id"], batch_size=None, shuffle_seed=seed, shuffle_buffer=8)
+        return [x["id"].numpy().decode() for x in ds]
+
+    plain = [x["id"] for x in TFRecordIterableDataset(root, "train", names=["id"])]
+    assert plain == sorted(plain)
+    assert torch_order(1) == torch_order(1) != plain
+    assert torch_order(1, epoch=1) != torch_order(1) and sorted(torch_order(1, epoch=1)) == plain
+    assert torch_order(2) != torch_order(1)
+    assert tf_order(1) == tf_order(1) != plain and sorted(tf_order(1)) == plain
+    assert tf_order(2) != tf_order(1)
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def copy(small, tmp_path):
+    root, _ = small
+    dst = tmp_path / "dataset"
+    shutil.copytree(root, dst)
+    return dst
+
+
+def test_verify_passes_a_good_dataset(small):
+    root, _ = small
+    report = verify_dataset(root)
+    assert report.ok, report.problems
+    assert (report.shards, report.records) == (TRAIN_SHARDS + 1, TRAIN_SHARDS * PER_SHARD + VALID)
+
+
+def test_verify_catches_a_flipped_byte(copy):
+    path = copy / "train" / shard_name("train", 1, TRAIN_SHARDS)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(data)
+    report = verify_dataset(copy)
+    assert not report.ok
+    assert any("CRC mismatch" in p for p in report.problems) and any("sha256" in p for p in report.problems)
+    with pytest.raises(InputError, match="CRC mismatch"):
+        list(iter_records(path, verify_crc=True))
+
+
+def test_verify_catches_a_truncated_shard(copy):
+    path = copy / "train" / shard_name("train", 2, TRAIN_SHARDS)
+    path.write_bytes(path.read_bytes()[:-100])
+    report = verify_dataset(copy)
+    assert any("truncated" in p for p in report.problems), report.problems
+    with pytest.raises(InputError, match="truncated"):
+        list(iter_records(path))
+
+
+def test_verify_catches_missing_and_extra_shards(copy):
+    (copy / "valid" / shard_name("valid", 0, 1)).unlink()
+    shutil.copy(copy / "train" / shard_name("train", 0, TRAIN_SHARDS), copy / "train" / "train-00009-of-00010.tfrecord")
+    problems = verify_dataset(copy).problems
+    assert any("missing shard" in p for p in problems) and any("extra shard" in p for p in problems)
+
+
+def test_verify_catches_a_record_that_does_not_match_shapes_txt(copy):
+    write_shapes(copy / "shapes.txt", {**SMALL_SHAPES, "disc": ("int16", (16, 61))})
+    problems = verify_dataset(copy).problems
+    assert any("'disc'" in p and "needs" in p for p in problems), problems
+
+
+def test_verify_catches_non_finite_floats(tmp_path):
+    arrays = {"x": np.array([1.0, np.nan], np.float32)}
+    info = write_shard(tmp_path / "train" / shard_name("train", 0, 1), [serialize_example(arrays, {})])
+    write_shapes(tmp_path / "shapes.txt", array_shapes(arrays))
+    write_dataset_json(tmp_path / "dataset.json", {"train": [info]}, {})
+    assert any("non-finite" in p for p in verify_dataset(tmp_path).problems)
