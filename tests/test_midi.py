@@ -10,7 +10,6 @@ import json
 import math
 import pickle
 import re
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -409,10 +408,8 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 def test_a_parse_that_runs_too_long_is_killed_and_the_next_file_still_parses(tmp_path):
     slow = write_far_note(tmp_path / "slow.mid", resolution=1, tick=9_000_000)  # ~9e6 beats in a Python loop
-    t0 = time.perf_counter()
     with pytest.raises(InputError, match=r"^parse timed out after 1 s$"):
         load_midi(slow, SelectConfig(parse_timeout=1.0))
-    assert time.perf_counter() - t0 < 5
     assert load_midi(LAKH[0], SelectConfig()).tracks
 
 
@@ -447,10 +444,3 @@ def test_lakh_sample_yields_clips_of_every_family(lakh20):
     # Measured at defaults on these 20 files: piano 49, violin 24, trumpet 23.
     assert counts["piano"] >= 30 and counts["violin"] >= 12 and counts["trumpet"] >= 12, counts
 
-
-def test_parsing_costs_little_more_than_pretty_midi_itself():
-    load_midi(LAKH[0], SelectConfig())  # the pool is warm
-    t0 = time.perf_counter()
-    for path in LAKH[:20]:
-        load_midi(path, SelectConfig())
-    assert (time.perf_counter() - t0) / 20 < 0.5  # measured ~0.045 s per file, ~1 ms of it process overhead

@@ -196,3 +196,18 @@ def test_invalid_notes_are_rejected(soundfont, cfg):
         render_notes(notes((0.0, 0.5, 60, 0)), PIANO, soundfont, cfg, SR)
     with pytest.raises(ValueError):
         render_notes(notes((0.0, 0.5, 60, 100)), 128, soundfont, cfg, SR)
+
+
+def test_a_clip_that_would_need_voices_stolen_is_refused_not_silently_cut(soundfont, cfg):
+    cluster = notes(*[(0.0, 1.0, p, 100) for p in range(30, 100)])  # 70 notes at once: > 64 voices
+    with pytest.raises(InputError, match="voices sounding at once"):
+        render_notes(cluster, PIANO, soundfont, cfg, SR)
+    render_notes(notes(*[(0.0, 1.0, p, 100) for p in range(60, 64)]), PIANO, soundfont, cfg, SR)  # a chord is fine
+
+
+def test_rendering_into_a_given_row_equals_rendering_into_a_new_array(soundfont, cfg):
+    rows = np.full((2, 2 * SR), np.nan, dtype=np.float32)
+    audio, _ = render_notes(melody(6, 2.0), VIOLIN, soundfont, cfg, 2 * SR, out=rows[1])
+    assert audio is rows[1] or np.shares_memory(audio, rows[1])
+    assert np.array_equal(rows[1], render_notes(melody(6, 2.0), VIOLIN, soundfont, cfg, 2 * SR)[0])
+    assert np.isnan(rows[0]).all()

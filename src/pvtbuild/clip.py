@@ -5,11 +5,14 @@ clip from its source MIDI file, and nothing derived (notes are re-read from the
 file, whose md5 is checked). `ClipNotes` is what render and controls consume:
 the notes of the window after octave folding and velocity modulation, in
 seconds from the clip's start, plus the file's beat times around the clip.
+The select stage stores its clips' notes (`pack_notes`), so render need not
+parse the MIDI files a second time; from a selection manifest alone, render
+re-derives them from the files.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,7 @@ class ClipSpec:
     voiced: float  # share of the clip during which a note sounds
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # all fields are scalars: no deep copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClipSpec":
@@ -58,3 +61,37 @@ class ClipNotes:
 
     def __len__(self) -> int:
         return len(self.onsets)
+
+
+def pack_notes(items: list[tuple[str, ClipNotes]]) -> dict[str, np.ndarray]:
+    """Many clips' notes as a few flat arrays (for one npz): `id`, per-clip counts, concatenated values.
+
+    Arrays: `id` [n] str; `duration` [n] float64; `n_notes`, `n_beats` [n] int64;
+    `onsets`, `offsets`, `beats` float64 and `pitches`, `velocities` int16, each the
+    clips' arrays concatenated in `id` order. `unpack_notes` inverts it exactly.
+    """
+    def cat(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(n, name), dtype=dtype) for _, n in items] or [np.zeros(0, dtype)])
+
+    return {
+        "id": np.array([cid for cid, _ in items], dtype=str),
+        "duration": np.array([n.duration for _, n in items], dtype=np.float64),
+        "n_notes": np.array([len(n) for _, n in items], dtype=np.int64),
+        "n_beats": np.array([len(n.beats) for _, n in items], dtype=np.int64),
+        "onsets": cat("onsets", np.float64), "offsets": cat("offsets", np.float64),
+        "pitches": cat("pitches", np.int16), "velocities": cat("velocities", np.int16),
+        "beats": cat("beats", np.float64),
+    }
+
+
+def unpack_notes(arrays: dict[str, np.ndarray]) -> dict[str, ClipNotes]:
+    """Clip id -> ClipNotes from the arrays of `pack_notes`."""
+    notes_at = np.concatenate([[0], np.cumsum(arrays["n_notes"])])
+    beats_at = np.concatenate([[0], np.cumsum(arrays["n_beats"])])
+    out = {}
+    for k, cid in enumerate(arrays["id"]):
+        a, b = notes_at[k], notes_at[k + 1]
+        out[str(cid)] = ClipNotes(arrays["onsets"][a:b], arrays["offsets"][a:b], arrays["pitches"][a:b],
+                                  arrays["velocities"][a:b], arrays["beats"][beats_at[k]:beats_at[k + 1]],
+                                  float(arrays["duration"][k]))
+    return out

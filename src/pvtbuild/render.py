@@ -8,24 +8,34 @@ rendered ok, in selection order:
 - `{control}_{grid}`: [n, frames] float32 (`instrument_{grid}`: [n, n_instruments, frames])
   for every control of controls.py and every grid of `controls.grids`.
 Clips that could not be rendered are rows `skipped: <reason>` in the shard record.
+
+A clip's notes come from the select stage of the same build when it ran there
+(`OUT/select/shard-*.npz`, see select.py); clips of a selection manifest are
+re-derived from their source MIDI files, whose md5 is checked. Both give the
+same notes, hence the same bytes.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from itertools import groupby
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .clip import ClipSpec
+from .clip import ClipNotes, ClipSpec, unpack_notes
 from .config import PipelineConfig, config_hash
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write, sha256_bytes, sha256_file, stable_hash
 from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, run_stage, shard_stem, write_record
 
-SILENCE_RMS = 1e-5  # a rendered clip quieter than this is skipped (e.g. a program the SoundFont lacks)
+# A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont
+# lacks, or "ghost" tracks of velocity-1 notes (real in Lakh: RMS ~1e-5, inaudible). Real clips
+# measured on lakh-sample and the edge cases: RMS >= 4e-3.
+SILENCE_RMS = 1e-4
 
 
 def render_params(cfg: PipelineConfig, soundfont_sha256: str) -> str:
@@ -33,79 +43,134 @@ def render_params(cfg: PipelineConfig, soundfont_sha256: str) -> str:
                         "seed": cfg.seed, "soundfont": soundfont_sha256})
 
 
+def render_soundfont(cfg: PipelineConfig) -> Path:
+    """The configured SoundFont, resolved and verified; a problem is a ConfigError naming `render.soundfont`."""
+    from .soundfonts import resolve_soundfont
+
+    try:
+        return resolve_soundfont(cfg.render.soundfont)
+    except InputError as e:
+        raise ConfigError(f"render.soundfont: {e}") from None
+
+
 def render(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     """Render every clip into shards under OUT/render; shards finished by an earlier run are kept."""
-    from .soundfonts import resolve_soundfont, soundfont_sha256
+    from .select import notes_files
+    from .soundfonts import soundfont_sha256
 
-    soundfont = resolve_soundfont(cfg.render.soundfont)
+    soundfont = render_soundfont(cfg)
     params = render_params(cfg, soundfont_sha256(soundfont))
     stage_dir = out / "render"
     claim_stage_dir(stage_dir, "render", params, stable_hash([c.clip_id for c in clips]))
     summary = StageSummary("render")
+    stored = notes_files(out, cfg)
     run_stage(executor, stage_dir, params, chunk(clips, cfg.render.clips_per_shard),
               lambda i, group: Task(f"render-{params[:6]}-{i:05d}", render_task,
-                                    (i, group, cfg, str(soundfont), str(stage_dir))),
+                                    (i, group, cfg, str(soundfont), str(stage_dir),
+                                     sorted({stored[c.clip_id] for c in group if c.clip_id in stored}))),
               lambda group, status: [_row(s, params, status) for s in group], summary)
     return summary.finish()
 
 
-def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfont: str, stage_dir: str) -> ShardRecord:
-    """Render one shard of clips and write it; a clip that fails is a skipped row, the others go on."""
+def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfont: str, stage_dir: str,
+                notes_files: list[str] | None = None) -> ShardRecord:
+    """Render one shard of clips and write it; a clip that fails is a skipped row, the others go on.
+
+    `notes_files` are select shards holding some of these clips' notes; the others are
+    re-derived from their source files.
+    """
     from .soundfonts import soundfont_sha256
 
     params = render_params(cfg, soundfont_sha256(Path(soundfont)))
+    stored = _read_notes(notes_files or [])
     rows: list[dict] = []
-    ok: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
-    for source, group in groupby(specs, key=lambda s: s.source):
-        group = list(group)
-        try:
-            midi = _load_source(source, group[0].source_md5, cfg)
-        except InputError as e:
-            rows.extend(_row(s, params, f"skipped: {e}") for s in group)
-            continue
-        for spec in group:
+    ok: list[tuple[str, dict[str, np.ndarray]]] = []
+    audio = np.empty((len(specs), cfg.clip_samples), dtype=np.float32)  # row k: the k-th clip rendered ok
+    for _, group in groupby(specs, key=lambda s: s.source):
+        for spec, notes in _clip_notes(list(group), stored, cfg):
+            if isinstance(notes, InputError):
+                rows.append(_row(spec, params, f"skipped: {notes}"))
+                continue
             try:
-                audio, controls, info = render_clip(midi, spec, cfg, Path(soundfont))
+                controls, info = render_clip(notes, spec, cfg, Path(soundfont), out=audio[len(ok)])
             except InputError as e:
                 rows.append(_row(spec, params, f"skipped: {e}"))
                 continue
-            ok.append((spec.clip_id, audio, controls))
-            rows.append(_row(spec, params, "ok", outputs={"audio": sha256_bytes(audio.tobytes())}, info=info))
+            rows.append(_row(spec, params, "ok", outputs={"audio": sha256_bytes(audio[len(ok)].data)}, info=info))
+            ok.append((spec.clip_id, controls))
     stage = Path(stage_dir)
     file, sha = "", ""
     if ok:
         file = f"{shard_stem(index)}.npz"
         with atomic_write(stage / file) as fh:
-            np.savez(fh, **_stack(ok))
+            np.savez(fh, **_stack(ok, audio[:len(ok)]))
         sha = sha256_file(stage / file)
     record = ShardRecord("render", index, file, sha, params, rows)
     write_record(stage, record)
     return record
 
 
-def render_clip(midi, spec: ClipSpec, cfg: PipelineConfig, soundfont: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """One clip's audio and its controls on every grid, from the parsed source file."""
+def render_clip(notes: ClipNotes, spec: ClipSpec, cfg: PipelineConfig, soundfont: Path,
+                out: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """Render one clip's audio into `out` ([clip_samples] float32); returns its controls on every grid and info."""
     from .controls import compute_controls
-    from .midi import clip_notes
     from .synth import render_notes
 
     names = [i.name for i in cfg.select.instruments]
     if spec.instrument not in names:
         raise InputError(f"instrument {spec.instrument!r} is not in this pipeline ({', '.join(names)})")
-    notes = clip_notes(midi, spec, cfg.select)
-    audio, n_clipped = render_notes(notes, spec.program, soundfont, cfg.render, cfg.clip_samples)
+    audio, n_clipped = render_notes(notes, spec.program, soundfont, cfg.render, cfg.clip_samples, out=out)
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
     if not np.isfinite(rms):
         raise InputError("rendered audio is not finite")
     if rms < SILENCE_RMS:
-        raise InputError(f"rendered silence (does the SoundFont have program {spec.program}?)")
+        raise InputError(f"rendered near-silence (RMS < {SILENCE_RMS:g}): notes of very low velocity, "
+                         f"or no program {spec.program} in the SoundFont")
     controls = {}
     for grid in cfg.controls.grids:
         for name, values in compute_controls(notes, names.index(spec.instrument), len(names), grid,
                                              cfg.controls.bpm_max).items():
             controls[f"{name}_{grid.name}"] = values
     info = {"rms": round(rms, 6), "peak": round(float(np.max(np.abs(audio))), 6), "clipped": int(n_clipped)}
-    return audio, controls, info
+    return controls, info
+
+
+def _read_notes(files: list[str]) -> dict[str, ClipNotes]:
+    """Clip id -> notes from select shards; an unreadable shard is passed over (its clips are parsed)."""
+    stored: dict[str, ClipNotes] = {}
+    for path in files:
+        try:
+            with np.load(path) as data:
+                stored.update(unpack_notes(dict(data)))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            continue
+    return stored
+
+
+def _clip_notes(group: list[ClipSpec], stored: dict[str, ClipNotes],
+                cfg: PipelineConfig) -> Iterator[tuple[ClipSpec, ClipNotes | InputError]]:
+    """The notes of each clip of one source file: stored ones, else from the file, parsed at most once."""
+    from .midi import clip_notes
+
+    midi = None  # the parsed file, or the InputError parsing it raised
+    for spec in group:
+        if spec.clip_id in stored:
+            yield spec, stored[spec.clip_id]
+            continue
+        if midi is None:
+            try:
+                midi = _load_source(spec.source, spec.source_md5, cfg)
+            except InputError as e:
+                midi = e
+        if isinstance(midi, InputError):
+            yield spec, midi
+            continue
+        try:
+            notes = clip_notes(midi, spec, cfg.select)
+        except InputError as e:
+            yield spec, e
+            continue
+        yield spec, notes
 
 
 def _load_source(source: str, md5: str, cfg: PipelineConfig):
@@ -123,8 +188,8 @@ def _row(spec: ClipSpec, params: str, status: str, outputs: dict | None = None, 
     return ManifestRow(spec.clip_id, "render", status, inputs, params, outputs or {}, info or {}).to_dict()
 
 
-def _stack(ok: list[tuple[str, np.ndarray, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    arrays = {"id": np.array([cid for cid, _, _ in ok]), "audio": np.stack([a for _, a, _ in ok]).astype(np.float32)}
-    for name in ok[0][2]:
-        arrays[name] = np.stack([c[name] for _, _, c in ok]).astype(np.float32)
+def _stack(ok: list[tuple[str, dict[str, np.ndarray]]], audio: np.ndarray) -> dict[str, np.ndarray]:
+    arrays = {"id": np.array([cid for cid, _ in ok]), "audio": audio}
+    for name in ok[0][1]:
+        arrays[name] = np.stack([c[name] for _, c in ok], dtype=np.float32)
     return arrays

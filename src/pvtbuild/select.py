@@ -5,6 +5,11 @@ relative to the manifest's folder, so a manifest can be moved with its MIDI
 files or committed (see `manifests/demo.jsonl`) and rendered anywhere with
 `pvtbuild render --midi MANIFEST`. Files that yield nothing are rows with
 status `skipped: <reason>` in `OUT/select/manifest.jsonl`.
+
+Beside it, per task, `OUT/select/shard-{i:05d}.npz` holds the notes of the
+task's clips (`clip.pack_notes`: folded, modulated, with their beats), which
+the render stage of the same build reads instead of parsing every MIDI file a
+second time (`notes_files`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .clip import ClipSpec
+import numpy as np
+
+from .clip import ClipSpec, pack_notes
 from .config import PipelineConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
-from .manifest import ManifestRow, read_jsonl, stable_hash, write_jsonl
-from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, run_stage, write_record
+from .manifest import ManifestRow, atomic_write, read_jsonl, sha256_file, stable_hash, write_jsonl
+from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, finished_record, run_stage, shard_stem, write_record
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
 FILES_PER_TASK = 16
@@ -60,10 +67,11 @@ def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -
 
 def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: str) -> ShardRecord:
     """Select clips from a group of MIDI files; a bad file becomes a skipped row, never an error."""
-    from .midi import load_midi, md5_file, select_clips
+    from .midi import clip_notes, load_midi, md5_file, select_clips
 
     params = select_params(cfg)
     rows: list[dict] = []
+    notes = []
     for path in paths:
         file_id = stable_hash(os.path.basename(path))
         try:
@@ -81,9 +89,33 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
             continue
         rows.append(_file_row(file_id, path, params, "ok", clips=len(clips)))
         rows.extend(ManifestRow(c.clip_id, "select-clip", "ok", c.to_dict(), params).to_dict() for c in clips)
-    record = ShardRecord("select", index, "", "", params, rows)
-    write_record(Path(stage_dir), record)
+        notes.extend((c.clip_id, clip_notes(midi, c, cfg.select)) for c in clips)
+    stage = Path(stage_dir)
+    file, sha = "", ""
+    if notes:
+        file = f"{shard_stem(index)}.npz"
+        with atomic_write(stage / file) as fh:
+            np.savez(fh, **pack_notes(notes))
+        sha = sha256_file(stage / file)
+    record = ShardRecord("select", index, file, sha, params, rows)
+    write_record(stage, record)
     return record
+
+
+def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
+    """Clip id -> the select shard holding its notes, for a build whose select stage ran with `cfg`.
+
+    Empty when there is no select stage (clips came from a manifest) or it was run with
+    other settings; shards that do not verify are left out (render then parses the file).
+    """
+    stage_dir = Path(out) / "select"
+    params = select_params(cfg)
+    found: dict[str, str] = {}
+    for path in sorted(stage_dir.glob("shard-*.json")):
+        rec = finished_record(stage_dir, int(path.stem.split("-")[1]), params)
+        if rec is not None and rec.file:
+            found.update((r["id"], str(stage_dir / rec.file)) for r in rec.rows if r["stage"] == "select-clip")
+    return found
 
 
 def _file_row(file_id: str, path: str, params: str, status: str, **info: int) -> dict:
@@ -113,7 +145,7 @@ def read_selection(path: Path) -> list[ClipSpec]:
         except TypeError as e:
             raise PvtbuildError(f"{path}:{n}: not a clip selection row ({e})") from None
         source = Path(spec.source)
-        clips.append(ClipSpec.from_dict(dict(d, source=str(source if source.is_absolute() else base / source))))
+        clips.append(ClipSpec.from_dict(dict(d, source=str(source if source.is_absolute() else (base / source).resolve()))))
     return clips
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from .errors import InputError, PvtbuildError
-from .manifest import sha256_file
+from .manifest import PUBLIC_FILE_MODE, sha256_file
 
 ENV_VAR = "PVTBUILD_SOUNDFONTS"
 REGISTRY_FILE = "registry.yaml"
@@ -322,18 +322,12 @@ def _temporary_beside(dest: Path) -> Iterator[Path]:
     """A temporary file name in dest's folder, removed unless it was renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the installed file private
+    os.chmod(tmp, PUBLIC_FILE_MODE)  # mkstemp's 0600 would make the installed file private
     try:
         yield Path(tmp)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _install_licence(entry: SoundFontEntry, folder: Path, tgz: Path | None, shared: Path | None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -41,7 +41,9 @@ class ShardRecord:
         return [ManifestRow.from_dict(r) for r in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: the fields are JSON data already; asdict's deep copy of every nested dict
+        # was ~15 % of the render stage's time.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ShardRecord":
