@@ -1,10 +1,16 @@
 """Where the encoders run: device choice, batch size and torch threads.
 
 GPU support is deliberately small: `auto` takes CUDA when torch sees it, and
-nothing else here differs between devices except the default batch size.
+nothing else here differs between devices except the default batch size. The
+thread count of the encoders is fixed (`ENCODE_THREADS`), because it changes
+their float results.
 """
 
 from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -15,6 +21,15 @@ from ..errors import ConfigError
 # CPU a batch of one is fastest. On a GPU a batch amortises kernel launches.
 CPU_BATCH_SIZE = 1
 CUDA_BATCH_SIZE = 32
+
+# The encode stage runs its models with this many intra-op threads, whatever the
+# executor's PVTBUILD_THREADS. oneDNN's convolutions sum in an order that depends on
+# the thread count: measured with torch 2.13 on a 2-core EPYC, EnCodec latents at 1
+# thread differ from those at 2..16 threads by ~2e-6, and 32 threads differ again
+# (codes and the CQT did not change). A fixed count is what keeps the stage's
+# outputs byte-identical whatever --jobs. Parallelism comes from the workers
+# (`--jobs`, one per core), as for render, whose FluidSynth is single-threaded anyway.
+ENCODE_THREADS = 1
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -45,6 +60,33 @@ def pick_device(spec: str = "auto") -> torch.device:
 def default_batch_size(device: torch.device) -> int:
     """Clips per encoder call when `encode.batch_size` is 0: 1 on CPU, 32 on CUDA."""
     return CUDA_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextmanager
+def encode_threads() -> Iterator[None]:
+    """Run the block with ENCODE_THREADS torch intra-op threads, then restore the count.
+
+    torch's count is per process: the first block to enter sets it and the last to
+    leave restores it, so tasks running side by side in one worker never see it change.
+    """
+    global _threads_users, _threads_before
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            set_threads(ENCODE_THREADS)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_before)
 
 
 def set_threads(n: int) -> None:

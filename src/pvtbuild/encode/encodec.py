@@ -21,7 +21,6 @@ CUDA builds that fail on CPU-only machines, so pvtbuild does not install it and
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 import types
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..manifest import sha256_file
 
 if TYPE_CHECKING:
     from encodec import EncodecModel
@@ -103,6 +103,23 @@ def hub_checkpoint_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_NAME
 
 
+def resolve_checkpoint(checkpoint: str | None) -> Path:
+    """The pretrained checkpoint file: `checkpoint` if given, else torch hub's cache; InputError naming it if absent."""
+    untrained = "--random-weights for an untrained model (tests, dry runs)"
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise InputError(f"EnCodec checkpoint {path} not found (--encodec-checkpoint / encode.encodec.checkpoint): "
+                             f"give the path of {CHECKPOINT_NAME}, or pass {untrained}")
+        return path
+    path = hub_checkpoint_path()
+    if not path.is_file():
+        raise InputError(f"EnCodec checkpoint not found: download {CHECKPOINT_URL} to {path} "
+                         f"(torch hub's cache, $TORCH_HOME/hub/checkpoints), or pass --encodec-checkpoint PATH, "
+                         f"or {untrained}")
+    return path
+
+
 def load_encodec(*, checkpoint: str | None, random_weights: bool, seed: int, bandwidth: float,
                  device: torch.device | str) -> tuple[EncodecModel, dict[str, Any]]:
     """The EnCodec 24 kHz model in eval mode at `bandwidth`, cached per process.
@@ -122,7 +139,7 @@ def load_encodec(*, checkpoint: str | None, random_weights: bool, seed: int, ban
         InputError: no checkpoint file and no random weights asked for, or an unusable file.
     """
     device = torch.device(device)
-    path = None if random_weights else _resolve_checkpoint(checkpoint)
+    path = None if random_weights else resolve_checkpoint(checkpoint)
     key = ("random", seed) if random_weights else ("pretrained", str(path))
     key += (float(bandwidth), str(device))
     with _LOCK:
@@ -257,22 +274,6 @@ class EncodecEncoder:
 # --- internals --------------------------------------------------------------------------
 
 
-def _resolve_checkpoint(checkpoint: str | None) -> Path:
-    untrained = "--random-weights for an untrained model (tests, dry runs)"
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise InputError(f"EnCodec checkpoint {path} not found (--encodec-checkpoint / encode.encodec.checkpoint): "
-                             f"give the path of {CHECKPOINT_NAME}, or pass {untrained}")
-        return path
-    path = hub_checkpoint_path()
-    if not path.is_file():
-        raise InputError(f"EnCodec checkpoint not found: download {CHECKPOINT_URL} to {path} "
-                         f"(torch hub's cache, $TORCH_HOME/hub/checkpoints), or pass --encodec-checkpoint PATH, "
-                         f"or {untrained}")
-    return path
-
-
 def _new_model(seed: int) -> EncodecModel:
     """The untrained 24 kHz architecture, its default init drawn from `seed` without touching the global RNG."""
     encodec = import_encodec()
@@ -284,7 +285,7 @@ def _new_model(seed: int) -> EncodecModel:
 
 
 def _load_pretrained(path: Path) -> tuple[EncodecModel, str]:
-    sha = _sha256(path)
+    sha = sha256_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, not a torch file, not weights only
@@ -301,14 +302,6 @@ def _load_pretrained(path: Path) -> tuple[EncodecModel, str]:
 def _one_line(e: Exception, limit: int = 240) -> str:
     text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _he_init_(conv: torch.nn.Module, gen: torch.Generator) -> None:

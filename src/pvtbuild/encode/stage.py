@@ -1,0 +1,339 @@
+"""The encode stage: rendered clips in, CQT / EnCodec latents / EnCodec codes out.
+
+Reads the render stage's output in `OUT/render/` and writes, per render shard `i`,
+`OUT/encode/shard-{i:05d}.npz` (same index; uncompressed `np.savez`) holding, for
+the n clips of that render shard that encoded ok, in the render shard's order:
+- `id`: [n] clip ids (str);
+- `cqt`: [n, 2, n_bins, frames] float32, real and imaginary CQT ([n, 2, 216, 1921] for 8 s);
+- `encodec`: [n, 128, frames] float32, EnCodec encoder output before the quantizer ([n, 128, 600]);
+- `disc`: [n, K, frames] int16, EnCodec codes, values 0..1023 ([n, 16, 600] at 12 kbps);
+each only when asked for in `encode.formats`. `audio` needs no encoding: it stays in the
+render shard. Beside it, `shard-{i:05d}.json` (a `ShardRecord` with one row per clip the
+render shard holds: `ok` with the sha256 of each format's array, or `skipped: reason`),
+`manifest.jsonl`, `stage.json`, and `encoder.json`, which says how the arrays were made:
+
+    {"formats": [...], "weights": "pretrained" | "random" | null (no EnCodec format),
+     "checkpoint": path or null, "checkpoint_sha256": ... or null, "seed": int,
+     "bandwidth": kbps, "cqt": {fmin, bins_per_octave, n_bins, hop_length}}
+
+The stage's parameter hash covers the formats, the weights' identity (random + seed,
+or the checkpoint's sha256), the CQT and EnCodec settings and the render parameters,
+so a build directory never mixes arrays made two ways. The batch size and the device
+are not part of it: they change latents only by float rounding (codes not at all).
+The torch thread count would too, so it is fixed (`device.ENCODE_THREADS`): outputs
+are byte-identical whatever --jobs.
+
+Render shards whose task failed have no clips to encode; their encode record is
+marked failed, so the next run (after render redid them) encodes them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import CqtConfig, PipelineConfig, config_hash
+from ..errors import ConfigError, InputError, PvtbuildError
+from ..executor import Executor, Task
+from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
+from ..stage import (ShardRecord, StageSummary, claim_stage_dir, read_record, record_path, run_stage, shard_stem,
+                     write_record)
+from .cqt import CqtEncoder
+from .device import default_batch_size, encode_threads, pick_device
+from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
+
+ENCODED_FORMATS = ("cqt", "encodec", "disc")  # what this stage computes, in storage order
+ENCODEC_FORMATS = ("encodec", "disc")
+ENCODER_JSON = "encoder.json"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The EnCodec weights every worker loads, decided once in the client before any work."""
+
+    kind: str | None  # "pretrained", "random", or None when no EnCodec format is asked for
+    checkpoint: str | None = None  # resolved path of the pretrained state dict
+    sha256: str | None = None
+    seed: int = 0  # draws the random weights
+
+    def identity(self) -> dict[str, Any] | None:
+        """What makes two runs' EnCodec outputs equal: the seed of random weights, or the checkpoint's bytes."""
+        if self.kind == "random":
+            return {"weights": "random", "seed": self.seed}
+        if self.kind == "pretrained":
+            return {"weights": "pretrained", "sha256": self.sha256}
+        return None
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """Everything a worker needs to encode one render shard; small and picklable."""
+
+    formats: tuple[str, ...]
+    weights: Weights
+    cqt: CqtConfig
+    bandwidth: float
+    sample_rate: int
+    clip_samples: int
+    device: str  # encode.device, resolved on the worker (it may have the GPU the client lacks)
+    batch_size: int  # 0: per device
+    params: str
+    render_params: str
+
+
+def encode_formats(cfg: PipelineConfig) -> tuple[str, ...]:
+    """The formats to compute, in storage order (`audio`, if listed, is the render shard itself)."""
+    return tuple(f for f in ENCODED_FORMATS if f in cfg.encode.formats)
+
+
+def resolve_weights(cfg: PipelineConfig) -> Weights:
+    """Which EnCodec weights to use, from `encode.weights`; raises before any work when they are missing.
+
+    pretrained: the checkpoint (encode.encodec.checkpoint, else torch hub's cache) must exist;
+    random: the untrained architecture drawn from the seed; auto: pretrained if in torch hub's cache
+    (or at encode.encodec.checkpoint, which must then exist), else random.
+    """
+    if not any(f in ENCODEC_FORMATS for f in encode_formats(cfg)):
+        return Weights(None, seed=cfg.seed)
+    if cfg.render.sample_rate != 24000:
+        raise ConfigError(f"encode.formats: encodec and disc need 24 kHz audio (the EnCodec 24 kHz model), "
+                          f"but render.sample_rate is {cfg.render.sample_rate}")
+    mode = cfg.encode.weights
+    if mode == "random":
+        return Weights("random", seed=cfg.seed)
+    try:
+        path = resolve_checkpoint(cfg.encode.encodec.checkpoint)
+    except InputError:
+        if mode == "pretrained" or cfg.encode.encodec.checkpoint is not None:
+            raise  # asked for, or a path given that is not there: a mistake, not a reason for random weights
+        return Weights("random", seed=cfg.seed)  # auto, and nothing in torch hub's cache
+    return Weights("pretrained", str(path.resolve()), sha256_file(path), cfg.seed)
+
+
+def check_encode_config(cfg: PipelineConfig) -> Weights:
+    """What encode can check before any work: the weights exist and, for local workers, the device."""
+    weights = resolve_weights(cfg)
+    if cfg.exec.scheduler in (None, "sync"):
+        pick_device(cfg.encode.device)  # local workers see the devices this process sees
+    return weights
+
+
+def encode_params(cfg: PipelineConfig, weights: Weights, render_params: str) -> str:
+    """The stage's parameter hash: what went into every array it writes."""
+    formats = encode_formats(cfg)
+    return config_hash({"formats": list(formats), "weights": weights.identity(),
+                        "cqt": cfg.encode.cqt if "cqt" in formats else None,
+                        "bandwidth": cfg.encode.encodec.bandwidth if weights.kind else None,
+                        "clip_samples": cfg.clip_samples, "sample_rate": cfg.render.sample_rate,
+                        "render": render_params})
+
+
+def encoder_info(cfg: PipelineConfig, weights: Weights) -> dict[str, Any]:
+    """The content of `encoder.json`, read by the shard stage for dataset.json."""
+    return {"formats": list(encode_formats(cfg)), "weights": weights.kind, "checkpoint": weights.checkpoint,
+            "checkpoint_sha256": weights.sha256, "seed": cfg.seed, "bandwidth": cfg.encode.encodec.bandwidth,
+            "cqt": asdict(cfg.encode.cqt)}
+
+
+def task_resources(device: str, advertised: dict[str, float]) -> dict[str, float]:
+    """`{"GPU": 1}` when encoding on CUDA on a cluster whose workers advertise GPUs, so CPU-only workers render."""
+    wants_cuda = device.startswith("cuda") or device == "auto"
+    return {"GPU": 1} if wants_cuda and advertised.get("GPU", 0) > 0 else {}
+
+
+def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
+    """Encode every render shard of OUT/render into OUT/encode; shards finished by an earlier run are kept."""
+    render_dir, stage_dir = Path(out) / "render", Path(out) / "encode"
+    weights = check_encode_config(cfg)
+    resources = task_resources(cfg.encode.device, executor.worker_resources())
+    render_meta, render_records = read_render_output(render_dir, Path(out))
+    params = encode_params(cfg, weights, render_meta["params"])
+    claim_stage_dir(stage_dir, "encode", params, config_hash([render_meta["params"], render_meta["inputs"]]))
+    atomic_write_bytes(stage_dir / ENCODER_JSON, json.dumps(encoder_info(cfg, weights), indent=1).encode())
+    _announce(weights, cfg.encode.weights)
+    job = EncodeJob(encode_formats(cfg), weights, cfg.encode.cqt, cfg.encode.encodec.bandwidth,
+                    cfg.render.sample_rate, cfg.clip_samples, cfg.encode.device, cfg.encode.batch_size,
+                    params, render_meta["params"])
+    summary = StageSummary("encode")
+    records = run_stage(executor, stage_dir, params, render_records,
+                        lambda i, rec: Task(f"encode-{params[:6]}-{i:05d}", encode_task,
+                                            (i, rec, job, str(stage_dir), str(render_dir)), resources),
+                        lambda rec, status: [_row(r, params, status, job) for r in _rendered_rows(rec)], summary)
+    for i, rec in sorted(records.items()):
+        if rec.params.startswith("failed:") and not rec.rows:
+            summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
+    return summary.finish()
+
+
+def read_render_output(render_dir: Path, out: Path) -> tuple[dict[str, Any], list[ShardRecord]]:
+    """The render stage's stage.json and its shard records, index order; raises if render has not finished."""
+    meta_path = render_dir / "stage.json"
+    if not meta_path.is_file():
+        raise PvtbuildError(f"{render_dir}: no render output; run `pvtbuild render --out {out}` first")
+    if not (render_dir / "manifest.jsonl").is_file():
+        raise PvtbuildError(f"{render_dir}: render has not finished; rerun `pvtbuild render --out {out}`")
+    meta = json.loads(meta_path.read_text())
+    records = []
+    for i in range(len(list(render_dir.glob("shard-*.json")))):
+        rec = read_record(render_dir, i)
+        if rec is None:
+            raise PvtbuildError(f"{record_path(render_dir, i)}: missing or unreadable; "
+                                f"rerun `pvtbuild render --out {out}` to finish it")
+        records.append(rec)
+    return meta, records
+
+
+def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str, render_dir: str) -> ShardRecord:
+    """Encode one render shard and write its encode shard; a clip that cannot be encoded is a skipped row."""
+    stage = Path(stage_dir)
+    if render.params != job.render_params:  # the render task failed: mark this one failed too, so it is retried
+        return _write(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}", []))
+    rendered = _rendered_rows(render)
+    if not render.file:
+        return _write(stage, ShardRecord("encode", index, "", "", job.params, []))
+    blob = (Path(render_dir) / render.file).read_bytes()
+    if sha256_bytes(blob) != render.sha256:
+        status = f"skipped: render {render.file} does not match its record; rerun render"
+        return _write(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
+                                         [_row(r, job.params, status, job) for r in rendered]))
+    with np.load(io.BytesIO(blob)) as npz:
+        ids, audio = [str(x) for x in npz["id"]], npz["audio"]
+    sources = {r["id"]: r for r in rendered}
+    encoded, problems = encode_clips(audio, job)
+    rows = []
+    for n, cid in enumerate(ids):
+        if n in problems:
+            rows.append(_row(sources.get(cid, {"id": cid}), job.params, f"skipped: {problems[n]}", job))
+        else:
+            outputs = {f: sha256_bytes(encoded[f][n].tobytes()) for f in job.formats}
+            rows.append(_row(sources.get(cid, {"id": cid}), job.params, "ok", job, outputs))
+    keep = [n for n in range(len(ids)) if n not in problems]
+    file, sha = "", ""
+    if keep:
+        file = f"{shard_stem(index)}.npz"
+        arrays = {"id": np.array([ids[n] for n in keep])}
+        arrays.update({f: np.stack([encoded[f][n] for n in keep]) for f in job.formats})
+        with atomic_write(stage / file) as fh:
+            np.savez(fh, **arrays)
+        sha = sha256_file(stage / file)
+    return _write(stage, ShardRecord("encode", index, file, sha, job.params, rows))
+
+
+def encode_clips(audio: np.ndarray, job: EncodeJob) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]:
+    """Encode clips in batches: (format -> clip index -> array, clip index -> skip reason).
+
+    Unusable clips (wrong length, NaN/inf) are set aside before batching; a batch the
+    model fails on is retried clip by clip, so one bad clip costs only itself.
+    """
+    cqt, codec, device = _encoders(job)
+    problems = {n: p for n in range(len(audio)) if (p := _audio_problem(audio[n], job.clip_samples))}
+    good = [n for n in range(len(audio)) if n not in problems]
+    batch_size = job.batch_size or default_batch_size(device)
+    encoded: dict[str, dict[int, np.ndarray]] = {f: {} for f in job.formats}
+    with torch.inference_mode(), encode_threads():  # a fixed count, not PVTBUILD_THREADS: see device.py
+        for start in range(0, len(good), batch_size):
+            batch = good[start:start + batch_size]
+            for members, result in _encode_or_split(np.stack([audio[n] for n in batch]), batch, job, cqt, codec):
+                if isinstance(result, str):
+                    problems.update({n: result for n in members})
+                    continue
+                for k, n in enumerate(members):
+                    bad = [f for f in job.formats if not np.isfinite(result[f][k]).all()]
+                    if bad:
+                        problems[n] = f"{bad[0]} output is not finite"
+                    else:
+                        for f in job.formats:
+                            encoded[f][n] = result[f][k]
+    return encoded, problems
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+def _encoders(job: EncodeJob) -> tuple[CqtEncoder | None, EncodecEncoder | None, torch.device]:
+    """This worker's encoders, built once per process and reused across tasks (see cqt.py, encodec.py)."""
+    device = pick_device(job.device)
+    cqt = CqtEncoder(job.cqt, job.sample_rate, device) if "cqt" in job.formats else None
+    codec = None
+    if job.weights.kind is not None:
+        codec = EncodecEncoder.load(checkpoint=job.weights.checkpoint, random_weights=job.weights.kind == "random",
+                                    seed=job.weights.seed, bandwidth=job.bandwidth, device=device)
+        if codec.info["sha256"] != job.weights.sha256:
+            raise InputError(f"EnCodec checkpoint {job.weights.checkpoint}: differs on this worker from the client's "
+                             f"(sha256 {codec.info['sha256']} vs {job.weights.sha256})")
+    return cqt, codec, device
+
+
+def _encode_or_split(batch: np.ndarray, members: list[int], job: EncodeJob, cqt: CqtEncoder | None,
+                     codec: EncodecEncoder | None) -> Iterator[tuple[list[int], dict[str, np.ndarray] | str]]:
+    """Yield (members, arrays by format) for the batch; when the model fails on it, clip by clip (reason str)."""
+    try:
+        result = _encode_batch(batch, job, cqt, codec)
+    except PvtbuildError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a clip the model cannot take; find which
+        if len(members) == 1:
+            yield members, f"encoder failed: {' '.join(f'{type(e).__name__}: {e}'.split())[:200]}"
+        else:
+            for k, n in enumerate(members):
+                yield from _encode_or_split(batch[k:k + 1], [n], job, cqt, codec)
+        return
+    yield members, result
+
+
+def _encode_batch(batch: np.ndarray, job: EncodeJob, cqt: CqtEncoder | None,
+                  codec: EncodecEncoder | None) -> dict[str, np.ndarray]:
+    out = {}
+    if cqt is not None:
+        out["cqt"] = cqt.encode(batch)
+    if "encodec" in job.formats and "disc" in job.formats:
+        out["encodec"], out["disc"] = codec.encode_both(batch)  # one encoder pass for both
+    elif "encodec" in job.formats:
+        out["encodec"] = codec.latents(batch)
+    elif "disc" in job.formats:
+        out["disc"] = codec.codes(batch)
+    return out
+
+
+def _audio_problem(clip: np.ndarray, n_samples: int) -> str:
+    if clip.shape != (n_samples,):
+        return f"audio has {clip.shape[-1] if clip.ndim else 0} samples, expected {n_samples}"
+    bad = int(np.count_nonzero(~np.isfinite(clip)))
+    return f"audio has {bad} non-finite samples (NaN/inf)" if bad else ""
+
+
+def _rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
+    """The render rows of the clips the render shard holds (those rendered ok), in its order."""
+    return [r for r in render.rows if r["stage"] == "render" and r["status"] == "ok"]
+
+
+def _row(render_row: dict[str, Any], params: str, status: str, job: EncodeJob,
+         outputs: dict[str, str] | None = None) -> dict[str, Any]:
+    inputs = {"source": render_row.get("inputs", {}).get("source", ""),
+              "audio": render_row.get("outputs", {}).get("audio", "")}
+    return ManifestRow(render_row["id"], "encode", status, inputs, params, outputs or {},
+                       {"weights": job.weights.kind}).to_dict()
+
+
+def _write(stage: Path, record: ShardRecord) -> ShardRecord:
+    write_record(stage, record)
+    return record
+
+
+def _announce(weights: Weights, requested: str) -> None:
+    """Say loudly which EnCodec weights are used; random ones make data that is only good for tests."""
+    if weights.kind == "random":
+        why = f" (encode.weights auto: no checkpoint at {hub_checkpoint_path()})" if requested == "auto" else ""
+        tqdm.write(f"encode: *** RANDOM EnCodec weights (seed {weights.seed}){why}: latents and codes are NOT those "
+                   f"of the pretrained model; fine for tests and dry runs only (recorded in encode/{ENCODER_JSON}) ***",
+                   file=sys.stderr)
+    elif weights.kind == "pretrained":
+        tqdm.write(f"encode: pretrained EnCodec weights from {weights.checkpoint}", file=sys.stderr)
