@@ -1,25 +1,28 @@
 """Read throughput of the pvtbuild TFRecord readers against one .npz per example (the old format).
 
-    python bench/bench_read.py                 # synthetic EnCodec-style records, n=2000
+    python bench/bench_read.py                 # synthetic EnCodec-style records (n=2000), then demo-out/dataset if built
     python bench/bench_read.py DATASET [N]     # the train split of a built dataset
 
 Synthetic records are what the EnCodec pipeline stores: ``encodec`` [128,600]
 float32, ``disc`` [16,600] int16 and 7 controls on the 75 Hz grid (6 x [600] +
 ``instrument_75hz`` [3,600]), ~348 kB each. For a given dataset the first `n`
-train records are read, and the same records are re-saved as npz for the
-comparison. Files are read right after being written, so these are warm page
+train records are read (a dataset smaller than that is read over and over
+until n), and the same records are re-saved as npz for the comparison. Files are read right after being written, so these are warm page
 cache numbers: decoding and framework overhead, not disk speed. MB/s counts
 array payload bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from pvtbuild.dataset import (
     array_shapes,
     list_shards,
     num_shards,
+    read_dataset_json,
     read_shapes,
     serialize_example,
     shard_name,
@@ -37,6 +41,7 @@ from pvtbuild.dataset import (
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 
 CONTROLS = ("velocity", "chroma", "pitch", "voiced", "beat", "bpm")
+DEMO_DATASET = Path(__file__).resolve().parents[1] / "demo-out" / "dataset"  # what `make demo` builds
 
 
 def synthetic_record(i: int, frames: int = 600) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -87,6 +92,17 @@ def build_synthetic(root: Path, n: int, shard_mb: float = 150.0) -> dict[str, fl
     out["tf_writer_s"] = time.perf_counter() - t0
     os.unlink(root / "tf-writer-copy.tfrecord")
     return out
+
+
+def _epochs(make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """The items of `make()`, then of a fresh `make()`, ... forever (a small dataset read for n examples)."""
+    while True:
+        empty = True
+        for item in make():
+            empty = False
+            yield item
+        if empty:
+            return
 
 
 def _npz_copy(dataset_dir: Path, n: int, out_dir: Path) -> tuple[list[Path], float]:
@@ -150,10 +166,15 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
         payload = sum(int(np.prod(s)) * d.itemsize for d, s in shapes.values())
         result["record_kb"] = round(payload / 1e3, 1)
         result["shards"] = len(list_shards(dataset_dir, "train"))
+        result["dataset"] = str(dataset_dir) if "write" not in result else "synthetic"
+        records = read_dataset_json(dataset_dir)["splits"]["train"]["count"]
+        repeat = records < n
+        result["records"] = records
 
         def tf_read(deterministic: bool) -> int:
             seen = 0
-            for b in make_dataset(dataset_dir, "train", batch_size=batch_size, deterministic=deterministic):
+            for b in make_dataset(dataset_dir, "train", batch_size=batch_size, deterministic=deterministic,
+                                  repeat=repeat):
                 seen += int(tf.shape(next(iter(b.values())))[0])
                 if seen >= n:
                     break
@@ -167,10 +188,10 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
         def torch_read(num_workers: int) -> int:
             ds = TFRecordIterableDataset(dataset_dir, "train")
             if num_workers == 0:
-                return sum(1 for _, _ in zip(range(n), ds))
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+                return sum(1 for _ in itertools.islice(_epochs(lambda: ds), n))
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=True)
             seen = 0
-            for b in loader:
+            for b in _epochs(lambda: loader):
                 seen += len(next(iter(b.values())))
                 if seen >= n:
                     break
@@ -188,8 +209,14 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
         def npz_read(num_workers: int) -> int:
             ds = _NpzDataset(paths)
             if num_workers == 0:
-                return sum(1 for i in range(len(ds)) if ds[i])
-            return sum(len(next(iter(b.values()))) for b in DataLoader(ds, batch_size=batch_size, num_workers=num_workers))
+                return sum(1 for i in range(n) if ds[i % len(ds)])
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=True)
+            seen = 0
+            for b in _epochs(lambda: loader):
+                seen += len(next(iter(b.values())))
+                if seen >= n:
+                    break
+            return min(seen, n)
 
         count, secs = _timed(lambda: npz_read(0))
         result["npz"] = _rate(count, secs, payload)
@@ -207,7 +234,8 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"{result['n']} records of {result['record_kb']} kB in {result['shards']} shards, batch {result['batch_size']}")
+    print(f"{result['dataset']}: {result['n']} reads of {result['records']} records of {result['record_kb']} kB "
+          f"in {result['shards']} shards, batch {result['batch_size']}")
     for key, val in result.items():
         if isinstance(val, dict) and "examples_per_s" in val:
             print(f"  {key:10s} {val['examples_per_s']:9.1f} ex/s {val['mb_per_s']:8.1f} MB/s  ({val['seconds']} s)")
@@ -222,4 +250,11 @@ def _print(result: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    _print(run(args[0] if args else None, int(args[1]) if len(args) > 1 else 2000))
+    if args:
+        _print(run(args[0], int(args[1]) if len(args) > 1 else 2000))
+    else:
+        _print(run(None, 2000))
+        if (DEMO_DATASET / "dataset.json").is_file():
+            _print(run(DEMO_DATASET, 500))
+        else:
+            print(f"({DEMO_DATASET} not built: run `make demo` to also measure the demo dataset)")

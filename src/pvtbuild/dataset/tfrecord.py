@@ -10,6 +10,10 @@ A dataset is one directory::
       train/train-00000-of-00012.tfrecord      shard_name("train", 0, 12)
       ...
       valid/valid-00000-of-00003.tfrecord
+      .shard/                                  the shard stage's bookkeeping (pvtbuild.shard); readers ignore it
+
+What goes into a pvtbuild dataset (formats, controls, metadata, splits, order)
+is decided by `pvtbuild.shard`; this module is only the container.
 
 **Shards** are standard TFRecord files: each record is framed as::
 
