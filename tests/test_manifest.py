@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from pvtbuild.manifest import atomic_write, atomic_write_bytes, stable_hash
+from pvtbuild.manifest import atomic_write, atomic_write_bytes, remove_stale_temporaries, stable_hash
 
 
 def test_atomically_written_files_are_readable_by_others_as_plain_files_are(tmp_path):
@@ -38,3 +38,10 @@ def test_a_failed_rewrite_keeps_the_previous_complete_file(tmp_path):
 def test_stable_hash_depends_on_content_only_not_on_dict_order():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_and_finished_files_kept(tmp_path):
+    atomic_write_bytes(tmp_path / "done.npz", b"complete")
+    (tmp_path / ".shard-00001.npz.abc123.tmp").write_bytes(b"half")  # what SIGKILL mid-write leaves
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["done.npz"]

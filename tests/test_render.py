@@ -228,8 +228,10 @@ def test_a_render_killed_midway_resumes_to_the_bytes_of_an_uninterrupted_run(tmp
     done = len(list((killed / "render").glob("shard-*.json")))
     assert 1 <= done < n_clips  # killed midway
     assert not (killed / "render" / "manifest.jsonl").exists()
+    (killed / "render" / ".shard-00099.npz.x1y2.tmp").write_bytes(b"half")  # as a kill mid-write leaves it
 
     resumed = run_render(config(DEMO_MANIFEST, pipeline), killed)[-1]
+    assert not list((killed / "render").glob(".*.tmp"))
     assert resumed.reused == done and resumed.ok == n_clips - done
     ids = [r["id"] for r in rows(killed / "render" / "manifest.jsonl")]
     assert sorted(ids) == sorted(c["clip_id"] for c in rows(DEMO_MANIFEST))  # none missing, none twice

@@ -80,6 +80,20 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete what `atomic_write`s killed midway left behind in `folder`; returns how many.
+
+    Call it only where no writer can be running (a stage's client, before it
+    submits tasks): a temporary is never a finished file, so nothing is lost.
+    """
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_write(path, "wb") as fh:
         fh.write(data)

@@ -46,7 +46,7 @@ from .dataset import ShardInfo, meta_schema, serialize_example, shard_name, writ
 from .dataset.tfrecord import SPLITS, num_shards
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
-from .manifest import ManifestRow, sha256_bytes, stable_hash
+from .manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
 from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, read_record, run_stage, write_record
 
 ENCODED = ("cqt", "encodec", "disc")
@@ -390,6 +390,9 @@ def _claim(dataset: Path, stage_dir: Path, params: str, inputs: str) -> None:
     except PvtbuildError:
         raise PvtbuildError(f"{dataset}: holds a dataset built with other settings or clips; "
                             f"use another --dataset, or delete that folder to rebuild it") from None
+    for split in SPLITS:  # shards live beside the bookkeeping folder, not in it
+        if (dataset / split).is_dir():
+            remove_stale_temporaries(dataset / split)
 
 
 def _row(clip: ShardClip, plan: ShardPlan, params: str, status: str, outputs: dict | None = None,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import PvtbuildError
 from .executor import Executor, Task, TaskFailure
-from .manifest import ManifestRow, atomic_write_bytes, read_jsonl, sha256_file, skip_reason, write_jsonl
+from .manifest import ManifestRow, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_file, skip_reason, write_jsonl
 
 
 @dataclass
@@ -86,7 +86,10 @@ def finished_record(stage_dir: Path, index: int, params: str) -> ShardRecord | N
 
 
 def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str) -> None:
-    """Create the stage folder, or check that an existing one was built with the same parameters."""
+    """Create the stage folder, or check that an existing one was built with the same parameters.
+
+    Temporaries that a killed run left in an existing folder are removed here, before any task starts.
+    """
     meta_path = stage_dir / "stage.json"
     meta = {"stage": stage, "params": params, "inputs": inputs}
     if meta_path.is_file():
@@ -95,6 +98,7 @@ def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str) -> No
             what = "settings" if old.get("params") != params else "inputs"
             raise PvtbuildError(
                 f"{stage_dir}: was built with other {what}; use another --out, or delete that folder to rebuild")
+        remove_stale_temporaries(stage_dir)
         return
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True, indent=1).encode())
