@@ -62,8 +62,15 @@ PUBLIC_FILE_MODE = _file_mode_from_umask()
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside `path`; on success fsync and rename it into place."""
+def atomic_write(path: str | Path, mode: str = "wb", durable: bool = True) -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync and rename it into place.
+
+    A killed process never leaves a visible partial file either way; `durable`
+    adds the fsync that also survives a machine crash. A stage's intermediate
+    shards may skip it (`durable=False`): their record, written durably after
+    them, holds their sha256, and a resume re-hashes the file, so one torn by a
+    crash is redone, never trusted.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -72,7 +79,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -102,7 +102,7 @@ def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfon
     file, sha = "", ""
     if ok:
         file = f"{shard_stem(index)}.npz"
-        with atomic_write(stage / file) as fh:
+        with atomic_write(stage / file, durable=False) as fh:
             np.savez(fh, **_stack(ok, audio[:len(ok)]))
         sha = sha256_file(stage / file)
     record = ShardRecord("render", index, file, sha, params, rows)

@@ -52,7 +52,7 @@ def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -
     params = select_params(cfg)
     inputs = stable_hash([(str(p.relative_to(midi_dir)), p.stat().st_size) for p in files])
     claim_stage_dir(stage_dir, "select", params, inputs)
-    summary = StageSummary("select", unit="file")
+    summary = StageSummary("select", unit="file", done="with clips")
     records = run_stage(executor, stage_dir, params, chunk([str(p.resolve()) for p in files], FILES_PER_TASK),
                         lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
                                               (i, group, cfg, str(stage_dir))),
@@ -94,7 +94,7 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
     file, sha = "", ""
     if notes:
         file = f"{shard_stem(index)}.npz"
-        with atomic_write(stage / file) as fh:
+        with atomic_write(stage / file, durable=False) as fh:
             np.savez(fh, **pack_notes(notes))
         sha = sha256_file(stage / file)
     record = ShardRecord("select", index, file, sha, params, rows)

@@ -160,6 +160,7 @@ class StageSummary:
 
     stage: str
     unit: str = "clip"
+    done: str = "written"  # what an ok item is, in the report: "3 files with clips"
     ok: int = 0
     reused: int = 0  # items in shards found complete from an earlier run
     skipped: Counter = field(default_factory=Counter)
@@ -194,7 +195,7 @@ class StageSummary:
 
     def lines(self, top: int = 8) -> list[str]:
         rate = self.ok / self.seconds if self.seconds > 0 else 0.0
-        out = [f"{self.stage}: {self.ok} {self.unit}s written, {self.reused} already done, "
+        out = [f"{self.stage}: {self.ok} {self.unit}s {self.done}, {self.reused} already done, "
                f"{sum(self.skipped.values())} skipped, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s)"]
         for reason, n in self.skipped.most_common(top):
             out.append(f"  skipped {n:5d}: {reason} (e.g. {self.examples[reason]})")

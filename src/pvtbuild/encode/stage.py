@@ -221,7 +221,7 @@ def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str,
         file = f"{shard_stem(index)}.npz"
         arrays = {"id": np.array([ids[n] for n in keep])}
         arrays.update({f: np.stack([encoded[f][n] for n in keep]) for f in job.formats})
-        with atomic_write(stage / file) as fh:
+        with atomic_write(stage / file, durable=False) as fh:
             np.savez(fh, **arrays)
         sha = sha256_file(stage / file)
     return _write(stage, ShardRecord("encode", index, file, sha, job.params, rows))
