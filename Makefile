@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-out
 WORKERS ?= 2
 SCHEDULER_PORT ?= 8786
 
-.PHONY: setup test demo bench lint clean cluster cluster-stop
+.PHONY: setup test demo demo-manifest bench lint clean cluster cluster-stop
 
 setup: .setup-stamp
 
@@ -25,9 +25,17 @@ demo: .setup-stamp
 	$(PVT) run pipelines/demo.yaml --out $(DEMO_OUT)
 	$(PVT) inspect $(DEMO_OUT)/dataset --verify
 
+# Rebuild manifests/demo.jsonl, the committed clip selection of examples/midi (same config and seed:
+# same bytes; commit it when the select rules or pipelines/demo.yaml change).
+demo-manifest: .setup-stamp
+	tmp=$$(mktemp -d) && $(PVT) select --pipeline pipelines/demo.yaml --midi examples/midi --out $$tmp \
+		--manifest manifests/demo.jsonl --scheduler sync; rc=$$?; rm -rf $$tmp; exit $$rc
+
 bench: .setup-stamp
 	$(PY) bench/run_all.py
 
+# A dask scheduler + WORKERS workers on 127.0.0.1 in the background (logs, pids: .cluster/; see docs/cluster.md).
+# e.g. make cluster WORKERS=4 SCHEDULER_PORT=9786 WORKER_RESOURCES=GPU=1
 cluster: .setup-stamp
 	bash scripts/cluster.sh start $(WORKERS) $(SCHEDULER_PORT)
 

@@ -61,6 +61,31 @@ def cli() -> None:
     """Build controllable-music-diffusion datasets from MIDI, and train on them."""
 
 
+@cli.command("select")
+@click.option("--pipeline", default=DEFAULT_PIPELINE, show_default=True, help="Pipeline YAML.")
+@click.option("--midi", "midi", required=True, type=click.Path(path_type=Path), help="A folder of MIDI files.")
+@click.option("--limit", type=int, default=None, help="At most N MIDI files (pipeline: limit).")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the selection here, sources relative to its folder (e.g. manifests/demo.jsonl).")
+@_common
+def select_cmd(pipeline: str, midi: Path, limit: int | None, manifest: Path | None, out: Path,
+               seed: int | None, jobs: int | None, scheduler: str | None) -> None:
+    """Select monophonic clips into a selection manifest, which `render --midi MANIFEST` rebuilds exactly."""
+    from .pipeline import run_select
+    from .select import SELECTION_NAME, write_selection
+
+    cfg = _load(pipeline, seed=seed, limit=limit, **{"exec.jobs": jobs, "exec.scheduler": scheduler,
+                                                     "midi": _str(midi)})
+    clips, summary = run_select(cfg, out)
+    written = [out / "select" / SELECTION_NAME]
+    if manifest is not None:
+        write_selection(manifest, clips)
+        written.append(manifest)
+    _echo_summary(summary.lines() + [f"selection: {len(clips)} clips in {', '.join(map(str, written))}"])
+    if not clips:
+        raise PvtbuildError("no clip was selected; see the skipped reasons above")
+
+
 @cli.command()
 @click.option("--pipeline", default=DEFAULT_PIPELINE, show_default=True, help="Pipeline YAML.")
 @click.option("--midi", "midi", default=None, type=click.Path(path_type=Path),
@@ -81,24 +106,120 @@ def render(pipeline: str, midi: Path | None, limit: int | None, soundfont: str |
         raise PvtbuildError("no clip was rendered; see the skipped reasons above")
 
 
+def _encode_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the encode stage, taken by `encode` and `run`; each overrides its pipeline value when given."""
+    options = [
+        click.option("--random-weights", is_flag=True, default=None,
+                     help="EnCodec with random weights drawn from --seed (tests, benchmarks; labelled as such)."),
+        click.option("--encodec-checkpoint", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Pretrained EnCodec state dict (default: torch hub's cache; encode.encodec.checkpoint)."),
+        click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (pipeline: encode.device)."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Clips per encoder call; 0: per device (pipeline: encode.batch_size)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _encode_overrides(random_weights: bool | None, encodec_checkpoint: Path | None, device: str | None,
+                      batch_size: int | None) -> dict[str, Any]:
+    if random_weights and encodec_checkpoint is not None:
+        raise PvtbuildError("--random-weights and --encodec-checkpoint exclude each other; pass one")
+    weights = "random" if random_weights else "pretrained" if encodec_checkpoint is not None else None
+    return {"encode.weights": weights, "encode.encodec.checkpoint": _str(encodec_checkpoint),
+            "encode.device": device, "encode.batch_size": batch_size}
+
+
+@cli.command()
+@click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
+@click.option("--formats", default=None, help="Comma-separated subset of cqt,encodec,disc (pipeline: encode.formats).")
+@_encode_options
+@_common
+def encode(pipeline: str | None, formats: str | None, random_weights: bool | None, encodec_checkpoint: Path | None,
+           device: str | None, batch_size: int | None, out: Path, seed: int | None, jobs: int | None,
+           scheduler: str | None) -> None:
+    """Encode the clips rendered into --out as CQT, EnCodec latents and EnCodec codes."""
+    from .pipeline import build_config, run_encode
+
+    overrides = _encode_overrides(random_weights, encodec_checkpoint, device, batch_size)
+    if formats is not None:
+        overrides["encode.formats"] = [f.strip() for f in formats.split(",") if f.strip()]
+    cfg = build_config(out, pipeline, seed=seed, **overrides, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
+    summaries = run_encode(cfg, out)
+    _echo_summary([line for s in summaries for line in s.lines()])
+    if summaries[-1].total_ok == 0:
+        raise PvtbuildError("no clip was encoded; see the skipped reasons above")
+
+
 @cli.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--midi", "midi", default=None, type=click.Path(path_type=Path),
               help="A folder of MIDI files or a selection manifest. Default: the pipeline's `midi`.")
 @click.option("--limit", type=int, default=None, help="At most N MIDI files.")
 @click.option("--soundfont", default=None, help="A .sf2/.sf3 path or registry name.")
-@click.option("--random-weights", is_flag=True, default=None, help="EnCodec with random weights (tests, benchmarks).")
+@_encode_options
 @_common
 def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | None, random_weights: bool | None,
+        encodec_checkpoint: Path | None, device: str | None, batch_size: int | None,
         out: Path, seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Run every stage of PIPELINE into --out (finished work is kept)."""
     from .pipeline import run_all
 
     cfg = _load(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
-                                                     "exec.scheduler": scheduler, "midi": _str(midi),
-                                                     "encode.weights": "random" if random_weights else None})
+                                                     "exec.scheduler": scheduler, "midi": _str(midi)},
+                **_encode_overrides(random_weights, encodec_checkpoint, device, batch_size))
     summaries = run_all(cfg, out)
     _echo_summary([line for s in summaries for line in s.lines()])
+
+
+@cli.command()
+@click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
+@click.option("--formats", default=None, help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the dataset goes (default: OUT/dataset).")
+@_common
+def shard(pipeline: str | None, formats: str | None, dataset: Path | None, out: Path, seed: int | None,
+          jobs: int | None, scheduler: str | None) -> None:
+    """Write the clips rendered (and encoded) in --out as TFRecord shards with shapes.txt and dataset.json."""
+    from .pipeline import build_config, run_shard
+
+    cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
+    chosen = None if formats is None else tuple(f.strip() for f in formats.split(",") if f.strip())
+    summaries = run_shard(cfg, out, dataset, chosen)
+    _echo_summary([line for s in summaries for line in s.lines()])
+    if summaries[-1].failed_shards:
+        raise PvtbuildError("some shards failed (listed above), so no dataset.json was written; rerun to finish them")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--verify", is_flag=True, help="Re-hash every shard, decode every record; exit non-zero on any mismatch.")
+@click.option("--plot", "plot_ids", multiple=True, help="Write ID.png (controls over time, CQT or mel above). Repeatable.")
+@click.option("--plot-random", type=int, default=0, help="Plot N clips drawn with --seed.")
+@click.option("--wav", "wav_ids", multiple=True, help="Write ID.wav, decoded from whichever format is stored. Repeatable.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Where plots and WAVs go.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --plot-random.")
+def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random: int, wav_ids: tuple[str, ...],
+            out_dir: Path, seed: int) -> None:
+    """Summarise DATASET; optionally verify it, plot clips, export WAVs."""
+    from . import inspect as insp
+    from .dataset import verify_dataset
+
+    click.echo("\n".join(insp.summary_lines(dataset)))
+    if plot_random:
+        plot_ids += tuple(insp.random_clip_ids(dataset, plot_random, seed))
+    for clip_id in plot_ids:
+        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, out_dir / f'{clip_id}.png')}")
+    for clip_id in wav_ids:
+        path, fmt = insp.export_wav(dataset, clip_id, out_dir / f"{clip_id}.wav")
+        click.echo(f"wav: {path} (decoded from {fmt})")
+    if verify:
+        report = verify_dataset(dataset)
+        click.echo(f"verify: {report.summary()}")
+        if not report.ok:
+            raise PvtbuildError(f"{dataset}: verify found {len(report.problems)} problem(s), listed above")
 
 
 def _str(p: Path | None) -> str | None:

@@ -12,6 +12,18 @@ stopping the run. Three modes, one interface:
 
 Workers build their own FluidSynth and torch objects lazily (see synth.py and
 encode/); nothing unpicklable crosses the wire.
+
+Failures: a task that raises is not retried (tasks catch bad inputs themselves,
+so what escapes is deterministic) and becomes a `TaskFailure`. A worker that
+dies mid-task (kill -9, out of memory, a crash in native code) costs nothing
+but time: the scheduler reruns the task elsewhere, and only when workers died
+`ALLOWED_FAILURES + 1` times running the same task is it given up as a
+`TaskFailure` -- a poisoned input must not take down worker after worker.
+Tasks write their shard atomically, so a task run twice writes the same bytes.
+
+Run as `python -m pvtbuild.executor env THREADS` it prints, as shell `export`
+lines, the environment workers need; `scripts/cluster.sh` uses it so that
+`make cluster` starts workers exactly as the local cluster does.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -35,6 +48,29 @@ log = logging.getLogger(__name__)
 # The dask nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which was measured to
 # make torch inference about 2x slower; a large mmap threshold restores full speed.
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432"}
+ALLOWED_FAILURES = 2  # worker deaths while running one task before the task is given up
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, which containers and SLURM narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker process: the malloc fix and its torch / OpenMP thread count."""
+    return dict(WORKER_ENV, OMP_NUM_THREADS=str(threads), PVTBUILD_THREADS=str(threads))
+
+
+def dask_settings(threads: int) -> dict[str, Any]:
+    """dask config for clusters we start: worker environment, failure budget, non-daemon workers."""
+    settings: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_env(threads).items()}
+    settings["distributed.scheduler.allowed-failures"] = ALLOWED_FAILURES
+    # MIDI parsing runs in a child process (midi.py), which daemonic processes may not have.
+    settings["distributed.worker.daemon"] = False
+    return settings
 
 
 @dataclass(frozen=True)
@@ -101,47 +137,56 @@ class Executor:
     def _run_dask(self, tasks: list[Task]) -> Iterator[tuple[Task, Any]]:
         from distributed import as_completed
 
+        self._check_resources(tasks)
         by_key = {}
         futures = []
         for task in tasks:
             fut = self.client.submit(task.fn, *task.args, key=task.key, pure=False,
-                                     resources=task.resources or None, retries=1)
+                                     resources=task.resources or None, retries=0)
             by_key[fut.key] = task
             futures.append(fut)
         for fut in as_completed(futures):
             task = by_key[fut.key]
             if fut.status == "finished":
                 yield task, fut.result()
+            elif fut.status == "cancelled":
+                raise PvtbuildError(f"task {task.key} was cancelled: lost the dask scheduler ({self.label})?")
             else:
                 exc = fut.exception()
                 if isinstance(exc, PvtbuildError):
                     raise exc
-                yield task, TaskFailure(_one_line(exc))
+                yield task, TaskFailure(_failure_reason(exc))
             fut.release()
+
+    def _check_resources(self, tasks: list[Task]) -> None:
+        """Stop with one line instead of waiting forever for a resource no worker has."""
+        have = self.worker_resources()
+        for task in tasks:
+            for name, amount in task.resources.items():
+                if have.get(name, 0) < amount:
+                    raise PvtbuildError(
+                        f"task {task.key} needs {name}={amount:g}, but no worker of {self.label} has it "
+                        f"(start such workers with `dask worker ... --resources {name}={amount:g}`)")
 
 
 @contextmanager
 def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
                   quiet: bool = False) -> Iterator[Executor]:
     """Start (or connect to) what runs the tasks; close what we started on exit."""
-    threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = threads_per_job or max(1, cores() // max(1, jobs))
     if scheduler == "sync":
         yield Executor(None, "in-process")
         return
     import dask
     from distributed import Client, LocalCluster
 
-    env = dict(WORKER_ENV, OMP_NUM_THREADS=str(threads), PVTBUILD_THREADS=str(threads))
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
-                         | {"distributed.scheduler.allowed-failures": 2,
-                            # MIDI parsing runs in a child process (midi.py), which daemons may not have.
-                            "distributed.worker.daemon": False}):
+    with dask.config.set(dask_settings(threads)), _environ_restored():
         if scheduler is None:
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                    dashboard_address="127.0.0.1:0", host="127.0.0.1",
                                    silence_logs=logging.CRITICAL)
             client = Client(cluster)
-            label = f"local dask cluster, {jobs} worker(s) x {threads} thread(s)"
+            label = f"local dask cluster, {jobs} worker(s) of 1 task, {threads} OpenMP/torch thread(s) each"
         else:
             _check_reachable(scheduler)
             cluster = None
@@ -151,7 +196,7 @@ def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
                 raise PvtbuildError(f"cannot connect to dask scheduler {scheduler}: {_one_line(e)}") from None
             label = f"dask cluster at {scheduler}"
         try:
-            ex = Executor(client, label, client.dashboard_link)
+            ex = Executor(client, label, _dashboard(client))
             if not quiet:
                 tqdm.write(f"executor: {label}; dashboard {ex.dashboard}")
             yield ex
@@ -159,6 +204,24 @@ def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+@contextmanager
+def _environ_restored() -> Iterator[None]:
+    """Undo what starting a local cluster does to this process's environment.
+
+    A dask nanny copies its `pre-spawn-environ` (the malloc settings, thread counts)
+    into `os.environ` of the process it runs in before it spawns a worker, and a
+    LocalCluster's nannies run in this process: without this, the client and every
+    cluster started after this one (e.g. one meant to run without the malloc fix)
+    would inherit the settings.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -177,6 +240,33 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
             time.sleep(0.2)
 
 
+def _dashboard(client: Any) -> str:
+    """The dashboard link, or why there is none: distributed serves it only with bokeh installed."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return f"not served ({client.dashboard_link} needs `pip install bokeh`)"
+    return client.dashboard_link
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """A failed task's reason for the manifest; worker deaths say what they likely mean."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return (f"the worker running it died {exc.allowed_failures + 1} times "
+                f"(a crash or out of memory on this input?), last {exc.last_worker.address}")
+    return _one_line(exc)
+
+
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return " ".join(text.split())[:300]
+
+
+if __name__ == "__main__":
+    # python -m pvtbuild.executor env THREADS: the worker environment as shell exports.
+    if len(sys.argv) != 3 or sys.argv[1] != "env" or not sys.argv[2].isdigit():
+        sys.exit("usage: python -m pvtbuild.executor env THREADS")
+    for key, value in worker_env(int(sys.argv[2])).items():
+        print(f"export {key}={value}")

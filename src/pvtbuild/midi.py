@@ -49,7 +49,11 @@ from __future__ import annotations
 import hashlib
 import math
 import multiprocessing
+import multiprocessing.util
+import os
+import select
 import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -198,8 +202,8 @@ def _get_pool(memory_mb: int) -> ProcessPoolExecutor:
         methods = multiprocessing.get_all_start_methods()
         # Never plain fork: this runs in threaded dask workers.
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_limit_address_space,
-                                    initargs=(memory_mb,))
+        _pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_parser,
+                                    initargs=(memory_mb, os.getpid()))
         _pool_memory_mb = memory_mb
     return _pool
 
@@ -217,6 +221,12 @@ def _discard_pool() -> None:
             pass
     _pool.shutdown(wait=False, cancel_futures=True)
     _pool = None
+
+
+# A process started by multiprocessing (a dask worker under its nanny) joins its child processes
+# when it exits, before the interpreter's shutdown would stop this pool: without stopping the pool
+# first, such an exit waits on the idle parser until the nanny kills it.
+multiprocessing.util.Finalize(None, _discard_pool, exitpriority=10)
 
 
 @dataclass
@@ -244,8 +254,46 @@ def _parse_in_child(path: str, memory_mb: int) -> ParsedMidi | _Failure:
         return _Failure(_reason(e))
 
 
+def _init_parser(memory_mb: int, owner_pid: int) -> None:
+    """Pool initializer: the parser process dies with its owner and cannot exhaust memory."""
+    _exit_with_owner(owner_pid)
+    _limit_address_space(memory_mb)
+
+
+def _exit_with_owner(owner_pid: int) -> None:
+    """Exit this process as soon as the process that owns the pool is gone, however it ended.
+
+    The parser's parent is the forkserver, not the owner, and it waits on a queue
+    whose pipe it holds both ends of, so nothing else tells it that a killed or
+    os._exit()ed owner (a dask worker at cluster shutdown, a run killed with
+    -9) has gone. It would live on, keeping the forkserver alive, and both would
+    hold the owner's stdout open: `pvtbuild ... | tail` would never end.
+    """
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(owner_pid)  # Linux >= 5.3: readable once the owner has exited
+        except (AttributeError, OSError):
+            while _pid_alive(owner_pid):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _limit_address_space(memory_mb: int) -> None:
-    """Pool initializer: cap the child's address space, so a runaway allocation raises
+    """Cap the parser process's address space, so a runaway allocation raises
     MemoryError in the child instead of exhausting the machine (RSS limits are not enforced
     by Linux; RLIMIT_AS is)."""
     try:

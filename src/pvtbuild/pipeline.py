@@ -18,12 +18,13 @@ from typing import Any
 
 from .clip import ClipSpec
 from .config import PipelineConfig, config_from_dict, load_pipeline
-from .errors import PvtbuildError
+from .errors import ConfigError, PvtbuildError
 from .executor import Executor, open_executor
 from .manifest import atomic_write_bytes
 from .stage import StageSummary
 
 BUILD_CONFIG = "pipeline.json"
+DATASET_DIR = "dataset"  # where the shard stage writes unless told otherwise
 
 
 def executor_for(cfg: PipelineConfig):
@@ -54,19 +55,33 @@ def selected_clips(cfg: PipelineConfig, out: Path, executor: Executor) -> tuple[
     """Clips from the configured input: select from a MIDI folder, or read a selection manifest."""
     from .select import read_selection, select
 
-    if not cfg.midi:
-        raise PvtbuildError("no MIDI input: pass --midi DIR_OR_MANIFEST or set `midi` in the pipeline")
-    source = Path(cfg.midi)
+    source = midi_source(cfg)
     if source.is_file() and source.suffix == ".jsonl":
         clips = read_selection(source)
         if cfg.limit:  # the limit counts source files, as it does for a MIDI folder
             keep = list(dict.fromkeys(c.source_md5 for c in clips))[:cfg.limit]
             clips = [c for c in clips if c.source_md5 in set(keep)]
         return clips, []
-    if not source.exists():
-        raise PvtbuildError(f"{source}: no such MIDI folder or selection manifest")
     clips, summary = select(source, out, cfg, executor)
     return clips, [summary]
+
+
+def midi_source(cfg: PipelineConfig) -> Path:
+    """The configured MIDI input (a folder or a selection manifest), which must exist."""
+    if not cfg.midi:
+        raise PvtbuildError("no MIDI input: pass --midi DIR_OR_MANIFEST or set `midi` in the pipeline")
+    source = Path(cfg.midi)
+    if not source.exists():
+        raise PvtbuildError(f"{source}: no such MIDI folder or selection manifest")
+    return source
+
+
+def check_render_inputs(cfg: PipelineConfig) -> None:
+    """Stop before any work (no executor started, nothing written) if the MIDI input or SoundFont is unusable."""
+    from .render import render_soundfont
+
+    midi_source(cfg)
+    render_soundfont(cfg)
 
 
 def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
@@ -77,16 +92,76 @@ def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
     return summaries
 
 
+def run_select(cfg: PipelineConfig, out: Path) -> tuple[list[ClipSpec], StageSummary]:
+    """Only the select stage, from the MIDI folder `cfg.midi` (for writing a selection manifest)."""
+    from .select import select
+
+    if not cfg.midi or not Path(cfg.midi).is_dir():
+        raise PvtbuildError(f"--midi {cfg.midi or '(none)'}: select needs a folder of MIDI files")
+    save_build_config(cfg, out)
+    with executor_for(cfg) as ex:
+        return select(Path(cfg.midi), out, cfg, ex)
+
+
 def run_render(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
+    check_render_inputs(cfg)
     save_build_config(cfg, out)
     with executor_for(cfg) as ex:
         return _render(cfg, out, ex)
 
 
+def _check_encode_inputs(cfg: PipelineConfig) -> None:
+    """Stop before any work (no executor started) if the EnCodec weights or the device asked for are missing."""
+    from .encode.stage import check_encode_config
+
+    check_encode_config(cfg)
+
+
+def _encode(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
+    from .encode.stage import encode
+
+    return encode(out, cfg, ex)
+
+
+def run_encode(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
+    """The encode stage alone, on the render output already in `out`."""
+    _check_encode_inputs(cfg)
+    with executor_for(cfg) as ex:
+        return [_encode(cfg, out, ex)]
+
+
 def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     """Every stage, in order, each resuming what an earlier run finished."""
+    check_render_inputs(cfg)
+    _check_encode_inputs(cfg)
+    check_shard_formats(cfg)
     save_build_config(cfg, out)
     with executor_for(cfg) as ex:
         summaries = _render(cfg, out, ex)
-        # encode and shard are chained here as they land (see their modules).
+        summaries.append(_encode(cfg, out, ex))
+        summaries.append(_shard(cfg, out, out / DATASET_DIR, ex))
     return summaries
+
+
+def check_shard_formats(cfg: PipelineConfig) -> None:
+    """Stop before any work when the dataset asks for a format the encode stage will not compute."""
+    from .shard import ENCODED
+
+    missing = [f for f in cfg.shard.formats if f in ENCODED and f not in cfg.encode.formats]
+    if missing:
+        raise ConfigError(f"shard.formats: asks for {', '.join(missing)}, which encode.formats "
+                          f"({', '.join(cfg.encode.formats)}) does not compute; add it there or drop it here")
+
+
+def _shard(cfg: PipelineConfig, out: Path, dataset: Path, ex: Executor,
+           formats: tuple[str, ...] | None = None) -> StageSummary:
+    from .shard import shard
+
+    return shard(out, dataset, cfg, ex, formats)
+
+
+def run_shard(cfg: PipelineConfig, out: Path, dataset: Path | None = None,
+              formats: tuple[str, ...] | None = None) -> list[StageSummary]:
+    """The shard stage alone: the render (and encode) output in `out` into a dataset (default OUT/dataset)."""
+    with executor_for(cfg) as ex:
+        return [_shard(cfg, out, dataset or out / DATASET_DIR, ex, formats)]

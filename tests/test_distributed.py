@@ -1,0 +1,289 @@
+"""pvtbuild on real dask clusters, as a user runs it: the CLI in its own process, a local cluster
+or `scripts/cluster.sh`'s scheduler and workers, and real faults (kill -9 a worker, kill the run,
+a poisoned input, no scheduler). All traffic stays on 127.0.0.1. Each run is bounded by a timeout
+that only guards against hangs; nothing here asserts speed.
+
+Every subprocess starts in its own session, so "nothing the run started outlives it" is checked
+as: no live process is left in that session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pvtbuild.config import load_pipeline
+from pvtbuild.pipeline import build_config, run_encode, run_render
+from pvtbuild.stage import finished_record, read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEMO_MANIFEST = ROOT / "manifests" / "demo.jsonl"
+N_CLIPS = 10
+HANG_GUARD = 240  # seconds; a run that takes this long is stuck, not slow
+
+# One clip per shard, so a run has many tasks and a fault lands in the middle of it.
+PIPELINE = """\
+name: dist-test
+seed: 0
+select:
+  clips_per_source: 3
+render:
+  clips_per_shard: 1
+encode:
+  formats: [encodec]
+  weights: random
+exec:
+  jobs: 2
+"""
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until_gone(sid: int, bound: float = 30.0) -> list[int]:
+    """Poll until session `sid` has no live process; returns what is left after `bound` seconds."""
+    deadline = time.monotonic() + bound
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def start_cli(*args: str | Path, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "pvtbuild"), *map(str, args)], cwd=ROOT, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    proc = start_cli(*args)
+    try:
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        kill_session(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """Clean up after a failed test: whatever is left of the session dies."""
+    for pid in session_processes(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def n_records(stage_dir: Path) -> int:
+    return len(list(stage_dir.glob("shard-*.json")))
+
+
+def wait_for_records(stage_dir: Path, n: int, proc: subprocess.Popen) -> int:
+    """Wait until `n` shard records exist (a shard is finished); returns how many there are."""
+    deadline = time.monotonic() + HANG_GUARD
+    while (have := n_records(stage_dir)) < n:
+        assert proc.poll() is None, f"the run ended before {n} shards were written:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.02)
+    return have
+
+
+def stage_files(stage_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(stage_dir.iterdir()) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_stage(stage_dir: Path, reference: Path) -> None:
+    """Every clip exactly once, every shard intact, and the same bytes as the reference run."""
+    rows = [json.loads(line) for line in (stage_dir / "manifest.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == N_CLIPS
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
+    params = json.loads((stage_dir / "stage.json").read_text())["params"]
+    for i in range(N_CLIPS):
+        assert finished_record(stage_dir, i, params) is not None, f"shard {i} does not verify"
+    assert stage_files(stage_dir) == stage_files(reference)
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(pipeline, selection manifest of N_CLIPS demo clips, reference build rendered in-process)."""
+    base = tmp_path_factory.mktemp("dist")
+    pipeline = base / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    rows = [json.loads(line) for line in DEMO_MANIFEST.read_text().splitlines()][:N_CLIPS]
+    for r in rows:
+        r["source"] = str((DEMO_MANIFEST.parent / r["source"]).resolve())
+    selection = base / "selection.jsonl"
+    selection.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reference = base / "reference"
+    run_render(load_pipeline(pipeline, midi=str(selection), **{"exec.scheduler": "sync"}), reference)
+    return pipeline, selection, reference
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """`scripts/cluster.sh start 2 0` (two workers, any free port); stopped, by its pids, afterwards."""
+    env = dict(os.environ, CLUSTER_DIR=str(tmp_path / "cluster"), PY=sys.executable, DASK=str(BIN / "dask"))
+    script = ["bash", str(ROOT / "scripts" / "cluster.sh")]
+    started = subprocess.run([*script, "start", "2", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=HANG_GUARD)
+    cluster_dir = tmp_path / "cluster"
+    pids = [int(p.read_text()) for p in sorted(cluster_dir.glob("*.pid"))]
+    try:
+        assert started.returncode == 0, started.stderr
+        address = json.loads((cluster_dir / "scheduler.json").read_text())["address"]
+        assert f"dask scheduler: {address}" in started.stdout
+        assert address.startswith("tcp://127.0.0.1:")
+        yield address, cluster_dir
+    finally:
+        stopped = subprocess.run([*script, "stop"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=HANG_GUARD)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not list(cluster_dir.glob("*.pid"))
+    for pid in pids:  # each process started its own session: all of it is gone
+        assert wait_until_gone(pid) == [], f"process of session {pid} outlived cluster-stop"
+    for log in cluster_dir.glob("worker-*.log"):  # workers left by themselves, none had to be killed
+        assert "still alive after" not in log.read_text(), log.read_text()[-2000:]
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_render_piped_into_another_command_reaches_eof_and_leaves_no_process(inputs, tmp_path):
+    """The MIDI parser processes of the local cluster's workers once outlived the run and held
+    its stdout open, so `pvtbuild render ... | tail` never ended."""
+    pipeline, selection, reference = inputs
+    proc = start_cli("render", "--pipeline", pipeline, "--midi", selection, "--out", tmp_path / "out",
+                     stdout=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=HANG_GUARD)  # returns only at EOF of stdout and stderr
+        assert proc.returncode == 0, err
+        assert "local dask cluster, 2 worker(s)" in out
+        assert wait_until_gone(proc.pid) == [], "processes started by the run outlived it"
+    finally:
+        kill_session(proc)
+    assert stage_files(tmp_path / "out" / "render") == stage_files(reference / "render")
+
+
+def test_killing_one_of_two_workers_mid_render_loses_no_clip(inputs, cluster, tmp_path):
+    pipeline, selection, reference = inputs
+    address, cluster_dir = cluster
+    out = tmp_path / "out"
+    proc = start_cli("render", "--pipeline", pipeline, "--midi", selection, "--out", out, "--scheduler", address)
+    try:
+        done = wait_for_records(out / "render", 1, proc)
+        os.killpg(int((cluster_dir / "worker-1.pid").read_text()), signal.SIGKILL)  # the whole worker: nanny too
+        assert done < N_CLIPS, "the render finished before a worker could be killed"
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 0, err
+    check_stage(out / "render", reference / "render")
+
+
+def test_killing_one_of_two_workers_mid_encode_loses_no_clip(inputs, cluster, tmp_path):
+    pipeline, selection, reference = inputs
+    address, cluster_dir = cluster
+    out, expected = tmp_path / "out", tmp_path / "expected"
+    shutil.copytree(reference, out)
+    shutil.copytree(reference, expected)
+    run_encode(build_config(expected, None, **{"exec.scheduler": "sync"}), expected)
+    proc = start_cli("encode", "--out", out, "--scheduler", address)
+    try:
+        done = wait_for_records(out / "encode", 1, proc)
+        os.killpg(int((cluster_dir / "worker-2.pid").read_text()), signal.SIGKILL)
+        assert done < N_CLIPS, "the encode finished before a worker could be killed"
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 0, err
+    check_stage(out / "encode", expected / "encode")
+
+
+def test_killed_run_resumes_without_redoing_finished_shards_and_ends_with_the_same_bytes(inputs, tmp_path):
+    pipeline, selection, reference = inputs
+    out = tmp_path / "out"
+    args = ("render", "--pipeline", pipeline, "--midi", selection, "--out", out, "--jobs", "2")
+    proc = start_cli(*args)
+    try:
+        wait_for_records(out / "render", 2, proc)
+        proc.send_signal(signal.SIGKILL)  # the client only: its cluster must go down with it
+        proc.wait(timeout=HANG_GUARD)
+        assert wait_until_gone(proc.pid) == [], "the killed run's workers or parsers outlived it"
+    finally:
+        kill_session(proc)
+    finished = {i: read_record(out / "render", i) for i in range(N_CLIPS) if read_record(out / "render", i)}
+    assert 2 <= len(finished) < N_CLIPS, f"{len(finished)} shards finished: the kill was not mid-run"
+    before = {i: os.stat(out / "render" / rec.file) for i, rec in finished.items()}
+
+    rerun = run_cli(*args)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} already done" in rerun.stderr
+    for i, st in before.items():
+        now = os.stat(out / "render" / finished[i].file)
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), f"finished shard {i} was redone"
+    check_stage(out / "render", reference / "render")
+
+
+def test_a_task_raising_on_a_poisoned_clip_is_recorded_as_skipped_and_the_run_goes_on(inputs, tmp_path):
+    pipeline, selection, _ = inputs
+    rows = [json.loads(line) for line in selection.read_text().splitlines()]
+    rows[3]["program"] = 200  # a hand-edited selection: the synth raises ValueError on it
+    poisoned = tmp_path / "poisoned.jsonl"
+    poisoned.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+
+    result = run_cli("render", "--pipeline", pipeline, "--midi", poisoned, "--out", out, "--jobs", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    status = {r["id"]: r["status"] for r in map(json.loads, (out / "render" / "manifest.jsonl").read_text().splitlines())}
+    assert status.pop(rows[3]["clip_id"]) == "skipped: task failed: ValueError: program must be 0..127, got 200"
+    assert set(status.values()) == {"ok"} and len(status) == N_CLIPS - 1
+    assert "failed shard: render-" in result.stderr
+
+
+def test_a_scheduler_address_where_nothing_listens_fails_with_one_line(inputs, tmp_path):
+    pipeline, selection, _ = inputs
+    address = f"tcp://127.0.0.1:{free_port()}"
+
+    result = run_cli("render", "--pipeline", pipeline, "--midi", selection, "--out", tmp_path / "out",
+                     "--scheduler", address)
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"pvtbuild: error: no dask scheduler answers at {address}: Connection refused"]
+    assert not (tmp_path / "out" / "render").exists()
