@@ -1,6 +1,6 @@
 """Render + controls throughput against bare pyfluidsynth synthesis of the same notes.
 
-    python bench/bench_render.py              # 30 files of /work/shared/data/midi/lakh-sample (else examples/midi)
+    python bench/bench_render.py              # 30 files of ../shared/data/midi/lakh-sample (else examples/midi)
     python bench/bench_render.py DIR [N]      # the first N MIDI files of DIR
 
 What is compared, in one process and one run (so machine load hits both alike):
@@ -51,7 +51,7 @@ from pvtbuild.select import find_midi_files, select
 from pvtbuild.synth import render_notes
 
 REPO = Path(__file__).resolve().parent.parent
-LAKH = Path("/work/shared/data/midi/lakh-sample")
+LAKH = REPO.parent / "shared" / "data" / "midi" / "lakh-sample"  # shared/ beside the repository
 REPEATS = 5
 TARGET = 0.8
 

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pvtbuild.cli import cli
+from paths import EDGE
 
 REPO = Path(__file__).resolve().parent.parent
-EDGE = Path("/work/shared/data/midi/edge-cases")
 EXAMPLES = REPO / "examples" / "midi"
 ONE_LINE_REASON = re.compile(r"skipped: [^\n]{1,200}")
 

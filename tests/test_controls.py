@@ -12,6 +12,7 @@ from pvtbuild.clip import ClipNotes
 from pvtbuild.config import GridConfig, SelectConfig
 from pvtbuild.controls import CONTROL_NAMES, compute_controls, frame_times
 from pvtbuild.midi import clip_notes, load_midi, select_clips
+from paths import LAKH
 
 G75 = GridConfig("75hz", 75.0, 600)
 G240 = GridConfig("240hz", 240.0, 1921)
@@ -119,7 +120,7 @@ def test_without_beats_beat_and_bpm_are_zero():
 
 
 def test_controls_of_real_clips_agree_with_their_selection():
-    paths = sorted(Path("/work/shared/data/midi/lakh-sample").glob("*.mid"))[:6]
+    paths = sorted(LAKH.glob("*.mid"))[:6]
     cfg = SelectConfig()
     n = 0
     for path in paths:

@@ -35,8 +35,8 @@ from pvtbuild.dataset.tfrecord import _crc32c_lanes, crc32c, masked_crc32c
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import InputError
 
-tf = pytest.importorskip("tensorflow")
-from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402  (after the importorskip)
+import tensorflow as tf  # noqa: E402  (a dependency: its absence must fail, not skip)
+from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
 
 SMALL_SHAPES = {  # pipeline names at reduced length, plus one array of every other dtype
     "audio": ("float32", (1, 2400)),

@@ -1,6 +1,6 @@
 """Tests of pvtbuild.midi: parsing in a capped child, the monophonic and window rules, folding,
 velocity modulation, determinism; over hand-built notes, small MIDI files written with
-pretty_midi, and the real files of /work/shared/data/midi."""
+pretty_midi, and the real files of shared/data/midi."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ from pvtbuild.midi import (
     select_clips,
     variant_modulation,
 )
+from paths import MIDI_DATA
 
-DATA = Path("/work/shared/data/midi")
+DATA = MIDI_DATA
 EDGE = sorted((DATA / "edge-cases").glob("*.mid"))
 LAKH = sorted((DATA / "lakh-sample").glob("*.mid"))
 MD5 = "0123456789abcdef0123456789abcdef"

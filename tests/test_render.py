@@ -25,9 +25,9 @@ from pvtbuild.pipeline import run_render
 from pvtbuild.render import render_soundfont
 from pvtbuild.select import notes_files
 from pvtbuild.synth import render_notes
+from paths import LAKH
 
 REPO = Path(__file__).resolve().parent.parent
-LAKH = Path("/work/shared/data/midi/lakh-sample")
 EXAMPLES = REPO / "examples" / "midi"
 DEMO_MANIFEST = REPO / "manifests" / "demo.jsonl"
 N_LAKH = 40  # files of lakh-sample rendered here: ~115 clips, a few seconds

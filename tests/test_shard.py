@@ -28,10 +28,10 @@ from pvtbuild.pipeline import run_encode, run_render
 from pvtbuild.shard import BOOKKEEPING, assign_splits, split_of
 from pvtbuild.shard import shard as shard_stage
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402  (a dependency: its absence must fail, not skip)
 from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
+from paths import LAKH
 
-LAKH = Path("/work/shared/data/midi/lakh-sample")
 SMALL_SOURCES = ("00fe58e0b555088db366097cc15634e0", "024bdf7815ae8b97ac8cac959cce3c5f",
                  "034b0de17cfd9fc25471c536c3fbb69e")
 FORMATS = ("audio", "cqt", "encodec", "disc")
