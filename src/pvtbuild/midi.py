@@ -46,7 +46,6 @@ reruns reproduce them exactly.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import multiprocessing
 import multiprocessing.util
@@ -66,7 +65,7 @@ import numpy as np
 from .clip import ClipNotes, ClipSpec
 from .config import InstrumentConfig, SelectConfig
 from .errors import InputError
-from .manifest import stable_hash
+from .manifest import file_digest, stable_hash
 
 # Times closer than this (seconds) are the same instant: pretty_midi's times come
 # from tick arithmetic and ClipSpec rounds starts to 6 decimals.
@@ -107,13 +106,9 @@ class ParsedMidi:
 # --- loading --------------------------------------------------------------------------
 
 
-def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def md5_file(path: str | Path) -> str:
     """Hex md5 of a file's bytes: the content id of a source MIDI (Lakh names files by it)."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def load_midi(path: str | Path, cfg: SelectConfig) -> ParsedMidi:
