@@ -47,7 +47,7 @@ from .dataset.tfrecord import SPLITS, num_shards
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
-from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, read_record, run_stage, write_record
+from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, read_finished_stage, run_stage, write_record
 
 ENCODED = ("cqt", "encodec", "disc")
 BOOKKEEPING = ".shard"  # the stage folder inside the dataset directory
@@ -261,18 +261,20 @@ class _Inputs:
 
 def _read_inputs(out: Path, cfg: PipelineConfig, formats: tuple[str, ...], summary: StageSummary) -> _Inputs:
     """Clips ok in render (and encode), with their files and metadata; the others are counted as skipped."""
-    render_params, render_records = _stage_records(out, "render", "pvtbuild render")
+    rendered = read_finished_stage(out, "render", "pvtbuild render")
+    render_params = rendered.params
     soundfont_sha = _check_render_config(out, cfg, render_params)
     encoded = [f for f in formats if f in ENCODED]
     encode_params, encoder, encode_status = None, None, {}
     if encoded:
         encoder = _encoder_info(out, encoded)
-        encode_params, encode_records = _stage_records(out, "encode", f"pvtbuild encode --formats {','.join(encoded)}")
-        for rec in encode_records.values():
+        encoded_stage = read_finished_stage(out, "encode", f"pvtbuild encode --formats {','.join(encoded)}")
+        encode_params = encoded_stage.params
+        for rec in encoded_stage.records:
             for row in rec.rows:
                 encode_status[row["id"]] = (row["status"], str(out / "encode" / rec.file) if rec.file else "")
     clips = []
-    for rec in render_records.values():
+    for rec in rendered.records:
         for row in rec.rows:
             status, encode_file = row["status"], ""
             if status == "ok" and encoded:
@@ -285,26 +287,6 @@ def _read_inputs(out: Path, cfg: PipelineConfig, formats: tuple[str, ...], summa
             clips.append(ShardClip(row["id"], row["inputs"]["source_md5"], str(out / "render" / rec.file),
                                    encode_file, _meta(row)))
     return _Inputs(clips, render_params, encode_params, soundfont_sha, encoder, dict(summary.skipped))
-
-
-def _stage_records(out: Path, stage: str, command: str) -> tuple[str, dict[int, ShardRecord]]:
-    """(params, records by shard index) of a finished earlier stage; one line telling what to run if it is not."""
-    stage_dir = out / stage
-    meta_path = stage_dir / "stage.json"
-    if not meta_path.is_file():
-        raise PvtbuildError(f"{stage_dir}: not found; run `{command} --out {out}` first")
-    params = json.loads(meta_path.read_text())["params"]
-    records = {}
-    for path in sorted(stage_dir.glob("shard-*.json")):
-        rec = read_record(stage_dir, int(path.stem.split("-")[1]))
-        if rec is None or rec.params not in (params, f"failed:{params}"):
-            raise PvtbuildError(f"{path}: unreadable or from other settings; rerun `{command} --out {out}`")
-        if rec.params == params and rec.file and not (stage_dir / rec.file).is_file():
-            raise PvtbuildError(f"{stage_dir / rec.file}: missing; rerun `{command} --out {out}`")
-        records[rec.index] = rec
-    if not records:
-        raise PvtbuildError(f"{stage_dir}: no finished shard; run `{command} --out {out}` first")
-    return params, dict(sorted(records.items()))
 
 
 def _check_render_config(out: Path, cfg: PipelineConfig, params: str) -> str:

@@ -104,6 +104,37 @@ def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str) -> No
     atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True, indent=1).encode())
 
 
+@dataclass(frozen=True)
+class FinishedStage:
+    """An earlier stage's output as a later stage reads it: its parameters, its inputs' hash, its shard records."""
+
+    params: str
+    inputs: str
+    records: list[ShardRecord]  # in shard order; a failed task's record has params "failed:<params>"
+
+
+def read_finished_stage(out: Path, stage: str, command: str) -> FinishedStage:
+    """The records of `out/stage`, which must have run to its end; else one line saying what to run."""
+    stage_dir = Path(out) / stage
+    meta_path = stage_dir / "stage.json"
+    if not meta_path.is_file():
+        raise PvtbuildError(f"{stage_dir}: no {stage} output; run `{command} --out {out}` first")
+    if not (stage_dir / "manifest.jsonl").is_file():
+        raise PvtbuildError(f"{stage_dir}: {stage} has not finished; rerun `{command} --out {out}`")
+    meta = json.loads(meta_path.read_text())
+    params = meta["params"]
+    records = []
+    for i in range(len(list(stage_dir.glob("shard-*.json")))):
+        rec = read_record(stage_dir, i)
+        if rec is None or rec.params not in (params, f"failed:{params}"):
+            raise PvtbuildError(f"{record_path(stage_dir, i)}: missing, unreadable or from other settings; "
+                                f"rerun `{command} --out {out}`")
+        if rec.params == params and rec.file and not (stage_dir / rec.file).is_file():
+            raise PvtbuildError(f"{stage_dir / rec.file}: missing; rerun `{command} --out {out}`")
+        records.append(rec)
+    return FinishedStage(params, meta["inputs"], records)
+
+
 def write_manifest(stage_dir: Path, records: Iterable[ShardRecord]) -> Path:
     """Rebuild `manifest.jsonl` from the shard records, in shard order."""
     rows = [r for rec in sorted(records, key=lambda r: r.index) for r in rec.rows]

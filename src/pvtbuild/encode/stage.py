@@ -44,7 +44,7 @@ from ..config import CqtConfig, PipelineConfig, config_hash
 from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
-from ..stage import (ShardRecord, StageSummary, claim_stage_dir, read_record, record_path, run_stage, shard_stem,
+from ..stage import (ShardRecord, StageSummary, claim_stage_dir, read_finished_stage, run_stage, shard_stem,
                      write_record)
 from .cqt import CqtEncoder
 from .device import default_batch_size, encode_threads, pick_device
@@ -154,16 +154,16 @@ def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     render_dir, stage_dir = Path(out) / "render", Path(out) / "encode"
     weights = check_encode_config(cfg)
     resources = task_resources(cfg.encode.device, executor.worker_resources())
-    render_meta, render_records = read_render_output(render_dir, Path(out))
-    params = encode_params(cfg, weights, render_meta["params"])
-    claim_stage_dir(stage_dir, "encode", params, config_hash([render_meta["params"], render_meta["inputs"]]))
+    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
+    params = encode_params(cfg, weights, rendered.params)
+    claim_stage_dir(stage_dir, "encode", params, config_hash([rendered.params, rendered.inputs]))
     atomic_write_bytes(stage_dir / ENCODER_JSON, json.dumps(encoder_info(cfg, weights), indent=1).encode())
     _announce(weights, cfg.encode.weights)
     job = EncodeJob(encode_formats(cfg), weights, cfg.encode.cqt, cfg.encode.encodec.bandwidth,
                     cfg.render.sample_rate, cfg.clip_samples, cfg.encode.device, cfg.encode.batch_size,
-                    params, render_meta["params"])
+                    params, rendered.params)
     summary = StageSummary("encode")
-    records = run_stage(executor, stage_dir, params, render_records,
+    records = run_stage(executor, stage_dir, params, rendered.records,
                         lambda i, rec: Task(f"encode-{params[:6]}-{i:05d}", encode_task,
                                             (i, rec, job, str(stage_dir), str(render_dir)), resources),
                         lambda rec, status: [_row(r, params, status, job) for r in _rendered_rows(rec)], summary)
@@ -171,24 +171,6 @@ def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
         if rec.params.startswith("failed:") and not rec.rows:
             summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
     return summary.finish()
-
-
-def read_render_output(render_dir: Path, out: Path) -> tuple[dict[str, Any], list[ShardRecord]]:
-    """The render stage's stage.json and its shard records, index order; raises if render has not finished."""
-    meta_path = render_dir / "stage.json"
-    if not meta_path.is_file():
-        raise PvtbuildError(f"{render_dir}: no render output; run `pvtbuild render --out {out}` first")
-    if not (render_dir / "manifest.jsonl").is_file():
-        raise PvtbuildError(f"{render_dir}: render has not finished; rerun `pvtbuild render --out {out}`")
-    meta = json.loads(meta_path.read_text())
-    records = []
-    for i in range(len(list(render_dir.glob("shard-*.json")))):
-        rec = read_record(render_dir, i)
-        if rec is None:
-            raise PvtbuildError(f"{record_path(render_dir, i)}: missing or unreadable; "
-                                f"rerun `pvtbuild render --out {out}` to finish it")
-        records.append(rec)
-    return meta, records
 
 
 def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str, render_dir: str) -> ShardRecord:
