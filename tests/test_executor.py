@@ -75,6 +75,14 @@ def test_local_cluster_and_in_process_yield_every_task_once_with_the_same_result
     assert local.n_workers == 2
 
 
+def test_the_dashboard_link_printed_at_start_serves_the_dask_dashboard(local):
+    import urllib.request
+
+    assert local.dashboard.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(local.dashboard, timeout=30) as page:
+        assert page.status == 200 and b"Dask" in page.read()
+
+
 def test_local_workers_get_the_malloc_fix_one_thread_share_each_and_may_start_processes(local):
     setups = local.client.run(worker_setup)
     assert len(setups) == 2
