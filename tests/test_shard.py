@@ -213,9 +213,21 @@ def test_a_clip_skipped_by_encode_is_left_out_and_counted(small, tmp_path):
 
 def test_asking_for_a_format_not_encoded_says_which_encode_command_to_run(wide, tmp_path):
     out, cfg = wide
-    with pytest.raises(PvtbuildError, match=r"pvtbuild encode --out .* --formats cqt"):
+    with pytest.raises(PvtbuildError, match=r"pvtbuild encode --out .* --formats cqt` first"):
         run_shard_stage(out, tmp_path / "ds", cfg, ("audio", "cqt"))
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_format_missing_from_an_encoded_build_names_the_encode_command_for_all_formats(small, tmp_path):
+    out, cfg = small
+    build = tmp_path / "build"
+    for name in ("render", "encode"):
+        shutil.copytree(out / name, build / name)
+    encoder = build / "encode" / "encoder.json"
+    encoder.write_text(json.dumps(dict(json.loads(encoder.read_text()), formats=["encodec", "disc"])))
+    with pytest.raises(PvtbuildError, match=r"holds no cqt \(has encodec,disc\); delete that folder and run "
+                                            r"`pvtbuild encode --out .* --formats encodec,disc,cqt`"):
+        run_shard_stage(build, tmp_path / "ds", cfg, ("cqt",))
 
 
 def test_run_all_stops_before_any_work_when_shard_wants_a_format_encode_skips(tmp_path):

@@ -307,9 +307,12 @@ def _encoder_info(out: Path, encoded: list[str]) -> dict[str, Any]:
     if not path.is_file():
         raise PvtbuildError(f"{path}: not found; the dataset asks for {','.join(encoded)}: {fix}")
     info = json.loads(path.read_text())
-    missing = [f for f in encoded if f not in info.get("formats", [])]
-    if missing:
-        raise PvtbuildError(f"{out / 'encode'}: holds no {','.join(missing)} (has {','.join(info.get('formats', []))}); {fix}")
+    have = list(info.get("formats") or [])
+    missing = [f for f in encoded if f not in have]
+    if missing:  # an encode folder holds one set of formats: adding one means encoding them all again
+        both = ",".join(have + missing)
+        raise PvtbuildError(f"{out / 'encode'}: holds no {','.join(missing)} (has {','.join(have)}); delete that folder "
+                            f"and run `pvtbuild encode --out {out} --formats {both}`, or shard only {','.join(have)}")
     return info
 
 
