@@ -3,7 +3,6 @@ sanity over clips selected from real Lakh files."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

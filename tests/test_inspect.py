@@ -21,24 +21,16 @@ from pvtbuild import inspect as insp
 from pvtbuild.cli import cli
 from pvtbuild.errors import InputError
 from pvtbuild.executor import open_executor
-from pvtbuild.pipeline import run_encode, run_render
 from pvtbuild.shard import shard
 
-from test_shard import SMALL_SOURCES, LAKH, make_config  # the same small real build
 
 FORMATS = ("audio", "cqt", "encodec", "disc")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
+def built(small_build) -> dict[str, Path]:
     """Build dir plus one dataset per single format and one with all four: name -> dataset dir."""
-    midi = tmp_path_factory.mktemp("midi")
-    for md5 in SMALL_SOURCES:
-        (midi / f"{md5}.mid").symlink_to(LAKH / f"{md5}.mid")
-    out = tmp_path_factory.mktemp("build")
-    cfg = make_config(midi)
-    run_render(cfg, out)
-    run_encode(cfg, out)
+    out, cfg = small_build
     datasets = {"out": out}
     with open_executor("sync", 1, quiet=True) as ex:
         for name, formats in [("all", FORMATS)] + [(f, (f,)) for f in FORMATS]:

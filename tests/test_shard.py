@@ -19,31 +19,21 @@ import pytest
 from click.testing import CliRunner
 
 from pvtbuild.cli import cli
-from pvtbuild.config import PipelineConfig, config_from_dict
+from pvtbuild.config import PipelineConfig
 from pvtbuild.dataset import read_dataset_json, verify_dataset
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.executor import open_executor
-from pvtbuild.pipeline import run_encode, run_render
+from pvtbuild.pipeline import run_render
 from pvtbuild.shard import BOOKKEEPING, assign_splits, split_of
 from pvtbuild.shard import shard as shard_stage
 
 import tensorflow as tf  # noqa: E402  (a dependency: its absence must fail, not skip)
 from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
+from conftest import make_config
 from paths import LAKH
 
-SMALL_SOURCES = ("00fe58e0b555088db366097cc15634e0", "024bdf7815ae8b97ac8cac959cce3c5f",
-                 "034b0de17cfd9fc25471c536c3fbb69e")
 FORMATS = ("audio", "cqt", "encodec", "disc")
-
-
-def make_config(midi: Path, limit: int = 0, **shard: object) -> PipelineConfig:
-    return config_from_dict({
-        "name": "test", "seed": 0, "midi": str(midi), "limit": limit,
-        "select": {"clips_per_source": 2}, "render": {"clips_per_shard": 4},
-        "encode": {"weights": "random"}, "shard": {"shard_mb": 2.0, **shard},
-        "exec": {"jobs": 1, "scheduler": "sync"},
-    })
 
 
 def run_shard_stage(out: Path, dataset: Path, cfg: PipelineConfig, formats=None, scheduler="sync", jobs=1):
@@ -52,16 +42,15 @@ def run_shard_stage(out: Path, dataset: Path, cfg: PipelineConfig, formats=None,
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> tuple[Path, PipelineConfig]:
-    midi = tmp_path_factory.mktemp("midi")
-    for md5 in SMALL_SOURCES:
-        (midi / f"{md5}.mid").symlink_to(LAKH / f"{md5}.mid")
-    out = tmp_path_factory.mktemp("small")
-    cfg = make_config(midi)
-    rendered = run_render(cfg, out)[-1].total_ok
-    assert rendered >= 4  # 6 selected; render may skip a near-silent one
-    assert run_encode(cfg, out)[-1].total_ok == rendered
-    return out, cfg
+def small(small_build) -> tuple[Path, PipelineConfig]:
+    return small_build
+
+
+def copy_build(out: Path, build: Path) -> Path:
+    """A copy of a build's render and encode folders, to damage without touching the shared build."""
+    for name in ("render", "encode"):
+        shutil.copytree(out / name, build / name)
+    return build
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +184,7 @@ def test_metadata_names_the_source_and_selection_of_each_clip(small, small_all):
 
 def test_a_clip_skipped_by_encode_is_left_out_and_counted(small, tmp_path):
     out, cfg = small
-    build = tmp_path / "build"
-    for name in ("render", "encode"):
-        shutil.copytree(out / name, build / name)
+    build = copy_build(out, tmp_path / "build")
     record = build / "encode" / "shard-00000.json"
     doc = json.loads(record.read_text())
     victim = doc["rows"][0]["id"]
@@ -220,9 +207,7 @@ def test_asking_for_a_format_not_encoded_says_which_encode_command_to_run(wide, 
 
 def test_a_format_missing_from_an_encoded_build_names_the_encode_command_for_all_formats(small, tmp_path):
     out, cfg = small
-    build = tmp_path / "build"
-    for name in ("render", "encode"):
-        shutil.copytree(out / name, build / name)
+    build = copy_build(out, tmp_path / "build")
     encoder = build / "encode" / "encoder.json"
     encoder.write_text(json.dumps(dict(json.loads(encoder.read_text()), formats=["encodec", "disc"])))
     with pytest.raises(PvtbuildError, match=r"holds no cqt \(has encodec,disc\); delete that folder and run "
