@@ -94,6 +94,19 @@ def build_synthetic(root: Path, n: int, shard_mb: float = 150.0) -> dict[str, fl
     return out
 
 
+def _loader_read(ds: Any, batch: int, num_workers: int, n: int) -> int:
+    """Examples a DataLoader with `num_workers` yields until `n`, its workers kept across epochs."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=batch, num_workers=num_workers, persistent_workers=True)
+    seen = 0
+    for b in _epochs(lambda: loader):
+        seen += len(next(iter(b.values())))
+        if seen >= n:
+            break
+    return min(seen, n)
+
+
 def _epochs(make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
     """The items of `make()`, then of a fresh `make()`, ... forever (a small dataset read for n examples)."""
     while True:
@@ -146,9 +159,6 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
     mb_per_s), `ratios` (examples/s over npz's, same worker count), and the
     write timings when the records are synthetic.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
     result: dict[str, Any] = {"n": n, "batch_size": batch_size, "workers": workers}
     t0 = time.perf_counter()
     import tensorflow as tf
@@ -189,13 +199,7 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
             ds = TFRecordIterableDataset(dataset_dir, "train")
             if num_workers == 0:
                 return sum(1 for _ in itertools.islice(_epochs(lambda: ds), n))
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=True)
-            seen = 0
-            for b in _epochs(lambda: loader):
-                seen += len(next(iter(b.values())))
-                if seen >= n:
-                    break
-            return min(seen, n)
+            return _loader_read(ds, batch_size, num_workers, n)
 
         count, secs = _timed(lambda: torch_read(0))
         result["torch"] = _rate(count, secs, payload)
@@ -210,13 +214,7 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
             ds = _NpzDataset(paths)
             if num_workers == 0:
                 return sum(1 for i in range(n) if ds[i % len(ds)])
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=True)
-            seen = 0
-            for b in _epochs(lambda: loader):
-                seen += len(next(iter(b.values())))
-                if seen >= n:
-                    break
-            return min(seen, n)
+            return _loader_read(ds, batch_size, num_workers, n)
 
         count, secs = _timed(lambda: npz_read(0))
         result["npz"] = _rate(count, secs, payload)
