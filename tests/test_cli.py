@@ -178,3 +178,32 @@ def test_select_command_rebuilds_the_committed_demo_manifest_byte_for_byte(tmp_p
     assert_no_traceback(result)
     assert manifest.read_bytes() == (REPO / "manifests" / "demo.jsonl").read_bytes()
     assert f"selection: {len(rows(manifest))} clips in " in result.output
+
+
+def test_ctrl_c_mid_run_is_one_line_saying_how_to_resume_with_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from paths import LAKH
+
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "pvtbuild"), "render", "--pipeline", str(REPO / "pipelines" / "pvt.yaml"),
+           "--midi", str(LAKH), "--limit", "48", "--out", str(out), "--scheduler", "sync"]
+    # SIG_DFL: a test runner may start children with SIGINT ignored, as shells do for background jobs.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while not (out / "select" / "shard-00000.json").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=120)  # a guard against a hang, not a speed check
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("pvtbuild: interrupted; finished shards are kept: "
+                                            "rerun the same command to resume")
+    assert not (out / "select" / "manifest.jsonl").exists()  # it really stopped midway

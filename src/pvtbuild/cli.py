@@ -53,6 +53,9 @@ class _Group(click.Group):
         except PvtbuildError as e:
             click.echo(f"pvtbuild: error: {' '.join(str(e).split())}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("pvtbuild: interrupted; finished shards are kept: rerun the same command to resume", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)
