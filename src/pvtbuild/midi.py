@@ -214,7 +214,10 @@ def _discard_pool() -> None:
             proc.kill()
         except (OSError, ValueError):
             pass
-    _pool.shutdown(wait=False, cancel_futures=True)
+    # Wait for the pool's manager thread: the killed process is dead, so this is quick, and a
+    # manager thread still tearing the broken pool down while the interpreter exits printed
+    # "OSError: [Errno 9] Bad file descriptor" tracebacks at the end of runs.
+    _pool.shutdown(wait=True, cancel_futures=True)
     _pool = None
 
 
