@@ -197,19 +197,25 @@ def test_render_piped_into_another_command_reaches_eof_and_leaves_no_process(inp
     assert stage_files(tmp_path / "out" / "render") == stage_files(reference / "render")
 
 
-def test_killing_one_of_two_workers_mid_render_loses_no_clip(inputs, cluster, tmp_path):
-    pipeline, selection, reference = inputs
-    address, cluster_dir = cluster
-    out = tmp_path / "out"
-    proc = start_cli("render", "--pipeline", pipeline, "--midi", selection, "--out", out, "--scheduler", address)
+def run_killing_a_worker(stage_dir: Path, worker_pid_file: Path, *args: str | Path) -> None:
+    """Run the CLI, kill -9 one worker (its whole process group: nanny too) once a shard is done; it must succeed."""
+    proc = start_cli(*args)
     try:
-        done = wait_for_records(out / "render", 1, proc)
-        os.killpg(int((cluster_dir / "worker-1.pid").read_text()), signal.SIGKILL)  # the whole worker: nanny too
-        assert done < N_CLIPS, "the render finished before a worker could be killed"
+        done = wait_for_records(stage_dir, 1, proc)
+        os.killpg(int(worker_pid_file.read_text()), signal.SIGKILL)
+        assert done < N_CLIPS, f"{args[0]} finished before a worker could be killed"
         _, err = proc.communicate(timeout=HANG_GUARD)
     finally:
         kill_session(proc)
     assert proc.returncode == 0, err
+
+
+def test_killing_one_of_two_workers_mid_render_loses_no_clip(inputs, cluster, tmp_path):
+    pipeline, selection, reference = inputs
+    address, cluster_dir = cluster
+    out = tmp_path / "out"
+    run_killing_a_worker(out / "render", cluster_dir / "worker-1.pid",
+                         "render", "--pipeline", pipeline, "--midi", selection, "--out", out, "--scheduler", address)
     check_stage(out / "render", reference / "render")
 
 
@@ -220,15 +226,7 @@ def test_killing_one_of_two_workers_mid_encode_loses_no_clip(inputs, cluster, tm
     shutil.copytree(reference, out)
     shutil.copytree(reference, expected)
     run_encode(build_config(expected, None, **{"exec.scheduler": "sync"}), expected)
-    proc = start_cli("encode", "--out", out, "--scheduler", address)
-    try:
-        done = wait_for_records(out / "encode", 1, proc)
-        os.killpg(int((cluster_dir / "worker-2.pid").read_text()), signal.SIGKILL)
-        assert done < N_CLIPS, "the encode finished before a worker could be killed"
-        _, err = proc.communicate(timeout=HANG_GUARD)
-    finally:
-        kill_session(proc)
-    assert proc.returncode == 0, err
+    run_killing_a_worker(out / "encode", cluster_dir / "worker-2.pid", "encode", "--out", out, "--scheduler", address)
     check_stage(out / "encode", expected / "encode")
 
 
