@@ -46,6 +46,18 @@ def _echo_summary(lines: list[str]) -> None:
         click.echo(line, err=True)
 
 
+def _report(summaries: list[Any], nothing: str | None = None) -> None:
+    """Print every stage's summary; with `nothing` ("rendered"), fail when the last stage has no clip at all."""
+    _echo_summary([line for s in summaries for line in s.lines()])
+    if nothing and summaries[-1].total_ok == 0:
+        raise PvtbuildError(f"no clip was {nothing}; see the skipped reasons above")
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option (`--formats cqt,disc`) as a tuple; None when it was not given."""
+    return None if text is None else tuple(f.strip() for f in text.split(",") if f.strip())
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -104,9 +116,7 @@ def render(pipeline: str, midi: Path | None, limit: int | None, soundfont: str |
     cfg = _load(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
                                                      "exec.scheduler": scheduler, "midi": _str(midi)})
     summaries = run_render(cfg, out)
-    _echo_summary([line for s in summaries for line in s.lines()])
-    if summaries[-1].total_ok == 0:
-        raise PvtbuildError("no clip was rendered; see the skipped reasons above")
+    _report(summaries, "rendered")
 
 
 def _encode_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,12 +157,10 @@ def encode(pipeline: str | None, formats: str | None, random_weights: bool | Non
 
     overrides = _encode_overrides(random_weights, encodec_checkpoint, device, batch_size)
     if formats is not None:
-        overrides["encode.formats"] = [f.strip() for f in formats.split(",") if f.strip()]
+        overrides["encode.formats"] = _csv(formats)
     cfg = build_config(out, pipeline, seed=seed, **overrides, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
     summaries = run_encode(cfg, out)
-    _echo_summary([line for s in summaries for line in s.lines()])
-    if summaries[-1].total_ok == 0:
-        raise PvtbuildError("no clip was encoded; see the skipped reasons above")
+    _report(summaries, "encoded")
 
 
 @cli.command()
@@ -173,7 +181,7 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
                                                      "exec.scheduler": scheduler, "midi": _str(midi)},
                 **_encode_overrides(random_weights, encodec_checkpoint, device, batch_size))
     summaries = run_all(cfg, out)
-    _echo_summary([line for s in summaries for line in s.lines()])
+    _report(summaries)
 
 
 @cli.command()
@@ -188,9 +196,8 @@ def shard(pipeline: str | None, formats: str | None, dataset: Path | None, out: 
     from .pipeline import build_config, run_shard
 
     cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
-    chosen = None if formats is None else tuple(f.strip() for f in formats.split(",") if f.strip())
-    summaries = run_shard(cfg, out, dataset, chosen)
-    _echo_summary([line for s in summaries for line in s.lines()])
+    summaries = run_shard(cfg, out, dataset, _csv(formats))
+    _report(summaries)
     if summaries[-1].failed_shards:
         raise PvtbuildError("some shards failed (listed above), so no dataset.json was written; rerun to finish them")
 
