@@ -1,6 +1,6 @@
 """Render + controls throughput against bare pyfluidsynth synthesis of the same notes.
 
-    python bench/bench_render.py              # 30 files of ../shared/data/midi/lakh-sample (else examples/midi)
+    python bench/bench_render.py              # the first 30 files of tests/data/midi/lakh-sample
     python bench/bench_render.py DIR [N]      # the first N MIDI files of DIR
 
 What is compared, in one process and one run (so machine load hits both alike):
@@ -51,13 +51,13 @@ from pvtbuild.select import find_midi_files, select
 from pvtbuild.synth import render_notes
 
 REPO = Path(__file__).resolve().parent.parent
-LAKH = REPO.parent / "shared" / "data" / "midi" / "lakh-sample"  # shared/ beside the repository
+LAKH = REPO / "tests" / "data" / "midi" / "lakh-sample"  # the repository's own Lakh sample
 REPEATS = 5
 TARGET = 0.8
 
 
 def main(argv: list[str]) -> int:
-    midi_dir = Path(argv[1]) if len(argv) > 1 else (LAKH if LAKH.is_dir() else REPO / "examples" / "midi")
+    midi_dir = Path(argv[1]) if len(argv) > 1 else LAKH
     n_files = int(argv[2]) if len(argv) > 2 else 30
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(midi_dir), limit=n_files,
                         **{"exec.scheduler": "sync"})

@@ -1,14 +1,50 @@
-"""Fixtures shared by test modules: the small real build that shard and inspect tests both read."""
+"""Fixtures shared by test modules: the small real build that shard and inspect tests both read.
+
+And the clean-clone guard: a test that opens, lists, copies or links anything under the
+project's `shared/` folder (`paths.SHARED_ROOTS`) fails, even where that folder exists, so a
+test can never pass here and fail on a clone with nothing beside it. An audit hook sees
+this process's reads; `.ci/run` also hides the folder from the processes tests start.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from paths import LAKH
+from paths import LAKH, SHARED_ROOTS
 from pvtbuild.config import PipelineConfig, config_from_dict
 from pvtbuild.pipeline import run_encode, run_render
+
+_READ_EVENTS = frozenset({"open", "os.listdir", "os.scandir", "shutil.copyfile", "os.symlink", "os.link"})
+_shared_reads: list[str] = []
+
+
+def _outside_repo_guard(event: str, args: tuple) -> None:
+    """Audit hook: refuse (and remember) any read of a path under `SHARED_ROOTS`."""
+    if event not in _READ_EVENTS or not args:
+        return
+    path = args[0]
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return  # a file descriptor
+    full = os.path.abspath(os.fsdecode(path))
+    if any(full == root or full.startswith(root + os.sep) for root in SHARED_ROOTS):
+        _shared_reads.append(f"{event} {full}")
+        raise PermissionError(f"tests may read only inside the repository, not {full} (see tests/paths.py)")
+
+
+sys.addaudithook(_outside_repo_guard)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_reads():
+    """Fail the test that read `shared/`, even if it caught the PermissionError."""
+    before = len(_shared_reads)
+    yield
+    assert _shared_reads[before:] == [], "read outside the repository (tests/data has the test data)"
+
 
 SMALL_SOURCES = ("00fe58e0b555088db366097cc15634e0", "024bdf7815ae8b97ac8cac959cce3c5f",
                  "034b0de17cfd9fc25471c536c3fbb69e")

