@@ -274,6 +274,24 @@ def test_dataset_is_byte_identical_with_one_or_two_dask_workers(wide, tmp_path):
     assert all(one[f] == two[f] for f in one)
 
 
+@pytest.mark.parametrize("stage", ["render", "encode"])
+def test_a_flipped_byte_in_a_render_or_encode_shard_stops_shard_with_one_line_naming_the_file(small, tmp_path, stage):
+    out, cfg = small
+    build = copy_build(out, tmp_path / "build")
+    shutil.copy(out / "pipeline.json", build / "pipeline.json")
+    victim = build / stage / "shard-00000.npz"
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # inside the largest array: the .npz still opens
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(PvtbuildError) as err:
+        run_shard_stage(build, build / "dataset", cfg, ("audio", "disc"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{victim}: damaged") and f"pvtbuild {stage}" in message
+    assert not (build / "dataset" / "dataset.json").exists() and not list(build.glob("dataset/*/*.tfrecord"))
+    result = CliRunner().invoke(cli, ["shard", "--out", str(build), "--formats", "audio,disc", "--scheduler", "sync"])
+    assert result.exit_code != 0 and result.output.strip().count("\n") == 0 and str(victim) in result.output
+
+
 def test_rerun_rewrites_nothing_and_redoes_only_a_damaged_shard(wide, tmp_path):
     out, cfg = wide
     ds = tmp_path / "ds"

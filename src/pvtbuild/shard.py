@@ -18,6 +18,10 @@ dataset.json); this module decides what goes in it:
 - which order: per split, clips sorted by id then permuted by the seed, so
   each shard mixes sources and instruments; shards of about `shard.shard_mb`.
 
+Before any work, every render and encode shard is checked against the sha256
+its record holds: a damaged input stops the stage with one line naming the
+file (and the command that redoes it), never a dataset that verifies.
+
 One task writes one output shard. Its bookkeeping (stage.json, a record per
 shard, manifest.jsonl) lives in ``DATASET/.shard/``, beside the files it
 describes: a dataset folder is self-contained, several datasets (say audio
@@ -261,14 +265,15 @@ class _Inputs:
 
 def _read_inputs(out: Path, cfg: PipelineConfig, formats: tuple[str, ...], summary: StageSummary) -> _Inputs:
     """Clips ok in render (and encode), with their files and metadata; the others are counted as skipped."""
-    rendered = read_finished_stage(out, "render", "pvtbuild render")
+    rendered = read_finished_stage(out, "render", "pvtbuild render", check_files=True)
     render_params = rendered.params
     soundfont_sha = _check_render_config(out, cfg, render_params)
     encoded = [f for f in formats if f in ENCODED]
     encode_params, encoder, encode_status = None, None, {}
     if encoded:
         encoder = _encoder_info(out, encoded)
-        encoded_stage = read_finished_stage(out, "encode", f"pvtbuild encode --formats {','.join(encoded)}")
+        encoded_stage = read_finished_stage(out, "encode", f"pvtbuild encode --formats {','.join(encoded)}",
+                                            check_files=True)
         encode_params = encoded_stage.params
         for rec in encoded_stage.records:
             for row in rec.rows:

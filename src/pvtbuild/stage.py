@@ -9,21 +9,26 @@ A stage writes into `OUT/<stage>/`:
 - `manifest.jsonl`: all rows of all shards, rebuilt at the end of each run.
 
 Resume is therefore: skip shard `i` when its record exists, names the current
-parameters, and its file still has the recorded sha256.
+parameters, and its file still has the recorded sha256. A later stage checks
+the same sha256 before it uses a shard (`check_shard_file`): encode as it reads
+each render shard, shard for every render and encode shard before it packs any.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import PvtbuildError
+from .errors import InputError, PvtbuildError
 from .executor import Executor, Task, TaskFailure
-from .manifest import ManifestRow, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_file, skip_reason, write_jsonl
+from .manifest import (ManifestRow, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_bytes, sha256_file,
+                       skip_reason, write_jsonl)
 
 
 @dataclass
@@ -73,14 +78,35 @@ def read_record(stage_dir: Path, index: int) -> ShardRecord | None:
         return None  # unreadable record: the shard is redone
 
 
+def check_shard_file(stage_dir: Path, rec: ShardRecord, data: bytes | None = None) -> None:
+    """Raise `InputError`, one line naming the file, unless `rec`'s file exists with the sha256 it records.
+
+    Args:
+        stage_dir: the folder of the stage that wrote `rec`.
+        rec: a record with a file (`rec.file` not "").
+        data: the file's bytes, when the caller has read them already (then it is not read again).
+    """
+    path = stage_dir / rec.file
+    if data is None:
+        if not path.is_file():
+            raise InputError(f"{path}: missing (its record {record_path(stage_dir, rec.index).name} names it)")
+        sha = sha256_file(path)
+    else:
+        sha = sha256_bytes(data)
+    if sha != rec.sha256:
+        raise InputError(f"{path}: damaged, its sha256 is not the one its record "
+                         f"{record_path(stage_dir, rec.index).name} holds")
+
+
 def finished_record(stage_dir: Path, index: int, params: str) -> ShardRecord | None:
     """The shard's record if the shard is complete and intact, else None (it must be redone)."""
     rec = read_record(stage_dir, index)
     if rec is None or rec.params != params:
         return None
     if rec.file:
-        path = stage_dir / rec.file
-        if not path.is_file() or sha256_file(path) != rec.sha256:
+        try:
+            check_shard_file(stage_dir, rec)
+        except InputError:
             return None
     return rec
 
@@ -113,8 +139,12 @@ class FinishedStage:
     records: list[ShardRecord]  # in shard order; a failed task's record has params "failed:<params>"
 
 
-def read_finished_stage(out: Path, stage: str, command: str) -> FinishedStage:
-    """The records of `out/stage`, which must have run to its end; else one line saying what to run."""
+def read_finished_stage(out: Path, stage: str, command: str, check_files: bool = False) -> FinishedStage:
+    """The records of `out/stage`, which must have run to its end; else one line saying what to run.
+
+    With `check_files`, every shard file is also checked against its record's sha256
+    (`check_shard_file`, a few files at a time), for a reader that would not notice damage.
+    """
     stage_dir = Path(out) / stage
     meta_path = stage_dir / "stage.json"
     if not meta_path.is_file():
@@ -132,7 +162,22 @@ def read_finished_stage(out: Path, stage: str, command: str) -> FinishedStage:
         if rec.params == params and rec.file and not (stage_dir / rec.file).is_file():
             raise PvtbuildError(f"{stage_dir / rec.file}: missing; rerun `{command} --out {out}`")
         records.append(rec)
+    if check_files:
+        done = [rec for rec in records if rec.params == params and rec.file]
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # hashlib lets go of the GIL
+            problems = list(pool.map(lambda rec: _problem(stage_dir, rec), done))
+        first = next(filter(None, problems), None)  # in shard order
+        if first:
+            raise PvtbuildError(f"{first}; rerun `{command} --out {out}` to redo it")
     return FinishedStage(params, meta["inputs"], records)
+
+
+def _problem(stage_dir: Path, rec: ShardRecord) -> str | None:
+    try:
+        check_shard_file(stage_dir, rec)
+    except InputError as e:
+        return str(e)
+    return None
 
 
 def write_manifest(stage_dir: Path, records: Iterable[ShardRecord]) -> Path:

@@ -44,8 +44,8 @@ from ..config import CqtConfig, PipelineConfig, config_hash
 from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
-from ..stage import (ShardRecord, StageSummary, claim_stage_dir, read_finished_stage, run_stage, shard_stem,
-                     write_record)
+from ..stage import (ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage, run_stage,
+                     shard_stem, write_record)
 from .cqt import CqtEncoder
 from .device import default_batch_size, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
@@ -182,8 +182,10 @@ def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str,
     if not render.file:
         return _write(stage, ShardRecord("encode", index, "", "", job.params, []))
     blob = (Path(render_dir) / render.file).read_bytes()
-    if sha256_bytes(blob) != render.sha256:
-        status = f"skipped: render {render.file} does not match its record; rerun render"
+    try:
+        check_shard_file(Path(render_dir), render, blob)
+    except InputError as e:
+        status = f"skipped: {e}; rerun render"
         return _write(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
                                          [_row(r, job.params, status, job) for r in rendered]))
     with np.load(io.BytesIO(blob)) as npz:
