@@ -13,8 +13,8 @@ from pvtbuild.controls import CONTROL_NAMES, compute_controls, frame_times
 from pvtbuild.midi import clip_notes, load_midi, select_clips
 from paths import LAKH
 
-G75 = GridConfig("75hz", 75.0, 600)
-G240 = GridConfig("240hz", 240.0, 1921)
+G75 = GridConfig("75hz", 75.0, 600, "encodec", 0.5)  # as PipelineConfig derives them for 8 s at 24 kHz
+G240 = GridConfig("240hz", 240.0, 1921, "cqt", 0.0)
 BPM_MAX = 300.0
 
 
@@ -134,3 +134,4 @@ def test_controls_of_real_clips_agree_with_their_selection():
             assert np.all((c["pitch"][voiced] * 127).round() >= 48) and np.all((c["pitch"][voiced] * 127).round() <= 72)
             n += 1
     assert n >= 5
+

@@ -101,7 +101,10 @@ ATTACK_S = 0.025  # a note's first frames may still be rising (strings), or be t
 SOUND_RMS = 1e-4  # -80 dBFS; voiced frames measured >= 4e-4
 
 
-def frame_rms(audio: np.ndarray, hop: int) -> np.ndarray:
+def frame_rms(audio: np.ndarray, hop: int, offset: float) -> np.ndarray:
+    """RMS of frames of `hop` samples, frame k centred on the grid's sampling time (k + offset) * hop."""
+    shift = int(round((0.5 - offset) * hop))  # frame k starts at sample k * hop - shift (zeros before the clip)
+    audio = np.concatenate([np.zeros(shift, dtype=audio.dtype), audio])
     n = len(audio) // hop
     return np.sqrt(np.mean(np.square(audio[: n * hop].reshape(n, hop), dtype=np.float64), axis=1))
 
@@ -109,13 +112,13 @@ def frame_rms(audio: np.ndarray, hop: int) -> np.ndarray:
 def test_audio_is_silent_where_voiced_is_0_and_sounds_where_it_is_1(lakh):
     out, cfg = lakh
     grid = cfg.controls.grid("240hz")
-    hop = int(cfg.render.sample_rate / grid.rate)  # 100 samples: frame k is samples [100k, 100k + 100)
+    hop = int(cfg.render.sample_rate / grid.rate)  # 100 samples: frame k is centred on sample 100k (CQT grid)
     instrument = {r["id"]: r["inputs"]["instrument"] for r in rows(out / "render" / "manifest.jsonl")}
     checked_silent = 0
     for data in shards(out):
         for cid, audio, voiced, pitch, velocity in zip(data["id"], data["audio"], data["voiced_240hz"],
                                                        data["pitch_240hz"], data["velocity_240hz"]):
-            rms = frame_rms(audio, hop)
+            rms = frame_rms(audio, hop, grid.offset)
             on = voiced[: len(rms)] > 0
             note = pitch[: len(rms)] * 1000 + velocity[: len(rms)]  # changes where a new note starts
             starts = np.flatnonzero(on & np.r_[True, note[1:] != note[:-1]])

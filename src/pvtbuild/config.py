@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -121,21 +122,42 @@ class RenderConfig:
         _require(bool(self.soundfont), f"{key}.soundfont", "must name a SoundFont")
 
 
+# EnCodec's frame in samples (its encoder strides 2*4*5*8), fixed by the model, not a config value.
+ENCODEC_HOP = 320
+
+
 @dataclass(frozen=True)
 class GridConfig:
-    """A frame grid controls are computed on: frame k covers [k/rate, (k+1)/rate)."""
+    """A frame grid controls are computed on: frame k is sampled at t_k = (k + offset) / rate s.
+
+    A grid that `serves` a format follows the clip and that format: its rate,
+    frame count and offset are derived at load (see `PipelineConfig`), and any
+    of them given by hand must equal the derived value. A free grid (no
+    `serves`) gives its rate; frames default to the sampling times within the
+    clip, offset to 0.5 (frame k covers [k/rate, (k+1)/rate), sampled at its centre).
+    """
 
     name: str
-    rate: float
-    frames: int
+    rate: float | None = None  # frames per second
+    frames: int | None = None
+    serves: Literal["encodec", "cqt"] | None = None  # encodec: also disc (same frames)
+    offset: float | None = None  # t_k = (k + offset) / rate; 0: frame centres at k/rate (centred CQT)
+
+    def check_given(self, key: str) -> None:
+        """The values given by hand, before the derived ones are filled in."""
+        _require(self.rate is None or self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
+        _require(self.frames is None or self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
+        _require(self.offset is None or 0 <= self.offset < 1, f"{key}.offset", f"must be within [0, 1), got {self.offset}")
 
     def check(self, key: str) -> None:
-        _require(self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
-        _require(self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
+        self.check_given(key)
+        _require(self.rate is not None, f"{key}.rate",
+                 "must be given for a grid that serves no format (or say `serves: encodec` / `serves: cqt`)")
+        _require(self.frames is not None and self.offset is not None, key, "frames and offset were not derived")
 
 
 def _default_grids() -> tuple[GridConfig, ...]:
-    return (GridConfig("75hz", 75.0, 600), GridConfig("240hz", 240.0, 1921))
+    return (GridConfig("75hz", serves="encodec"), GridConfig("240hz", serves="cqt"))
 
 
 @dataclass(frozen=True)
@@ -251,13 +273,17 @@ class PipelineConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
 
+    def __post_init__(self) -> None:
+        controls = _resolve_grids(self)
+        if controls is not None:
+            object.__setattr__(self, "controls", controls)
+
     def check(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.check(f.name)
+        sections = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
+        for name in sorted(sections, key=lambda n: n == "controls"):  # grids are derived from the others: last
+            getattr(self, name).check(name)
         for fmt, grid in self.shard.control_grids.items():
             self.controls.grid(grid)  # raises naming the missing grid
 
@@ -310,6 +336,67 @@ def config_hash(section: Any) -> str:
 
 
 # --- internals --------------------------------------------------------------------------
+
+
+def _resolve_grids(cfg: PipelineConfig) -> ControlsConfig | None:
+    """`controls` with every grid's rate, frames and offset filled in from the clip and the format it serves.
+
+    A grid serves `encodec` (frames of 320 samples: rate sr/320, ceil(N/320)
+    frames, sampled at their centres, offset 0.5) or `cqt` (centred frames:
+    rate sr/hop, N // hop + 1 frames centred at k*hop/sr, offset 0), N the
+    clip's samples. A grid without `serves` that `shard.control_grids` stores
+    beside cqt, encodec or disc serves that format (configs listing rate and
+    frames by hand, as older ones do). Values given by hand must equal the
+    derived ones. Returns None while the clip, sample rate or hop are invalid
+    (`check` then names them).
+    """
+    seconds, sr, hop = cfg.select.clip_seconds, cfg.render.sample_rate, cfg.encode.cqt.hop_length
+    if not (seconds > 0 and sr > 0 and hop >= 1):
+        return None
+    stored: dict[str, dict[str, str]] = {}  # grid name -> {format it serves: shard.control_grids key}
+    for fmt, name in cfg.shard.control_grids.items():
+        kind = {"cqt": "cqt", "encodec": "encodec", "disc": "encodec"}.get(fmt)
+        if kind is not None:
+            stored.setdefault(name, {}).setdefault(kind, fmt)
+    grids = []
+    for n, g in enumerate(cfg.controls.grids):
+        key = f"controls.grids[{n}]"
+        g.check_given(key)
+        kinds = stored.get(g.name, {})
+        _require(len(kinds) <= 1, "shard.control_grids", f"stores grid {g.name!r} beside both cqt and encodec/disc "
+                 f"({', '.join(kinds.values())}), whose frames differ; give each its own grid")
+        serves = g.serves
+        for kind, fmt in kinds.items():
+            _require(serves in (None, kind), f"shard.control_grids.{fmt}",
+                     f"grid {g.name!r} serves {serves}, not {kind}; name a grid that serves {kind}")
+            serves = kind
+        grids.append(_derive_grid(g, serves, key, cfg.clip_samples, sr, hop))
+    return dataclasses.replace(cfg.controls, grids=tuple(grids))
+
+
+def _derive_grid(g: GridConfig, serves: str | None, key: str, samples: int, sr: int, hop: int) -> GridConfig:
+    seconds = samples / sr
+    if serves == "encodec":
+        rate, frames, offset = sr / ENCODEC_HOP, -(-samples // ENCODEC_HOP), 0.5
+        what = f"EnCodec has {frames} frames of {ENCODEC_HOP} samples"
+    elif serves == "cqt":
+        rate, frames, offset = sr / hop, samples // hop + 1, 0.0
+        what = f"the centred CQT (hop {hop}) has {frames} frames"
+    else:
+        _require(g.rate is not None, f"{key}.rate",
+                 "must be given for a grid that serves no format (or say `serves: encodec` / `serves: cqt`)")
+        rate, offset = float(g.rate), 0.5 if g.offset is None else g.offset
+        frames = int(math.floor(seconds * rate - offset + 1e-9)) + 1  # the times (k + offset)/rate within [0, T]
+        what = f"a {rate:g} Hz grid sampled at (k + {offset:g})/{rate:g} s has {frames} frames"
+    where = f"for {seconds:g} s clips at {sr} Hz"
+    fix = "drop the key: it follows the clip" + (f" and the format the grid serves ({serves})" if serves else "")
+    if g.rate is not None and not math.isclose(g.rate, rate, rel_tol=1e-9):
+        raise ConfigError(f"{key}.rate: {g.rate:g}, but {what} at {rate:g} Hz {where}; {fix}")
+    if g.frames is not None and g.frames != frames:
+        raise ConfigError(f"{key}.frames: {g.frames}, but {what} {where}; {fix}")
+    if g.offset is not None and not math.isclose(g.offset, offset, abs_tol=1e-9):
+        raise ConfigError(f"{key}.offset: {g.offset:g}, but {serves} frame k sits at (k + {offset:g})/{rate:g} s; {fix}")
+    return GridConfig(g.name, rate, frames, serves, offset)  # type: ignore[arg-type]
 
 
 def _require(ok: bool, key: str, msg: str) -> None:

@@ -1,11 +1,33 @@
 """Frame-aligned control signals of a clip (the `controls` stage's core).
 
-Sampling rule: frame k of a grid with rate r covers [k/r, (k+1)/r) and takes
-the value at its centre t_k = (k + 0.5)/r. A note sounds on [onset, offset);
-since a clip is monophonic, at most one note sounds at t_k. Sampling at the
-centre (rather than, say, "any note within the frame") keeps every control a
-plain function of time, identical on every grid, and lets a note shorter than
-a frame vanish instead of smearing.
+Where frame k sits in time
+--------------------------
+Frame k of a grid is sampled at t_k = (k + offset) / rate seconds from the
+clip start; rate, frame count and offset are derived at config load from the
+clip and the format the grid serves (`config.GridConfig`), so controls always
+have as many frames as the array stored beside them, and frame k of a control
+describes the instant frame k of that array is centred on. With N the clip's
+samples and sr the sample rate:
+
+| grid serves   | rate     | frames          | offset | frame k of the format           | t_k             |
+| ------------- | -------- | --------------- | ------ | ------------------------------- | --------------- |
+| encodec, disc | sr / 320 | ceil(N / 320)   | 1/2    | covers samples [320k, 320(k+1)) | (k + 1/2)*320/sr |
+| cqt           | sr / hop | N // hop + 1    | 0      | centred on sample k*hop         | k*hop/sr        |
+| none (free)   | given    | t_k in [0, N/sr]| 1/2 or given | [k/rate, (k+1)/rate) when 1/2 | (k + offset)/rate |
+
+The CQT is nnAudio's, centred (`center=True`: the signal is reflect-padded
+by half a kernel, so frame k's kernels are centred on sample k*hop).
+For 8 s at 24 kHz: EnCodec 600 frames at 75 Hz sampled at (k + 1/2)/75 s; CQT
+(hop 100) 1921 frames at 240 Hz sampled at k/240 s, the first at 0 and the
+last at T = 8 s. (Before grids were tied to their format, a 240 Hz control
+frame k sampled (k + 1/2)/240 s, half a hop after the CQT frame it sat beside.)
+
+Sampling rule: a control takes its value at t_k. A note sounds on
+[onset, offset); since a clip is monophonic, at most one note sounds at t_k.
+Sampling at one instant (rather than, say, "any note within the frame") keeps
+every control a plain function of time, identical on every grid, and lets a
+note shorter than a frame vanish instead of smearing. Notes end by T, so a
+frame sampled at t = T (the CQT's last) is unvoiced.
 
 Controls, all float32 of T = grid.frames frames:
 
@@ -33,8 +55,10 @@ CONTROL_NAMES: tuple[str, ...] = ("velocity", "chroma", "pitch", "voiced", "inst
 
 
 def frame_times(grid: GridConfig) -> np.ndarray:
-    """Centres (k + 0.5)/rate of the grid's frames, seconds from the clip start."""
-    return (np.arange(grid.frames, dtype=np.float64) + 0.5) / grid.rate
+    """Sampling times t_k = (k + offset)/rate of the grid's frames, seconds from the clip start."""
+    if grid.rate is None or grid.frames is None or grid.offset is None:
+        raise ValueError(f"grid {grid.name!r} has no derived rate, frames and offset (build it from a PipelineConfig)")
+    return (np.arange(grid.frames, dtype=np.float64) + grid.offset) / grid.rate
 
 
 def compute_controls(notes: ClipNotes, instrument_index: int, n_instruments: int, grid: GridConfig,
@@ -45,7 +69,7 @@ def compute_controls(notes: ClipNotes, instrument_index: int, n_instruments: int
         notes: the clip's monophonic notes and beats, relative to its start.
         instrument_index: row of the clip's instrument in the one-hot (its index in the config).
         n_instruments: number of instrument classes (rows of `instrument`).
-        grid: the frame grid (rate, frames).
+        grid: the frame grid (rate, frames, offset).
         bpm_max: the tempo mapped to 1.0 by `bpm`.
     """
     if not 0 <= instrument_index < n_instruments:

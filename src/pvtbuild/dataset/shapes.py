@@ -10,6 +10,20 @@ Format (see `pvtbuild.dataset.tfrecord` for the whole dataset layout)::
 ``name dtype d1,d2,...``, separated by single spaces, lines sorted by name;
 dtype is a numpy dtype name (the bytes are little-endian whatever the
 machine). Blank lines and lines starting with ``#`` are ignored on reading.
+
+The last dimension of a pvtbuild array is time. A control ``{name}_{grid}``
+has the frames of the format stored beside it (dataset.json's
+``control_grids``), and its frame k describes the instant that format's frame
+k is centred on (with N samples at sr Hz; pvtbuild.controls has the details):
+
+- ``encodec``, ``disc``: ceil(N/320) frames, frame k covers samples
+  [320k, 320(k+1)); controls on their grid sample (k + 1/2)*320/sr s.
+- ``cqt``: N // hop + 1 frames of a centred CQT, frame k centred on sample
+  k*hop; controls on its grid sample k*hop/sr s (the first at 0, the last at N/sr).
+- ``audio``: N samples; controls on the grid named for it, as above.
+
+Each grid's rate, frames and offset (t_k = (k + offset)/rate) are in
+dataset.json under ``config.controls.grids``.
 """
 
 from __future__ import annotations
