@@ -31,7 +31,7 @@ from pvtbuild.dataset import (
     write_shapes,
     write_shard,
 )
-from pvtbuild.dataset.tfrecord import _crc32c_lanes, crc32c, masked_crc32c
+from pvtbuild.dataset.tfrecord import crc32c, masked_crc32c
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import InputError
 
@@ -120,14 +120,14 @@ def test_crc32c_matches_reference_values_and_the_bytewise_loop():
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     assert crc32c(b"") == 0
     rng = np.random.default_rng(1)
-    for n in (4096, 4097, 10_007, 65_536, 300_001):
+    for n in (1, 7, 4096, 10_007):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         reg = 0xFFFFFFFF
-        for b in data[:n]:
+        for b in data:
             reg ^= b
             for _ in range(8):
                 reg = (reg >> 1) ^ (0x82F63B78 if reg & 1 else 0)
-        assert _crc32c_lanes(np.frombuffer(data, np.uint8)) == reg ^ 0xFFFFFFFF, n
+        assert crc32c(data) == crc32c(bytearray(data)) == crc32c(memoryview(data)) == reg ^ 0xFFFFFFFF, n
     # masked CRC as TFRecord defines it
     c = crc32c(b"abc")
     assert masked_crc32c(b"abc") == ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
@@ -358,6 +358,43 @@ def test_verify_catches_a_flipped_byte(copy):
     assert any("CRC mismatch" in p for p in report.problems) and any("sha256" in p for p in report.problems)
     with pytest.raises(InputError, match="CRC mismatch"):
         list(iter_records(path, verify_crc=True))
+
+
+def _one_line_input_error(read) -> str:
+    with pytest.raises(InputError) as err:
+        read()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("byte", [7, 0, 8])  # the length's high byte, its low byte, its CRC
+def test_torch_reader_a_flipped_length_byte_is_one_input_error_naming_the_file_and_offset(copy, byte):
+    path = copy / "train" / shard_name("train", 1, TRAIN_SHARDS)
+    data = bytearray(path.read_bytes())
+    second = 16 + int.from_bytes(data[:8], "little")  # the second record's header
+    data[second + byte] ^= 0x80
+    path.write_bytes(data)
+    ds = TFRecordIterableDataset(copy, "train", verify_crc=False)  # lengths are checked even so
+    message = _one_line_input_error(lambda: list(ds))
+    assert message.startswith(f"{path}: length CRC mismatch") and f"at byte {second}" in message
+
+
+def test_torch_reader_checks_data_crcs_by_default(copy):
+    path = copy / "train" / shard_name("train", 0, TRAIN_SHARDS)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside an array: decoding alone would not notice
+    path.write_bytes(data)
+    message = _one_line_input_error(lambda: list(TFRecordIterableDataset(copy, "train")))
+    assert message.startswith(f"{path}: data CRC mismatch")
+    assert len(list(TFRecordIterableDataset(copy, "train", verify_crc=False))) == TRAIN_SHARDS * PER_SHARD
+
+
+def test_a_length_past_the_end_of_the_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "one.tfrecord"
+    write_shard(path, [b"x" * 1000])
+    path.write_bytes(path.read_bytes()[:500])  # the header is intact, its record is not all there
+    message = _one_line_input_error(lambda: list(iter_records(path)))
+    assert message == f"{path}: truncated record at byte 0 (wants 1000 bytes, 484 left in the file)"
 
 
 def test_verify_catches_a_truncated_shard(copy):

@@ -13,8 +13,10 @@ Records are read with `pvtbuild.dataset.tfrecord.iter_records` and decoded by
 its small Example decoder (`parse_example`); arrays are ``np.frombuffer`` views
 of the record's buffer turned into tensors without a copy, except where the
 protobuf framing leaves an array's bytes misaligned for its dtype (then one
-copy). CRCs are checked only with ``verify_crc=True`` (300-450 MB/s in
-numpy, slower than reading); `verify_dataset` checks them all once.
+copy). Each record's length is checked against its CRC and the file's size
+before it is read; its data CRC is checked too unless ``verify_crc=False``
+(the `crc32c` package's CPU instructions make this cheap: see bench/bench_read.py).
+A damaged shard raises `InputError`, one line naming the file and byte offset.
 
 Files are split across ranks, then across DataLoader workers: worker w of
 rank r reads files ``order[r + world_size * w :: world_size * num_workers]``,
@@ -51,7 +53,7 @@ class TFRecordIterableDataset(IterableDataset):
         shuffle_seed: None reads in file order; an int shuffles files and examples per epoch.
         shuffle_buffer: examples held by the example shuffle.
         rank, world_size: this process's share of the files (distributed training).
-        verify_crc: check every record's CRCs while reading.
+        verify_crc: check every record's data CRC while reading (lengths are always checked).
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class TFRecordIterableDataset(IterableDataset):
         shuffle_buffer: int = 256,
         rank: int = 0,
         world_size: int = 1,
-        verify_crc: bool = False,
+        verify_crc: bool = True,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
