@@ -1,16 +1,20 @@
-"""Tests of pvtbuild.controls: exact frame values of every control on hand-built clips, and
-sanity over clips selected from real Lakh files."""
+"""Tests of pvtbuild.controls: exact frame values of every control on hand-built clips, the
+tempo controls of MIDI files written here (one BPM whatever the time signature), and sanity over
+clips selected from real Lakh files."""
 
 from __future__ import annotations
 
 
+from pathlib import Path
+
+import mido
 import numpy as np
 import pytest
 
 from pvtbuild.clip import ClipNotes
-from pvtbuild.config import GridConfig, SelectConfig
+from pvtbuild.config import GridConfig, PipelineConfig, SelectConfig
 from pvtbuild.controls import CONTROL_NAMES, compute_controls, frame_times
-from pvtbuild.midi import clip_notes, load_midi, select_clips
+from pvtbuild.midi import clip_notes, load_midi, md5_file, select_clips
 from paths import LAKH
 
 G75 = GridConfig("75hz", 75.0, 600, "encodec", 0.5)  # as PipelineConfig derives them for 8 s at 24 kHz
@@ -135,3 +139,74 @@ def test_controls_of_real_clips_agree_with_their_selection():
             n += 1
     assert n >= 5
 
+
+# --- one BPM: quarter notes per minute, from real MIDI files ------------------------------------
+
+PPQ = 480
+
+
+def write_tempo_file(path: Path, signature: tuple[int, int], tempi: list[tuple[int, float]],
+                     quarters: int, signatures: tuple[tuple[int, int, int], ...] = ()) -> Path:
+    """A real MIDI file: a piano melody of one note per quarter note for `quarters` quarter notes.
+
+    `tempi` are (quarter note index, quarter notes per minute) set_tempo events; `signature` is
+    the time signature at tick 0, `signatures` further (quarter index, numerator, denominator).
+    """
+    meta = [(0, mido.MetaMessage("time_signature", numerator=signature[0], denominator=signature[1]))]
+    meta += [(int(q * PPQ), mido.MetaMessage("time_signature", numerator=n, denominator=d)) for q, n, d in signatures]
+    meta += [(q * PPQ, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(qpm))) for q, qpm in tempi]
+    notes = [(0, mido.Message("program_change", program=0, channel=0))]
+    for q in range(quarters):
+        notes += [(q * PPQ, mido.Message("note_on", note=60 + q % 5, velocity=90, channel=0)),
+                  (q * PPQ + PPQ - 20, mido.Message("note_off", note=60 + q % 5, velocity=0, channel=0))]
+    midi = mido.MidiFile(ticks_per_beat=PPQ)
+    for events in (meta, notes):
+        track, now = mido.MidiTrack(), 0
+        for tick, msg in sorted(events, key=lambda e: e[0]):  # stable: note_off before the next note_on
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        midi.tracks.append(track)
+    midi.save(str(path))
+    return path
+
+
+def tempo_controls(path: Path) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
+    """The first clip's time signature and controls on the 75 Hz grid, and the grid's times,
+    through the code path the pipeline takes (load_midi, select_clips, clip_notes, compute_controls)."""
+    cfg = PipelineConfig()
+    midi = load_midi(path, cfg.select)
+    spec = select_clips(midi, str(path), md5_file(path), cfg.select, 0)[0]
+    assert spec.start == 0.0
+    grid = cfg.controls.grid("75hz")
+    return spec.time_signature, compute_controls(clip_notes(midi, spec, cfg.select), 0, 3, grid, BPM_MAX), frame_times(grid)
+
+
+@pytest.mark.parametrize("signature", [(4, 4), (6, 8), (2, 2), (3, 4), (12, 8)])
+def test_bpm_and_beat_count_quarter_notes_whatever_the_time_signature(tmp_path, signature):
+    # 120 quarter notes per minute; the melody stops after 5 s, so the last 3 s of the clip
+    # run on the beats continued past the file's end: they keep the same tempo
+    path = write_tempo_file(tmp_path / "m.mid", signature, [(0, 120.0)], quarters=10)
+    time_signature, c, t = tempo_controls(path)
+    assert time_signature == f"{signature[0]}/{signature[1]}"
+    np.testing.assert_allclose(c["bpm"] * BPM_MAX, 120.0, rtol=1e-5)
+    np.testing.assert_allclose(c["beat"], (t % 0.5) / 0.5, atol=1e-5)  # one tooth per quarter note
+
+
+def test_a_tempo_change_changes_bpm_and_the_beat_length_at_the_change(tmp_path):
+    # 120 quarter notes per minute for 8 quarters (4 s), then 90: a quarter note lasts 2/3 s
+    path = write_tempo_file(tmp_path / "m.mid", (6, 8), [(0, 120.0), (8, 90.0)], quarters=16)
+    _, c, t = tempo_controls(path)
+    before, after = t < 4.0, t > 4.0
+    np.testing.assert_allclose(c["bpm"][before] * BPM_MAX, 120.0, rtol=1e-5)
+    np.testing.assert_allclose(c["bpm"][after] * BPM_MAX, 90.0, rtol=1e-5)
+    np.testing.assert_allclose(c["beat"][before], (t[before] % 0.5) / 0.5, atol=1e-5)
+    np.testing.assert_allclose(c["beat"][after], ((t[after] - 4.0) % (2 / 3)) / (2 / 3), atol=1e-5)
+
+
+def test_an_odd_bar_changes_neither_the_quarter_note_beat_nor_bpm(tmp_path):
+    # one bar of 7/8 (3.5 quarter notes), then 4/4: quarter notes go on being counted from the start
+    path = write_tempo_file(tmp_path / "m.mid", (7, 8), [(0, 120.0)], quarters=16, signatures=((3.5, 4, 4),))
+    time_signature, c, t = tempo_controls(path)
+    assert time_signature == "7/8"  # in force at the clip start
+    np.testing.assert_allclose(c["bpm"] * BPM_MAX, 120.0, rtol=1e-5)
+    np.testing.assert_allclose(c["beat"], (t % 0.5) / 0.5, atol=1e-5)

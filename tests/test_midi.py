@@ -33,6 +33,7 @@ from pvtbuild.midi import (
     md5_file,
     modulation,
     monophonic_line,
+    quarter_beats,
     select_clips,
     variant_modulation,
 )
@@ -353,6 +354,39 @@ def test_load_midi_reads_programs_notes_and_exact_beats(tmp_path):
     np.testing.assert_allclose(midi.beats, [0.0, 0.6, 1.2], atol=1e-9)  # 100 BPM, notes end at 1.25 s
     assert midi.end_time == pytest.approx(1.25, abs=1e-3)
     assert pickle.loads(pickle.dumps(midi)).tracks[0].velocity.tolist() == [100, 90]
+
+
+def test_beats_are_quarter_notes_of_the_tempo_map_whatever_the_time_signature(tmp_path):
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    pm.time_signature_changes = [pretty_midi.TimeSignature(6, 8, 0.0), pretty_midi.TimeSignature(2, 2, 3.0)]
+    inst = pretty_midi.Instrument(0)
+    inst.notes = [pretty_midi.Note(90, 60, 0.0, 4.0)]
+    pm.instruments.append(inst)
+    pm.write(str(tmp_path / "m.mid"))
+    midi = load_midi(tmp_path / "m.mid", SelectConfig())
+    np.testing.assert_allclose(midi.beats, np.arange(0.0, 4.01, 0.5), atol=1e-9)  # get_beats: 0.75 s, then 1 s apart
+    assert midi.final_tempo == pytest.approx(120.0)
+    assert [midi.time_signature_at(t) for t in (0.0, 2.9, 3.0, 10.0)] == ["6/8", "6/8", "2/2", "2/2"]
+    assert parsed(melody(0, 4)).time_signature_at(1.0) == "4/4"  # MIDI's default when the file has none
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # pretty_midi on tempo events outside track 0
+def test_quarter_beats_are_the_quarter_note_ticks_of_real_files_with_tempo_changes():
+    checked = 0
+    for path in LAKH:
+        try:
+            pm = pretty_midi.PrettyMIDI(str(path))
+        except Exception:
+            continue  # the files pretty_midi rejects (see below)
+        times, qpm = pm.get_tempo_changes()
+        if len(times) < 2:
+            continue
+        beats = quarter_beats(times, qpm, pm.get_end_time())
+        ticks = [pm.tick_to_time(n * pm.resolution) for n in range(len(beats))]
+        np.testing.assert_allclose(beats, ticks, atol=1e-6, err_msg=path.name)
+        assert beats[-1] <= pm.get_end_time() + 1e-9 < beats[-1] + 60.0 / qpm[-1]  # up to the end, no further
+        checked += 1
+    assert checked >= 5
 
 
 def test_a_written_legato_file_goes_through_selection(tmp_path):

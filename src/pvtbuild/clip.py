@@ -4,7 +4,7 @@
 clip from its source MIDI file, and nothing derived (notes are re-read from the
 file, whose md5 is checked). `ClipNotes` is what render and controls consume:
 the notes of the window after octave folding and velocity modulation, in
-seconds from the clip's start, plus the file's beat times around the clip.
+seconds from the clip's start, plus the file's quarter-note times around the clip.
 The select stage stores its clips' notes (`pack_notes`), so render need not
 parse the MIDI files a second time; from a selection manifest alone, render
 re-derives them from the files.
@@ -38,6 +38,9 @@ class ClipSpec:
     seed: int
     n_notes: int
     voiced: float  # share of the clip during which a note sounds
+    # time signature in force at the clip start ("6/8"); the `beat` control counts quarter
+    # notes whatever it is. "" in selections made before pvtbuild recorded it.
+    time_signature: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # all fields are scalars: no deep copy
@@ -56,7 +59,7 @@ class ClipNotes:
     offsets: np.ndarray  # float64 [n], seconds, <= clip duration, > onsets
     pitches: np.ndarray  # int16 [n], MIDI pitch after folding
     velocities: np.ndarray  # int16 [n], 1..127 after modulation
-    beats: np.ndarray  # float64 [m], beat times relative to clip start; covers the clip, one beat beyond each side where the file has it
+    beats: np.ndarray  # float64 [m], quarter-note times relative to clip start; covers the clip, one beat beyond each side where the file has it
     duration: float
 
     def __len__(self) -> int:

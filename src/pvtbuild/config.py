@@ -163,7 +163,7 @@ def _default_grids() -> tuple[GridConfig, ...]:
 @dataclass(frozen=True)
 class ControlsConfig:
     grids: tuple[GridConfig, ...] = field(default_factory=_default_grids)
-    bpm_max: float = 300.0  # bpm control = local BPM / bpm_max, clipped to [0, 1]
+    bpm_max: float = 300.0  # bpm control = local tempo in quarter notes per minute / bpm_max, clipped to [0, 1]
 
     def check(self, key: str) -> None:
         _require(len(self.grids) > 0, f"{key}.grids", "must list at least one grid")

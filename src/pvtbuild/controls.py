@@ -29,6 +29,18 @@ every control a plain function of time, identical on every grid, and lets a
 note shorter than a frame vanish instead of smearing. Notes end by T, so a
 frame sampled at t = T (the CQT's last) is unvoiced.
 
+Tempo: one BPM, quarter notes per minute
+----------------------------------------
+`bpm` is the MIDI tempo: quarter notes per minute, whatever the time
+signature (120 in 4/4, 6/8 and 2/2 alike when the file says 120 quarter notes
+per minute; pretty_midi's `get_beats` would count 120, 80 and 60). `beat` is
+the phase within the current quarter note, so one sawtooth tooth lasts
+60/bpm seconds and both change together at a tempo change. Quarter notes are
+counted from the file's first tick through the tempo map (`midi.quarter_beats`),
+never restarted by a time-signature change. The time signature in force at
+the clip start is kept as metadata (`ClipSpec.time_signature`, e.g. "6/8"),
+from which the metrical beat follows.
+
 Controls, all float32 of T = grid.frames frames:
 
 | name       | shape  | value at t_k                                               |
@@ -38,8 +50,8 @@ Controls, all float32 of T = grid.frames frames:
 | pitch      | [T]    | pitch/127 of the sounding note, 0 when none                |
 | voiced     | [T]    | 1 when a note sounds, else 0                               |
 | instrument | [I, T] | one-hot of the clip's instrument class, on every frame     |
-| beat       | [T]    | phase in [0, 1) within the current beat (sawtooth)         |
-| bpm        | [T]    | 60 / (current inter-beat interval) / bpm_max, in [0, 1]    |
+| beat       | [T]    | phase in [0, 1) within the current quarter note (sawtooth) |
+| bpm        | [T]    | 60 / (current quarter-note length in s) / bpm_max, in [0, 1] |
 
 The "unconditional" value (-1) is applied by the trainer, never stored here.
 """
@@ -66,11 +78,11 @@ def compute_controls(notes: ClipNotes, instrument_index: int, n_instruments: int
     """All controls of one clip on one grid, keyed by `CONTROL_NAMES` (see the module docstring).
 
     Args:
-        notes: the clip's monophonic notes and beats, relative to its start.
+        notes: the clip's monophonic notes and quarter-note beats, relative to its start.
         instrument_index: row of the clip's instrument in the one-hot (its index in the config).
         n_instruments: number of instrument classes (rows of `instrument`).
         grid: the frame grid (rate, frames, offset).
-        bpm_max: the tempo mapped to 1.0 by `bpm`.
+        bpm_max: the tempo (quarter notes per minute) mapped to 1.0 by `bpm`.
     """
     if not 0 <= instrument_index < n_instruments:
         raise ValueError(f"instrument_index {instrument_index} not in 0..{n_instruments - 1}")
@@ -117,6 +129,9 @@ def sounding_note(notes: ClipNotes, t: np.ndarray) -> np.ndarray:
 
 def beat_phase(beats: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Phase in [0, 1) within the current beat, and that beat's length (s), at each time.
+
+    `beats` are the clip's quarter notes (`ClipNotes.beats`), so the length is
+    a quarter note's and 60 / length the tempo in quarter notes per minute.
 
     The current beat is [b_j, b_{j+1}) with b_j the last beat <= t. Times
     before the first beat or after the last use the nearest interval

@@ -57,7 +57,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +98,16 @@ class ParsedMidi:
     """What the pipeline needs of a MIDI file; `tracks[i]` is pretty_midi's `instruments[i]`."""
 
     tracks: list[Track]
-    beats: np.ndarray  # float64, seconds: pretty_midi get_beats(), exact from the tempo map
+    beats: np.ndarray  # float64, seconds: quarter notes from the tempo map (`quarter_beats`), up to end_time
     end_time: float  # seconds
     final_tempo: float  # quarter notes per minute at the end: beat period when beats run out
+    # float64 [m, 3]: (time s, numerator, denominator) of each time-signature change, sorted by time
+    time_signatures: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+    def time_signature_at(self, t: float) -> str:
+        """The time signature in force at `t`, e.g. "6/8"; "4/4" (MIDI's default) before the first one."""
+        k = int(np.searchsorted(self.time_signatures[:, 0], t + _EPS, side="right")) - 1
+        return "4/4" if k < 0 else f"{int(self.time_signatures[k, 1])}/{int(self.time_signatures[k, 2])}"
 
 
 # --- loading --------------------------------------------------------------------------
@@ -309,13 +316,41 @@ def _summarise(pm) -> ParsedMidi | _Failure:  # pm: pretty_midi.PrettyMIDI
     tracks = [_track(inst) for inst in pm.instruments]
     if sum(len(t) for t in tracks) == 0:
         return _Failure("no notes")
-    _, tempi = pm.get_tempo_changes()
+    tempo_times, tempi = pm.get_tempo_changes()
+    if not np.all(np.isfinite(tempi) & (tempi > 0)):
+        return _Failure("invalid tempo in the tempo map")
+    signatures = np.array(sorted((float(ts.time), int(ts.numerator), int(ts.denominator))
+                                 for ts in pm.time_signature_changes), dtype=np.float64).reshape(-1, 3)
+    end_time = float(pm.get_end_time())
     return ParsedMidi(
         tracks=tracks,
-        beats=np.asarray(pm.get_beats(), dtype=np.float64),
-        end_time=float(pm.get_end_time()),
+        beats=quarter_beats(tempo_times, tempi, end_time),
+        end_time=end_time,
         final_tempo=float(tempi[-1]) if len(tempi) else 120.0,
+        time_signatures=signatures,
     )
+
+
+def quarter_beats(tempo_times: np.ndarray, qpm: np.ndarray, end_time: float) -> np.ndarray:
+    """Times (s) of the quarter notes up to `end_time`: the beats of the `beat` and `bpm` controls.
+
+    Quarter note n falls at tick n * ticks_per_beat, counted from the file's
+    start; the tempo map gives quarter notes per minute from each tempo change
+    on (`qpm[i]` from `tempo_times[i]`; 120 before the first). The count goes
+    on through time-signature changes, so consecutive beats are always one
+    quarter note apart and 60 / (their distance) is the tempo. Unlike
+    pretty_midi's `get_beats`, the beat does not follow the time signature
+    (6/8 would count dotted quarters, 2/2 halves) nor restart at its changes.
+    """
+    times = np.asarray(tempo_times, dtype=np.float64)
+    rates = np.asarray(qpm, dtype=np.float64) / 60.0  # quarter notes per second
+    if len(times) == 0 or times[0] > 0:
+        times, rates = np.concatenate([[0.0], times]), np.concatenate([[2.0], rates])
+    q_at = np.concatenate([[0.0], np.cumsum(np.diff(times) * rates[:-1])])  # quarter position at each change
+    i = int(np.searchsorted(times, end_time, side="right")) - 1
+    q = np.arange(int(math.floor(q_at[i] + (end_time - times[i]) * rates[i] + 1e-9)) + 1, dtype=np.float64)
+    k = np.searchsorted(q_at, q, side="right") - 1  # the tempo segment of each quarter note
+    return times[k] + (q - q_at[k]) / rates[k]
 
 
 def _track(inst) -> Track:  # inst: pretty_midi.Instrument
@@ -602,12 +637,13 @@ def select_clips(midi: ParsedMidi, source: str, source_md5: str, cfg: SelectConf
     rng = np.random.default_rng(int(stable_hash("clips_per_source", seed, source_md5), 16))
     specs: list[ClipSpec] = []
     for w in _choose(windows, cfg.clips_per_source, rng):
-        specs += _window_specs(w, source, source_md5, cfg, seed, midi.tracks[w.track].program)
+        specs += _window_specs(w, source, source_md5, cfg, seed, midi.tracks[w.track].program,
+                               midi.time_signature_at(w.start))
     return specs
 
 
 def _window_specs(w: _Window, source: str, source_md5: str, cfg: SelectConfig, seed: int,
-                  source_program: int) -> list[ClipSpec]:
+                  source_program: int, time_signature: str) -> list[ClipSpec]:
     inst = cfg.instruments[w.instrument]
     _, transpose, folded = fold_pitches(w.notes.pitches, cfg.pitch_min, cfg.pitch_max)
     voiced = round(_voiced_share(w.notes, cfg.clip_seconds), _TIME_DECIMALS)
@@ -621,7 +657,7 @@ def _window_specs(w: _Window, source: str, source_md5: str, cfg: SelectConfig, s
             start=round(w.start, _TIME_DECIMALS), duration=round(cfg.clip_seconds, _TIME_DECIMALS),
             transpose=transpose, folded=folded, variant=v,
             mod_freq=freq, mod_phase=phase, mod_depth=cfg.modulation_depth,
-            seed=seed, n_notes=len(w.notes.onsets), voiced=voiced,
+            seed=seed, n_notes=len(w.notes.onsets), voiced=voiced, time_signature=time_signature,
         ))
     return specs
 
@@ -680,6 +716,6 @@ def _extend_beats(midi: ParsedMidi, stop: float) -> np.ndarray:
 
 
 __all__ = [
-    "ParsedMidi", "Track", "Line", "md5_file", "load_midi", "select_clips", "clip_notes", "clip_beats",
+    "ParsedMidi", "Track", "Line", "md5_file", "load_midi", "select_clips", "clip_notes", "clip_beats", "quarter_beats",
     "monophonic_line", "fold_pitches", "modulation", "modulate_velocities", "variant_modulation", "instrument_for",
 ]
