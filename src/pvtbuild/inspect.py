@@ -87,7 +87,7 @@ def plot_clip(dataset: Path, clip_id: str, path: Path) -> Path:
 
     doc = read_dataset_json(dataset)
     clip = find_clip(dataset, clip_id)
-    grid, rate = _control_grid(doc, clip)
+    grid, rate, offset = _control_grid(doc, clip)
     names = [i["name"] if isinstance(i, dict) else str(i) for i in doc["config"]["select"]["instruments"]]
     fig, axes = plt.subplots(5, 1, figsize=(10, 9), sharex=True,
                              gridspec_kw={"height_ratios": [3, 0.8, 1, 1, 1]}, constrained_layout=True)
@@ -95,14 +95,14 @@ def plot_clip(dataset: Path, clip_id: str, path: Path) -> Path:
     _spectral_panel(axes[0], clip, doc, duration)
     inst = clip[f"instrument_{grid}"]
     frames = inst.shape[-1]
-    t = np.arange(frames) / rate
+    t = (np.arange(frames) + offset) / rate  # each frame's sampling time (controls.py)
     axes[1].imshow(inst, aspect="auto", origin="upper", cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
-                   extent=(0, frames / rate, len(names) - 0.5, -0.5))
+                   extent=((offset - 0.5) / rate, (frames + offset - 0.5) / rate, len(names) - 0.5, -0.5))
     axes[1].set_yticks(range(len(names)), names)
     axes[1].set_ylabel("instrument")
     for ax, name, label in ((axes[2], "chroma", "chroma\n(pitch class / 11)"), (axes[3], "velocity", "velocity\n(/127)"),
                             (axes[4], "beat", "beat phase")):
-        ax.plot(t, clip[f"{name}_{grid}"], lw=1.2, drawstyle="default" if name == "beat" else "steps-post")
+        ax.plot(t, clip[f"{name}_{grid}"], lw=1.2, drawstyle="default" if name == "beat" else "steps-mid")
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -164,13 +164,14 @@ def _records(dataset: Path) -> Iterator[tuple[str, bytearray]]:
                 yield split, rec
 
 
-def _control_grid(doc: dict[str, Any], clip: dict[str, Any]) -> tuple[str, float]:
-    """The grid whose controls the plot shows (the top panel's format's) and its frame rate."""
-    grids = {g["name"]: float(g["rate"]) for g in doc["config"]["controls"]["grids"]}
+def _control_grid(doc: dict[str, Any], clip: dict[str, Any]) -> tuple[str, float, float]:
+    """The grid whose controls the plot shows (the top panel's format's), its frame rate and sampling offset."""
+    grids = {g["name"]: (float(g["rate"]), 0.5 if g.get("offset") is None else float(g["offset"]))
+             for g in doc["config"]["controls"]["grids"]}  # datasets built before grids had an offset: 0.5
     wanted = [doc.get("control_grids", {}).get(f) for f in SPECTRAL if f in clip]
     for name in wanted + sorted(grids):
         if name and f"velocity_{name}" in clip:
-            return name, grids[name]
+            return (name, *grids[name])
     raise InputError("the dataset stores no controls to plot")
 
 

@@ -54,6 +54,11 @@ name. A trainer needs nothing else::
     x = tf.io.parse_single_example(record, features)
     cqt = tf.reshape(tf.io.decode_raw(x["cqt"], tf.float32), [2, 216, 1921])
 
+The last axis of every array is time; a control has the frames of the format
+stored beside it, and frame k sits where that format's frame k is centred:
+(k + 1/2)*320/sr s for ``encodec`` / ``disc``, k*hop/sr s for the centred
+``cqt`` (`pvtbuild.dataset.shapes` and `pvtbuild.controls` spell it out).
+
 **dataset.json** (written by `write_dataset_json`)::
 
     {
