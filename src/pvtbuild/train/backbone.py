@@ -274,7 +274,7 @@ def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     """The backbone for data of `spec` (1D convolutions for [C, T], 2D for [C, F, T]).
 
     2D networks are stored channels-last (and `forward` feeds them channels-last activations):
-    convolutions with few channels on a large [F, T] grid run about 1.5x faster so on CPU, and
+    convolutions with few channels on a large [F, T] grid run about 1.4x faster on CPU, and
     cuDNN's bf16 kernels prefer it too. Raises `ConfigError` naming the key when the config cannot
     serve the data."""
     cfg.check(key)
