@@ -94,3 +94,24 @@ def test_a_grid_built_by_hand_without_a_config_has_no_sampling_times():
 
     with pytest.raises(ValueError, match="no derived rate"):
         frame_times(GridConfig("75hz", serves="encodec"))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("render.silence_rms", -0.1, "must be within [0, 1), got -0.1"),
+    ("render.silence_rms", 1.0, "must be within [0, 1), got 1.0"),
+    ("render.voices", 0, "must be within 1..65535, got 0"),
+    ("exec.select_files_per_task", 0, "must be >= 1, got 0"),
+])
+def test_silence_rms_voices_and_select_files_per_task_are_checked_at_load_naming_the_key(key, value, message):
+    section, leaf = key.split(".")
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({section: {leaf: value}})
+    assert str(e.value) == f"{key}: {message}"
+
+
+def test_pvt_yaml_spells_out_the_render_and_select_numbers_code_reads():
+    spelled = yaml.safe_load((REPO / "pipelines" / "pvt.yaml").read_text())
+    assert {k: spelled["render"][k] for k in ("silence_rms", "voices")} == {"silence_rms": 1e-4, "voices": 64}
+    assert spelled["exec"]["select_files_per_task"] == 16
+    cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml")
+    assert (cfg.render.silence_rms, cfg.render.voices, cfg.exec.select_files_per_task) == (1e-4, 64, 16)

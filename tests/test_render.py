@@ -200,6 +200,13 @@ def test_another_seed_draws_other_modulation_for_the_same_windows(tmp_path):
 # --- resumable ---------------------------------------------------------------------------
 
 
+def test_the_near_silence_threshold_is_render_silence_rms_from_the_config(tmp_path):
+    cfg = config(DEMO_MANIFEST, REPO / "pipelines" / "demo.yaml", limit=1, **{"render.silence_rms": 0.9})
+    summary = run_render(cfg, tmp_path)[-1]
+    assert summary.total_ok == 0 and sum(summary.skipped.values()) > 0
+    assert all(r.startswith("rendered near-silence (RMS < render.silence_rms = 0.9)") for r in summary.skipped)
+
+
 def test_a_rerun_of_a_finished_render_renders_nothing_and_leaves_shards_untouched(tmp_path):
     cfg = config(DEMO_MANIFEST, REPO / "pipelines" / "demo.yaml")
     first = run_render(cfg, tmp_path)[-1]

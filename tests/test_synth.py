@@ -205,6 +205,13 @@ def test_a_clip_that_would_need_voices_stolen_is_refused_not_silently_cut(soundf
     render_notes(notes(*[(0.0, 1.0, p, 100) for p in range(60, 64)]), PIANO, soundfont, cfg, SR)  # a chord is fine
 
 
+def test_the_voice_limit_is_render_voices_from_the_config(soundfont, cfg):
+    chord = notes(*[(0.0, 1.0, p, 100) for p in range(60, 66)])  # 6 notes at once
+    with pytest.raises(InputError, match="4 FluidSynth voices sounding at once, all of render.voices"):
+        render_notes(chord, PIANO, soundfont, replace(cfg, voices=4), SR)
+    render_notes(chord, PIANO, soundfont, replace(cfg, voices=16), SR)
+
+
 def test_rendering_into_a_given_row_equals_rendering_into_a_new_array(soundfont, cfg):
     rows = np.full((2, 2 * SR), np.nan, dtype=np.float32)
     audio, _ = render_notes(melody(6, 2.0), VIOLIN, soundfont, cfg, 2 * SR, out=rows[1])

@@ -35,7 +35,6 @@ from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, run_stage,
 # A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont
 # lacks, or "ghost" tracks of velocity-1 notes (real in Lakh: RMS ~1e-5, inaudible). Real clips
 # measured on lakh-sample and the edge cases: RMS >= 4e-3.
-SILENCE_RMS = 1e-4
 
 
 def render_params(cfg: PipelineConfig, soundfont_sha256: str) -> str:
@@ -123,8 +122,9 @@ def render_clip(notes: ClipNotes, spec: ClipSpec, cfg: PipelineConfig, soundfont
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
     if not np.isfinite(rms):
         raise InputError("rendered audio is not finite")
-    if rms < SILENCE_RMS:
-        raise InputError(f"rendered near-silence (RMS < {SILENCE_RMS:g}): notes of very low velocity, "
+    if rms < cfg.render.silence_rms:
+        raise InputError(f"rendered near-silence (RMS < render.silence_rms = {cfg.render.silence_rms:g}): "
+                         f"notes of very low velocity, "
                          f"or no program {spec.program} in the SoundFont")
     controls = {}
     for grid in cfg.controls.grids:

@@ -59,11 +59,6 @@ BLOCK = 64  # FLUID_BUFSIZE: FluidSynth's internal block; events apply at its bo
 CHANNEL = 0
 BANK = 0
 _MIDI_CHANNELS = 16  # pyfluidsynth's default of 256 only makes resets slower
-# Voices per synth. FluidSynth's default, 256, makes creating a synth (once per clip) cost
-# ~1.6 ms instead of ~0.3 ms. A monophonic line needs few: at most 13 were ever sounding at
-# once (release tails included) over 793 clips of lakh-sample and the edge cases. A clip that
-# fills them all would have voices stolen, so it is refused instead (see _render).
-_POLYPHONY = 64
 
 # FluidSynth log levels (fluid_log_level): PANIC, ERR, WARN, INFO, DBG.
 _FLUID_ERR, _FLUID_WARN, _FLUID_INFO, _FLUID_DBG = 1, 2, 3, 4
@@ -105,7 +100,7 @@ def render_notes(notes: ClipNotes, program: int, soundfont: Path, cfg: RenderCon
             if synth.program_select(CHANNEL, sfid, BANK, program) != 0:
                 raise InputError(f"{soundfont}: no preset for bank {BANK} program {program}; "
                                  "choose another SoundFont or program")
-            _render(synth, stereo, events)
+            _render(synth, stereo, events, cfg.voices)
     audio = np.add(stereo[:, 0], stereo[:, 1], out=out)  # mono = (L + R) / 2, exactly numpy's float32 mean, 30x faster
     audio *= np.float32(0.5)
     if not np.isfinite(audio).all():
@@ -158,16 +153,20 @@ def _on_grid(t: float, sr: int) -> int:
     return BLOCK * int(round(sample / BLOCK))
 
 
-def _render(synth: "fluidsynth.Synth", out: np.ndarray, events: list[_Event]) -> None:
-    """Fill `out` ([n, 2] float32, C-contiguous), sending each event when rendering reaches its position."""
+def _render(synth: "fluidsynth.Synth", out: np.ndarray, events: list[_Event], voices: int) -> None:
+    """Fill `out` ([n, 2] float32, C-contiguous), sending each event when rendering reaches its position.
+
+    A clip that fills all `voices` would have voices stolen (cut notes), so it is refused instead.
+    """
     pos = 0
     for at, _, kind, pitch, vel in events:
         _write(synth, out, pos, at)
         pos = at
         if kind == "on":
             synth.noteon(CHANNEL, pitch, vel)
-            if _C.get_active_voice_count(synth.synth) >= _POLYPHONY:
-                raise InputError(f"more than {_POLYPHONY} FluidSynth voices sounding at once (voices would be cut)")
+            if _C.get_active_voice_count(synth.synth) >= voices:
+                raise InputError(f"{voices} FluidSynth voices sounding at once, all of render.voices "
+                                 "(more would be cut)")
         else:
             synth.noteoff(CHANNEL, pitch)
     _write(synth, out, pos, out.shape[0])
@@ -182,7 +181,7 @@ def _write(synth: "fluidsynth.Synth", out: np.ndarray, start: int, stop: int) ->
         raise RuntimeError(f"fluid_synth_write_float failed ({rc})")
 
 
-def _new_synth(sample_rate: int, gain: float, reverb: bool, chorus: bool) -> "fluidsynth.Synth":
+def _new_synth(sample_rate: int, gain: float, reverb: bool, chorus: bool, voices: int) -> "fluidsynth.Synth":
     fluidsynth = _fluidsynth()
     synth = fluidsynth.Synth(
         gain=float(gain),
@@ -194,7 +193,7 @@ def _new_synth(sample_rate: int, gain: float, reverb: bool, chorus: bool) -> "fl
             "synth.lock-memory": 0,  # no mlock of sample data: it fails (with warnings) under ulimits
             "synth.cpu-cores": 1,  # no FluidSynth worker threads
             "synth.dynamic-sample-loading": 0,
-            "synth.polyphony": _POLYPHONY,
+            "synth.polyphony": voices,
         },
     )
     if not synth.synth:
@@ -209,7 +208,7 @@ class _Font:
         self.path = path
         self.pid = os.getpid()
         _check_header(path)
-        self.holder = _new_synth(24000, 0.2, False, False)  # never renders
+        self.holder = _new_synth(24000, 0.2, False, False, RenderConfig().voices)  # never renders
         _ERRORS.clear()
         sfid = self.holder.sfload(path)
         if sfid < 0:
@@ -224,7 +223,7 @@ class _Font:
 
         The font is taken back before the synth is deleted (deleting a synth frees its fonts).
         """
-        synth = _new_synth(cfg.sample_rate, cfg.gain, cfg.reverb, cfg.chorus)
+        synth = _new_synth(cfg.sample_rate, cfg.gain, cfg.reverb, cfg.chorus, cfg.voices)
         sfid = _C.add_sfont(synth.synth, self.sfont)
         if sfid < 0:
             synth.delete()
