@@ -108,6 +108,61 @@ def test_a_rerun_reuses_every_file_and_other_settings_are_refused(demo_selection
         select(EXAMPLES, out, demo_cfg(midi=str(EXAMPLES), **{"select.min_notes": 5}), SYNC)
 
 
+def _write_line(path: Path, pitch_shift: int) -> None:
+    """A 24 s violin line; another `pitch_shift` gives a file of the same size with other notes."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    violin = pretty_midi.Instrument(program=40)
+    for k in range(48):
+        violin.notes.append(pretty_midi.Note(90, 60 + pitch_shift + (k % 5), 0.5 * k, 0.5 * k + 0.4))
+    pm.instruments.append(violin)
+    pm.write(str(path))
+
+
+def _select(midi: Path, out: Path):
+    return select(midi, out, demo_cfg(midi=str(midi), **{"exec.select_files_per_task": 3}), SYNC)
+
+
+def test_resume_keys_files_by_md5_a_moved_or_renamed_file_is_reused_and_its_clips_follow_it(tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    for p in sorted(EXAMPLES.glob("*.mid")):
+        shutil.copy(p, first / p.name)
+    out = tmp_path / "out"
+    clips, summary = _select(first, out)
+    assert summary.ok > 0 and summary.reused == 0
+    moved = tmp_path / "moved" / "deeper"  # other folder, other names, other order by name
+    moved.mkdir(parents=True)
+    for k, p in enumerate(sorted(first.glob("*.mid"))):
+        p.rename(moved / f"{9 - k}-renamed.mid")
+    again, summary2 = _select(moved.parent, out)
+    assert summary2.ok == 0 and summary2.reused == summary.ok
+    assert [replace(c, source="") for c in again] == [replace(c, source="") for c in clips]
+    assert all(Path(c.source).parent == moved and Path(c.source).is_file() for c in again)
+    stage_rows = [json.loads(line) for line in (out / "select" / "manifest.jsonl").read_text().splitlines()]
+    assert all(Path(r["inputs"]["source"]).parent == moved for r in stage_rows)
+    for c in read_selection(out / "select" / SELECTION_NAME):
+        assert Path(c.source).parent == moved
+
+
+def test_resume_keys_files_by_md5_a_file_changed_in_place_with_the_same_size_is_redone(tmp_path):
+    midi, out = tmp_path / "midi", tmp_path / "out"
+    midi.mkdir()
+    for k in range(4):
+        _write_line(midi / f"line{k}.mid", 2 * k)
+    before, summary = _select(midi, out)
+    assert summary.ok == 4
+    size = (midi / "line0.mid").stat().st_size
+    _write_line(midi / "line0.mid", 1)  # other notes, same size, same path
+    assert (midi / "line0.mid").stat().st_size == size
+    after, summary2 = _select(midi, out)
+    assert summary2.ok >= 1 and summary2.ok + summary2.reused == 4  # at least its group redone
+    old_md5 = {c.source_md5 for c in before} - {c.source_md5 for c in after}
+    assert len(old_md5) == 1 and not [c for c in after if c.source_md5 in old_md5]
+    assert len({c.source_md5 for c in after}) == 4
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "selection manifest not found"),
     ("{not json\n", "not a JSON-lines selection manifest"),

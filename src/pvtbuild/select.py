@@ -10,11 +10,18 @@ Beside it, per task, `OUT/select/shard-{i:05d}.npz` holds the notes of the
 task's clips (`clip.pack_notes`: folded, modulated, with their beats), which
 the render stage of the same build reads instead of parsing every MIDI file a
 second time (`notes_files`).
+
+Files are keyed by content: a task takes `exec.select_files_per_task` files in
+md5 order, and its record names their md5s (`ShardRecord.inputs`). A rerun
+redoes a task only when its files' contents changed: a file moved or renamed
+is reused (its clips take the new path), a file edited in place is redone,
+whatever its size.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +31,12 @@ from .config import PipelineConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write, read_jsonl, sha256_file, stable_hash, write_jsonl
-from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, finished_record, run_stage, shard_stem, write_record
+from .stage import (ShardRecord, StageSummary, check_shard_file, chunk, claim_stage_dir, read_record, run_stage,
+                    shard_stem, write_manifest, write_record)
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
-FILES_PER_TASK = 16
 SELECTION_NAME = "selection.jsonl"
+_UNREADABLE = "unreadable:"  # content_key of a file that cannot be read
 
 
 def find_midi_files(root: Path, limit: int = 0) -> list[Path]:
@@ -50,15 +58,22 @@ def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -
     files = find_midi_files(midi_dir, cfg.limit)
     stage_dir = out / "select"
     params = select_params(cfg)
-    inputs = stable_hash([(str(p.relative_to(midi_dir)), p.stat().st_size) for p in files])
-    claim_stage_dir(stage_dir, "select", params, inputs)
+    claim_stage_dir(stage_dir, "select", params, None)  # inputs are checked per task, by md5
+    with ThreadPoolExecutor(4) as pool:
+        keys = list(pool.map(content_key, files))
+    groups = chunk([str(p.resolve()) for _, p in sorted(zip(keys, files))], cfg.exec.select_files_per_task)
+    _drop_stale_shards(stage_dir, len(groups))
+    key_of = dict(zip((str(p.resolve()) for p in files), keys))
     summary = StageSummary("select", unit="file", done="with clips")
-    records = run_stage(executor, stage_dir, params, chunk([str(p.resolve()) for p in files], FILES_PER_TASK),
+    records = run_stage(executor, stage_dir, params, groups,
                         lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
                                               (i, group, cfg, str(stage_dir))),
                         lambda group, status: [_file_row(stable_hash(os.path.basename(p)), p, params, status)
                                                for p in group],
-                        summary, unit="group")
+                        summary, unit="group", inputs_of=lambda group: _group_key([key_of[p] for p in group]))
+    moved = [_follow_moved_files(stage_dir, records[i], group) for i, group in enumerate(groups)]
+    if any(moved):
+        write_manifest(stage_dir, records.values())
     clips = [ClipSpec.from_dict(r["inputs"]) for i in sorted(records) for r in records[i].rows
              if r["status"] == "ok" and r["stage"] == "select-clip"]
     write_selection(stage_dir / SELECTION_NAME, clips)
@@ -67,15 +82,19 @@ def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -
 
 def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: str) -> ShardRecord:
     """Select clips from a group of MIDI files; a bad file becomes a skipped row, never an error."""
-    from .midi import clip_notes, load_midi, md5_file, select_clips
+    from .midi import clip_notes, load_midi, select_clips
 
     params = select_params(cfg)
     rows: list[dict] = []
     notes = []
+    keys = []
     for path in paths:
+        md5 = content_key(path)
+        keys.append(md5)
         file_id = stable_hash(os.path.basename(path))
         try:
-            md5 = md5_file(path)
+            if md5.startswith(_UNREADABLE):
+                raise InputError("cannot read the file")
             file_id = md5
             midi = load_midi(path, cfg.select)
             clips = select_clips(midi, path, md5, cfg.select, cfg.seed)
@@ -97,9 +116,51 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
         with atomic_write(stage / file, durable=False) as fh:
             np.savez(fh, **pack_notes(notes))
         sha = sha256_file(stage / file)
-    record = ShardRecord("select", index, file, sha, params, rows)
+    record = ShardRecord("select", index, file, sha, params, rows, inputs=_group_key(keys))
     write_record(stage, record)
     return record
+
+
+def content_key(path: str | Path) -> str:
+    """What select keys a file by: its md5; a file that cannot be read, by its name until it can."""
+    from .midi import md5_file
+
+    try:
+        return md5_file(path)
+    except OSError:
+        return f"{_UNREADABLE}{os.path.basename(path)}"
+
+
+def _group_key(keys: list[str]) -> str:
+    """A task's `ShardRecord.inputs`: a hash of its files' `content_key`s, in order."""
+    return stable_hash(keys)
+
+
+def _drop_stale_shards(stage_dir: Path, count: int) -> None:
+    """Remove shards numbered `count` and up, left by an earlier run over more files."""
+    for path in stage_dir.glob("shard-*.json"):
+        index = int(path.stem.split("-")[1])
+        if index >= count:
+            (stage_dir / f"{shard_stem(index)}.npz").unlink(missing_ok=True)
+            path.unlink()
+
+
+def _follow_moved_files(stage_dir: Path, record: ShardRecord, group: list[str]) -> bool:
+    """Point a reused record's rows at where its files are now (a record lists its files in group order).
+
+    Returns whether a row changed (the record is then written again).
+    """
+    current, changed = "", False
+    files = iter(group)
+    for row in record.rows:
+        if row["stage"] == "select":
+            current = next(files)
+        if row["inputs"].get("source") != current:
+            row["inputs"]["source"] = current
+            changed = True
+    if changed:
+        write_record(stage_dir, record)
+    return changed
 
 
 def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
@@ -112,9 +173,14 @@ def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
     params = select_params(cfg)
     found: dict[str, str] = {}
     for path in sorted(stage_dir.glob("shard-*.json")):
-        rec = finished_record(stage_dir, int(path.stem.split("-")[1]), params)
-        if rec is not None and rec.file:
-            found.update((r["id"], str(stage_dir / rec.file)) for r in rec.rows if r["stage"] == "select-clip")
+        rec = read_record(stage_dir, int(path.stem.split("-")[1]))
+        if rec is None or rec.params != params or not rec.file:
+            continue
+        try:
+            check_shard_file(stage_dir, rec)
+        except InputError:
+            continue
+        found.update((r["id"], str(stage_dir / rec.file)) for r in rec.rows if r["stage"] == "select-clip")
     return found
 
 

@@ -1,15 +1,18 @@
 """What every stage shares: its folder in the build directory, shard records, resume, summaries.
 
 A stage writes into `OUT/<stage>/`:
-- `stage.json`: the stage's parameter hash. A rerun with other parameters stops
-  with one line instead of silently mixing outputs built two ways.
+- `stage.json`: the stage's parameter hash and a hash of its inputs. A rerun with
+  other parameters or inputs stops with one line instead of silently mixing
+  outputs built two ways. (A stage that keys each shard by its own inputs,
+  `ShardRecord.inputs`, as select does by its files' md5s, checks them per shard.)
 - per output shard `i`: the shard file (`shard-{i:05d}.npz`, written atomically)
   and then `shard-{i:05d}.json`, its `ShardRecord` (the file's sha256 and one
   manifest row per item). The record is written last, so it marks completion.
 - `manifest.jsonl`: all rows of all shards, rebuilt at the end of each run.
 
 Resume is therefore: skip shard `i` when its record exists, names the current
-parameters, and its file still has the recorded sha256. A later stage checks
+parameters (and inputs, where keyed per shard), and its file still has the
+recorded sha256. A later stage checks
 the same sha256 before it uses a shard (`check_shard_file`): encode as it reads
 each render shard, shard for every render and encode shard before it packs any.
 """
@@ -41,6 +44,7 @@ class ShardRecord:
     sha256: str
     params: str
     rows: list[dict[str, Any]] = field(default_factory=list)
+    inputs: str = ""  # what the shard was made from, where a stage keys shards by their inputs (else "")
 
     def manifest_rows(self) -> list[ManifestRow]:
         return [ManifestRow.from_dict(r) for r in self.rows]
@@ -98,10 +102,10 @@ def check_shard_file(stage_dir: Path, rec: ShardRecord, data: bytes | None = Non
                          f"{record_path(stage_dir, rec.index).name} holds")
 
 
-def finished_record(stage_dir: Path, index: int, params: str) -> ShardRecord | None:
-    """The shard's record if the shard is complete and intact, else None (it must be redone)."""
+def finished_record(stage_dir: Path, index: int, params: str, inputs: str = "") -> ShardRecord | None:
+    """The shard's record if the shard is complete, intact and made from `inputs`, else None (it must be redone)."""
     rec = read_record(stage_dir, index)
-    if rec is None or rec.params != params:
+    if rec is None or rec.params != params or rec.inputs != inputs:
         return None
     if rec.file:
         try:
@@ -111,16 +115,17 @@ def finished_record(stage_dir: Path, index: int, params: str) -> ShardRecord | N
     return rec
 
 
-def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str) -> None:
+def claim_stage_dir(stage_dir: Path, stage: str, params: str, inputs: str | None) -> None:
     """Create the stage folder, or check that an existing one was built with the same parameters.
 
+    `inputs` None: the stage checks its inputs shard by shard (`ShardRecord.inputs`), not here.
     Temporaries that a killed run left in an existing folder are removed here, before any task starts.
     """
     meta_path = stage_dir / "stage.json"
     meta = {"stage": stage, "params": params, "inputs": inputs}
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if old.get("params") != params or old.get("inputs") != inputs:
+        if old.get("params") != params or (inputs is not None and old.get("inputs") != inputs):
             what = "settings" if old.get("params") != params else "inputs"
             raise PvtbuildError(
                 f"{stage_dir}: was built with other {what}; use another --out, or delete that folder to rebuild")
@@ -197,17 +202,19 @@ def read_manifest(stage_dir: Path) -> list[ManifestRow]:
 
 def run_stage(executor: Executor, stage_dir: Path, params: str, groups: list[Any],
               make_task: Callable[[int, Any], Task], failed_rows: Callable[[Any, str], list[dict[str, Any]]],
-              summary: "StageSummary", unit: str = "shard") -> dict[int, ShardRecord]:
+              summary: "StageSummary", unit: str = "shard",
+              inputs_of: Callable[[Any], str] | None = None) -> dict[int, ShardRecord]:
     """Run one task per group not already finished; returns every group's record, old and new.
 
     `make_task(i, group)` must put the shard index first in the task's args. A task
     that fails gets a record of skipped rows (`failed_rows(group, status)`) whose
     params are marked failed, so this run goes on and the next run retries it.
+    With `inputs_of`, a group's record is reused only if its `inputs` equal `inputs_of(group)`.
     """
     records: dict[int, ShardRecord] = {}
     tasks = []
     for i, group in enumerate(groups):
-        rec = finished_record(stage_dir, i, params)
+        rec = finished_record(stage_dir, i, params, inputs_of(group) if inputs_of else "")
         if rec is not None:
             records[i] = rec
             summary.add(rec, reused=True)
