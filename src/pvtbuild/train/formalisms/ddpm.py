@@ -48,12 +48,12 @@ def beta_schedule(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_
     """``beta_t`` for ``t = 1..T`` (float64, index ``t - 1``).
 
     linear: evenly spaced from beta_start to beta_end, both scaled by ``1000 / T`` so that any T
-    ends near alpha-bar 0 (improved DDPM). cosine: ``alpha-bar(t) = f(t) / f(0)``,
+    ends near alpha-bar 0 (improved DDPM), at most max_beta. cosine: ``alpha-bar(t) = f(t) / f(0)``,
     ``f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2)``, ``beta_t = min(1 - alpha-bar_t / alpha-bar_{t-1}, max_beta)``.
     """
     if schedule == "linear":
         scale = 1000.0 / timesteps
-        return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+        return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64).clamp(max=max_beta)
     if schedule == "cosine":
         t = torch.arange(timesteps + 1, dtype=torch.float64)
         f = torch.cos((t / timesteps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
