@@ -232,6 +232,49 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
             raise PvtbuildError(f"{dataset}: verify found {len(report.problems)} problem(s), listed above")
 
 
+@cli.command("train")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
+              help="Training YAML (pipelines/train/NAME.yaml).")
+@click.option("--data", "data", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset directory (shapes.txt, train/); toy configs need none.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: checkpoints/, log.csv, run.json.")
+@click.option("--steps", type=int, default=None, help="The run's total steps (config: train.steps).")
+@click.option("--resume", is_flag=True, help="Continue the latest checkpoint in --out (same config).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dry-run", is_flag=True, help="Build the model, print its parameter count and a batch's shapes, exit.")
+def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resume: bool, device: str,
+              dry_run: bool) -> None:
+    """Train a diffusion model on a dataset (or a toy) into --out; torchrun runs it on several GPUs."""
+    from .train.config import load_train_config
+    from .train.loop import train
+
+    if steps is not None and steps < 1:
+        raise PvtbuildError(f"--steps must be >= 1, got {steps}")
+    cfg = load_train_config(config)
+    result = train(cfg, out, data, steps, resume, device, dry_run, echo=lambda line: click.echo(line, err=True))
+    if result.stopped_by_signal:
+        sys.exit(143)
+
+
+@cli.command("sample")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint file, or a run directory (its latest).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where samples.npy goes.")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of samples.")
+@click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def sample_cmd(checkpoint: Path, out: Path, n: int, steps: int | None, seed: int, device: str) -> None:
+    """Sample a trained toy model into OUT/samples.npy."""
+    from .train.loop import pick_device
+    from .train.sample import sample_toy
+
+    path = sample_toy(checkpoint, out, n, steps, seed, pick_device(device))
+    click.echo(f"sample: {n} samples in {path}", err=True)
+
+
 def _str(p: Path | None) -> str | None:
     return None if p is None else str(p)
 

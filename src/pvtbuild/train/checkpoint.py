@@ -1,0 +1,86 @@
+"""Checkpoints that resume a run exactly: `RUN_DIR/checkpoints/ckpt-STEP.pt`.
+
+One file holds everything a run's future depends on: the model, its EMA, the
+optimiser and LR scheduler, the step, the data position, the measured data
+statistics, every RNG state (torch CPU and CUDA; the loop also reseeds its own
+generators from (seed, rank, step), so nothing else carries randomness), the
+count of skipped non-finite steps, and the config as YAML would spell it.
+Written to a temporary name and renamed, so a killed write never leaves a
+half-file; loaded with ``torch.load(weights_only=True)``: only tensors and
+plain containers, never pickled code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..manifest import atomic_write
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, oldest first."""
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's latest checkpoint (what every `--checkpoint` option takes)."""
+    p = Path(path)
+    if p.is_dir():
+        found = list_checkpoints(p)
+        if not found:
+            raise InputError(f"{p}: no checkpoints in {p / CHECKPOINT_DIR} (is it a `pvtbuild train --out` folder?)")
+        return found[-1]
+    if not p.is_file():
+        raise InputError(f"{p}: no such checkpoint file or run directory")
+    return p
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` as the checkpoint of `step` atomically, then delete all but the newest `keep`."""
+    path = checkpoint_path(run_dir, step)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's state (file or run directory), refusing anything but tensors and plain containers."""
+    p = resolve_checkpoint(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated, foreign or tampered file: say which, in one line
+        raise InputError(f"{p}: not a readable pvtbuild checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise InputError(f"{p}: not a pvtbuild checkpoint (no config / model)")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG states (CPU and every CUDA device)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

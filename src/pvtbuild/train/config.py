@@ -1,0 +1,224 @@
+"""Training configs: YAML files in `pipelines/train/` turned into typed, validated objects.
+
+Checked once at load like the pipeline configs (`pvtbuild.config`): an unknown
+key, a wrong type or an out-of-range value stops with one line naming the key
+(`optim.lr: must be > 0, got -1`). The `model` and `formalism` sections are
+checked against the dataclass of the backbone / formalism they name, so each
+of those modules owns its own knobs and defaults.
+
+    name: edm-encodec-tiny
+    seed: 0
+    data: {format: encodec, controls: [velocity, chroma, instrument], batch_size: 4}
+    model: {channels: 32, channel_mults: [1, 2, 2], control_channels: 16}
+    formalism: {name: edm, sigma_data: auto}
+    guidance: {p_feature: 0.3, p_all: 0.0, cfg_scale: 1.0}
+    optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999}
+    train: {steps: 500000, checkpoint_every: 10000}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import FORMATS, _build, _require, _to_plain
+from ..controls import CONTROL_NAMES
+from ..errors import ConfigError
+
+TOYS = ("swissroll", "swissroll-disc")
+TRAINABLE_FORMATS = tuple(f for f in FORMATS if f != "audio")
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """What the model learns from: a toy distribution, or one format of a dataset with some of its controls."""
+
+    toy: str | None = None  # swissroll | swissroll-disc: no --data needed
+    toy_size: int = 10000  # points drawn once (from `seed`) for a toy dataset
+    format: str = "encodec"  # cqt | encodec | disc
+    controls: tuple[str, ...] = ("velocity", "chroma", "instrument")  # local controls, in this channel order
+    global_controls: tuple[str, ...] = ()  # averaged over time and fed to the global FiLM branch
+    control_grid: str | None = None  # grid the controls are read from (default: the dataset's for this format)
+    normalize: bool = True  # continuous data divided by its std, measured on the train split and stored
+    stats_examples: int = 64  # examples read to measure the data's std
+    batch_size: int = 16  # per process (per GPU)
+    num_workers: int = 0  # DataLoader worker processes reading shards
+    shuffle_buffer: int = 256
+
+    def check(self, key: str) -> None:
+        _require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
+        _require(self.toy_size >= 16, f"{key}.toy_size", f"must be >= 16, got {self.toy_size}")
+        _require(self.format in TRAINABLE_FORMATS, f"{key}.format",
+                 f"must be one of {', '.join(TRAINABLE_FORMATS)}, got {self.format!r}")
+        for k, names in (("controls", self.controls), ("global_controls", self.global_controls)):
+            for n in names:
+                _require(n in CONTROL_NAMES, f"{key}.{k}", f"unknown control {n!r} (known: {', '.join(CONTROL_NAMES)})")
+            _require(len(set(names)) == len(names), f"{key}.{k}", f"lists a control twice: {list(names)}")
+        _require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Control dropout while training (report §4.1: 30 % per feature) and the default guidance scale."""
+
+    p_feature: float = 0.3  # each feature of each example nulled (-1) independently
+    p_all: float = 0.0  # every feature of an example nulled at once
+    cfg_scale: float = 1.0  # w in D_u + w (D_c - D_u) when sampling; 1 = plain conditional
+
+    def check(self, key: str) -> None:
+        _require(0 <= self.p_feature <= 1, f"{key}.p_feature", f"must be within [0, 1], got {self.p_feature}")
+        _require(0 <= self.p_all <= 1, f"{key}.p_all", f"must be within [0, 1], got {self.p_all}")
+        _require(self.cfg_scale >= 0, f"{key}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with a warm-up then a decay that does not depend on the run's length (so --steps may grow)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000  # linear warm-up from 0
+    schedule: Literal["constant", "inv_sqrt", "cosine"] = "inv_sqrt"
+    decay_steps: int = 10000  # inv_sqrt: lr / sqrt(step / decay_steps) past it; cosine: to 0 at warmup + decay_steps
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    ema_decay: float = 0.999  # of the weights' exponential moving average, used for sampling
+
+    def check(self, key: str) -> None:
+        _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
+        _require(all(0 <= b < 1 for b in self.betas), f"{key}.betas", f"must be within [0, 1), got {list(self.betas)}")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_steps >= 0, f"{key}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.decay_steps >= 1, f"{key}.decay_steps", f"must be >= 1, got {self.decay_steps}")
+        _require(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _require(0 <= self.ema_decay < 1, f"{key}.ema_decay", f"must be within [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long to train and how often to checkpoint."""
+
+    steps: int = 500000  # the run's total; `--steps` overrides it (and is not part of the resume check)
+    checkpoint_every: int = 10000
+    keep_checkpoints: int = 3  # the newest N are kept
+    amp: Literal["bf16", "none"] = "bf16"  # autocast on CUDA; CPU always trains in float32
+    sample_steps: int | None = None  # default sampler steps of `pvtbuild sample` (None: the formalism's)
+
+    def check(self, key: str) -> None:
+        _require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
+        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        _require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        _require(self.sample_steps is None or self.sample_steps >= 1, f"{key}.sample_steps",
+                 f"must be >= 1, got {self.sample_steps}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "train"
+    seed: int = 0
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: Any = None  # UNetConfig for datasets, ToyMLPConfig for toys
+    formalism_name: str = "edm"
+    formalism: Any = None  # the formalism's own config dataclass
+    sigma_data_auto: bool = False  # `formalism.sigma_data: auto`: the loop measures it on the data
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    @property
+    def is_toy(self) -> bool:
+        return self.data.toy is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as YAML would spell it (what checkpoints store and `--resume` compares)."""
+        out = _to_plain(self)
+        out["formalism"] = {"name": out.pop("formalism_name"), **out["formalism"]}
+        if out.pop("sigma_data_auto"):
+            out["formalism"]["sigma_data"] = "auto"
+        return out
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read and validate a training config; `overrides` are dotted keys (`train.steps`) set on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: training config not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", p.stem)
+    for key in ("formalism_name", "sigma_data_auto"):
+        _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
+    return train_config_from_dict(data, **overrides)
+
+
+def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """Validate a plain dict (a parsed YAML file, or what a checkpoint stored) into a `TrainConfig`."""
+    from .backbone import UNetConfig
+    from .formalisms import FORMALISMS
+    from .toys import ToyMLPConfig
+
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, leaf = dotted.split(".")
+            data.setdefault(section, {})[leaf] = value
+    model = data.pop("model", None) or {}
+    formalism = data.pop("formalism", None)
+    if not isinstance(formalism, dict) or "name" not in formalism:
+        raise ConfigError(f"formalism: must be a mapping with a name (one of {', '.join(FORMALISMS)})")
+    formalism = dict(formalism)
+    name = formalism.pop("name")
+    _require(name in FORMALISMS, "formalism.name", f"must be one of {', '.join(FORMALISMS)}, got {name!r}")
+    cfg = _build(TrainConfig, data, "")
+    model_cls = ToyMLPConfig if cfg.is_toy else UNetConfig
+    formalism_cls = FORMALISMS[name][0]
+    sigma_auto = formalism.get("sigma_data") == "auto"
+    if sigma_auto:
+        formalism.pop("sigma_data")  # resolved from the data by the loop (`resolve_sigma_data`)
+    cfg = dataclasses.replace(cfg, model=_build(model_cls, model, "model"), formalism_name=name,
+                              formalism=_build(formalism_cls, formalism, "formalism"), sigma_data_auto=sigma_auto)
+    _check(cfg)
+    return cfg
+
+
+def first_difference(a: Any, b: Any, key: str = "") -> str | None:
+    """The dotted key of the first value that differs between two plain configs, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in a or k not in b:
+                return sub
+            found = first_difference(a[k], b[k], sub)
+            if found:
+                return found
+        return None
+    return None if a == b else (key or "config")
+
+
+def _check(cfg: TrainConfig) -> None:
+    _require(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and hasattr(value, "check"):
+            value.check(f.name)
+    discrete = cfg.formalism_name == "discdpm"
+    if cfg.is_toy:
+        wants = "swissroll-disc" if discrete else "swissroll"
+        _require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
+    else:
+        _require((cfg.data.format == "disc") == discrete, "data.format",
+                 f"formalism {cfg.formalism_name} cannot model format {cfg.data.format!r} "
+                 f"({'discdpm models disc codes only' if discrete else 'disc codes need discdpm'})")

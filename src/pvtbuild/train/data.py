@@ -1,0 +1,233 @@
+"""Training batches: a pvtbuild dataset's shards through the PyTorch reader, or toy data."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..dataset.shapes import read_shapes
+from ..dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
+from ..dataset.torch_reader import TFRecordIterableDataset
+from ..errors import InputError
+from .config import TrainDataConfig
+from .guidance import Controls
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a backbone and a formalism need to know of the data they model.
+
+    `shape` is one example's: (128, 600) for `encodec`, (2, 216, 1921) for `cqt`,
+    (16, 600) for `disc`, (2,) for the swiss roll. The last axis is time for the
+    real formats; local controls come on that same time grid.
+    """
+
+    shape: tuple[int, ...]
+    num_classes: int = 0  # > 0: the data are class indices (disc codes: 1024; toy: 40)
+    local_channels: int = 0  # channels of the local controls (0: none)
+    global_channels: int = 0  # channels of the global controls (0: none)
+
+    @property
+    def discrete(self) -> bool:
+        return self.num_classes > 0
+
+
+CODEBOOK_SIZE = 1024  # EnCodec's codes take values 0..1023 (SPEC: disc)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run is in its data: batches already consumed of epoch `epoch` (toys: epoch 0, forever)."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    x0: Tensor  # [B, *spec.shape]: float32 (normalised if configured) or int64 classes
+    controls: Controls
+    ids: tuple[str, ...] = ()  # clip ids (datasets only), so a run can say what it read
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """Measured once at the start of a run and stored in its checkpoints, so a resume never re-measures."""
+
+    std: float = 1.0  # of the raw data (1.0 for discrete and toy data)
+    scale: float = 1.0  # what the data is divided by before the model sees it
+
+    def to_dict(self) -> dict[str, float]:
+        return {"std": self.std, "scale": self.scale}
+
+
+class BatchSource(Protocol):
+    spec: DataSpec
+
+    def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
+        """Batches from `start` on, each with the position after it; the same start gives the same batches."""
+        ...
+
+
+# --- toys ---------------------------------------------------------------------------------
+
+
+class ToySource:
+    """A toy dataset of `toy_size` points drawn once from the seed; batch k of rank r is drawn from (seed, r, k)."""
+
+    def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0) -> None:
+        from .toys import swissroll, swissroll_disc
+
+        draw = swissroll_disc if cfg.toy == "swissroll-disc" else swissroll
+        self.points = draw(cfg.toy_size, seed)
+        self.batch_size = cfg.batch_size
+        self.seed, self.rank = seed, rank
+        discrete = cfg.toy == "swissroll-disc"
+        self.spec = DataSpec(shape=tuple(self.points.shape[1:]), num_classes=TOY_CLASSES if discrete else 0)
+
+    def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
+        k = start.batch
+        while True:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, k))
+            idx = torch.randint(len(self.points), (self.batch_size,), generator=g)
+            k += 1
+            yield Position(0, k), Batch(self.points[idx], Controls())
+
+
+TOY_CLASSES = 40
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Which arrays of a dataset a config reads, checked against its shapes.txt before any work."""
+
+    data_name: str
+    local_names: tuple[str, ...]
+    global_names: tuple[str, ...]
+    spec: DataSpec
+    local_groups: tuple[int, ...]
+    global_groups: tuple[int, ...]
+
+
+def dataset_layout(cfg: TrainDataConfig, dataset: Path, config_name: str = "config") -> DatasetLayout:
+    """The arrays `cfg` needs from `dataset`; stops, naming both, when the dataset lacks one."""
+    shapes = read_shapes(dataset / SHAPES_FILE)
+    if cfg.format not in shapes:
+        stored = sorted(n for n in shapes if "_" not in n)
+        raise InputError(f"{dataset}: has no {cfg.format!r} array (stored formats: {', '.join(stored)}), "
+                         f"but {config_name} asks for data.format: {cfg.format}")
+    grid = cfg.control_grid or _dataset_grid(dataset, cfg.format)
+    shape = tuple(shapes[cfg.format][1])
+    names, groups = {}, {}
+    for kind, controls in (("controls", cfg.controls), ("global_controls", cfg.global_controls)):
+        names[kind] = tuple(f"{c}_{grid}" for c in controls)
+        for c, n in zip(controls, names[kind]):
+            if n not in shapes:
+                raise InputError(f"{dataset}: has no control {n!r} (grid {grid}), but {config_name} asks for "
+                                 f"data.{kind}: [{', '.join(controls)}]")
+        groups[kind] = tuple(int(np.prod(shapes[n][1][:-1])) for n in names[kind])
+    spec = DataSpec(shape=shape, num_classes=CODEBOOK_SIZE if cfg.format == "disc" else 0,
+                    local_channels=sum(groups["controls"]), global_channels=sum(groups["global_controls"]))
+    return DatasetLayout(cfg.format, names["controls"], names["global_controls"], spec,
+                         groups["controls"], groups["global_controls"])
+
+
+def _dataset_grid(dataset: Path, fmt: str) -> str:
+    grids = read_dataset_json(dataset).get("control_grids", {}) if (dataset / DATASET_JSON).is_file() else {}
+    if fmt not in grids:
+        raise InputError(f"{dataset}/{DATASET_JSON}: names no control grid for {fmt!r}; set data.control_grid")
+    return str(grids[fmt])
+
+
+class Collate:
+    """Stacks a list of decoded records into a `Batch` (picklable, so DataLoader workers can run it)."""
+
+    def __init__(self, layout: DatasetLayout, scale: float) -> None:
+        self.layout, self.scale = layout, scale
+
+    def __call__(self, records: list[dict[str, Any]]) -> Batch:
+        lay = self.layout
+        x0 = torch.stack([r[lay.data_name] for r in records])
+        x0 = x0.long() if lay.spec.discrete else x0.float() / self.scale
+        local = _controls(records, lay.local_names)
+        if local is not None and local.shape[-1] != lay.spec.shape[-1]:
+            # controls on another frame grid than the data: resample to the data's frames (piecewise constant)
+            local = F.interpolate(local, size=lay.spec.shape[-1], mode="nearest-exact")
+        glob = _controls(records, lay.global_names)
+        glob = None if glob is None else glob.mean(dim=-1)
+        controls = Controls(local, glob, lay.local_groups if local is not None else (),
+                            lay.global_groups if glob is not None else ())
+        return Batch(x0, controls, tuple(str(r.get("id", "")) for r in records))
+
+
+def _controls(records: list[dict[str, Any]], names: tuple[str, ...]) -> Tensor | None:
+    if not names:
+        return None
+    per_example = [torch.cat([r[n].reshape(-1, r[n].shape[-1]).float() for n in names]) for r in records]
+    return torch.stack(per_example)  # [B, C, T]
+
+
+class DatasetSource:
+    """Batches of one rank from a dataset's train split through the PyTorch reader (no TensorFlow).
+
+    Files are split across ranks and DataLoader workers by the reader, so every record is read once
+    per epoch across ranks; batch order is a function of (seed, epoch), so a position is reproducible.
+    """
+
+    def __init__(self, cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout, stats: DataStats, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.dataset, self.layout, self.spec = cfg, dataset, layout, layout.spec
+        self.reader = TFRecordIterableDataset(
+            dataset, "train", names=[layout.data_name, *layout.local_names, *layout.global_names, "id"],
+            shuffle_seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
+        self.collate = Collate(layout, stats.scale)
+        self.rank = rank
+
+    def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
+        epoch, skip = start.epoch, start.batch
+        while True:
+            self.reader.set_epoch(epoch)
+            loader = DataLoader(self.reader, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                collate_fn=self.collate, drop_last=True)
+            n = 0
+            for n, batch in enumerate(loader, 1):
+                if n > skip:
+                    yield Position(epoch, n), batch
+            if n == 0:
+                raise InputError(f"{self.dataset}/train: rank {self.rank} got fewer than data.batch_size = "
+                                 f"{self.cfg.batch_size} examples in an epoch; lower the batch size")
+            epoch, skip = epoch + 1, 0
+
+
+def measure_stats(cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout) -> DataStats:
+    """The std of the first `stats_examples` train examples (file order, so every rank gets the same value)."""
+    if layout.spec.discrete:
+        return DataStats()
+    reader = TFRecordIterableDataset(dataset, "train", names=[layout.data_name])
+    total, total_sq, count = 0.0, 0.0, 0
+    for i, rec in enumerate(reader):
+        x = rec[layout.data_name].double()
+        total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+        if i + 1 >= cfg.stats_examples:
+            break
+    if count == 0:
+        raise InputError(f"{dataset}/train: no examples to train on")
+    mean = total / count
+    std = max(float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), 1e-8)
+    return DataStats(std=std, scale=std if cfg.normalize else 1.0)
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A 63-bit seed from integers (seed, rank, step, ...), the same on every machine."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1

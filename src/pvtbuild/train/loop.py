@@ -1,0 +1,407 @@
+"""The training loop: one process, or one per GPU under torchrun, resuming exactly.
+
+Per step: a batch from the data source, control dropout, the formalism's loss,
+backward, gradient clipping, Adam, the LR schedule, the EMA. Every random draw
+of a step comes from generators seeded by (seed, rank, step), and the data
+source is addressed by position, so a run stopped at step k and resumed gives
+the same losses, bit for bit, as one that never stopped (on CPU; CUDA kernels
+may be non-deterministic). A step whose gradient norm is not finite is counted
+and skipped, never applied. Rank 0 writes `RUN_DIR/log.csv`, checkpoints and,
+when `tensorboard` is importable, TensorBoard events; SIGTERM (a cluster's
+preemption) saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from ..errors import ConfigError, InputError, PvtbuildError
+from ..manifest import atomic_write_bytes
+from .build import build_backbone, build_formalism, count_parameters
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import OptimConfig, TrainConfig, first_difference
+from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
+                   mix_seed)
+from .guidance import drop_controls
+
+LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "data_wait", "skipped")
+RUN_JSON = "run.json"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)  # of the steps this call trained (rank 0's mean over ranks)
+    skipped: int = 0  # non-finite steps skipped, whole run
+    checkpoint: Path | None = None
+    stopped_by_signal: bool = False
+
+
+def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: int | None = None,
+          resume: bool = False, device: str = "auto", dry_run: bool = False, echo: Any = print) -> TrainResult:
+    """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files of the
+    dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
+    """
+    info = _init_distributed(device)
+    try:
+        return _train(cfg, run_dir, dataset, steps or cfg.train.steps, resume, device, dry_run, info,
+                      echo if info.main else (lambda *a, **k: None))
+    finally:
+        if info.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool, device_name: str,
+           dry_run: bool, info: DistInfo, echo: Any) -> TrainResult:
+    device = pick_device(device_name, info.local_rank)
+    state = _resume_state(cfg, run_dir, resume, dry_run)
+    source, stats = _data_source(cfg, dataset, state, info)
+    torch.manual_seed(mix_seed(cfg.seed, 0))  # same initial weights on every rank
+    model = build_backbone(cfg, source.spec).to(device)
+    formalism = build_formalism(cfg, source.spec, stats)
+    echo(f"train: {cfg.name}: {cfg.formalism_name} on {cfg.data.toy or cfg.data.format} "
+         f"{list(source.spec.shape)}, {count_parameters(model):,} learnable parameters, device {device}"
+         + (f", {info.world_size} processes" if info.enabled else ""))
+    if dry_run:
+        _, batch = next(source.batches(Position()))
+        c = batch.controls
+        echo(f"batch: x0 {list(batch.x0.shape)} {batch.x0.dtype}"
+             + (f", local controls {list(c.local.shape)}" if c.local is not None else "")
+             + (f", global controls {list(c.glob.shape)}" if c.glob is not None else ""))
+        return TrainResult(run_dir, 0)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                 weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    step, position, skipped = 0, Position(), 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, skipped = int(state["step"]), int(state["skipped"])
+        position = Position(**state["position"])
+        set_rng_state(state["rng"])
+        echo(f"train: resuming {run_dir} at step {step}")
+    net: nn.Module = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_json(run_dir, cfg, source.spec, stats, dataset)
+    if step >= total:
+        echo(f"train: {run_dir} is already at step {step} >= --steps {total}; nothing to do")
+        return TrainResult(run_dir, step, skipped=skipped)
+
+    result = TrainResult(run_dir, step, skipped=skipped)
+    log = _Log(run_dir, step, info.main)
+    stop = _StopFlag()
+    amp = device.type == "cuda" and cfg.train.amp == "bf16"
+    batches = source.batches(position)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not info.main, dynamic_ncols=True)
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            position, batch = next(batches)
+            t_data = time.perf_counter() - t0
+            gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, info.rank, step))
+            torch.manual_seed(mix_seed(cfg.seed, info.rank, step, 1))  # anything drawing from the global RNG
+            x0, controls = batch.x0.to(device, non_blocking=True), batch.controls.to(device)
+            controls = drop_controls(controls, cfg.guidance.p_feature, cfg.guidance.p_all, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = formalism.loss(net, x0, controls, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = _clip(model, cfg.optim.grad_clip)
+            finite = math.isfinite(grad_norm)  # DDP has averaged the gradients: every rank agrees
+            if finite:
+                optimizer.step()
+                ema.update_parameters(model)
+            else:
+                skipped += 1
+            scheduler.step()
+            step += 1
+            mean_loss = _mean_over_ranks(loss.detach().float(), info)
+            dt = time.perf_counter() - t0
+            log.write(step, mean_loss, scheduler.get_last_lr()[0], grad_norm,
+                      x0.shape[0] * info.world_size / dt, t_data / dt, skipped)
+            result.losses.append(mean_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=skipped)
+            last = step == total
+            stopping = _any_rank(stop.requested, info, device)
+            if step % cfg.train.checkpoint_every == 0 or last or stopping:
+                digests = _rank_digests(model, info)  # every rank takes part; rank 0 writes
+                if len(set(digests)) > 1:
+                    raise RuntimeError(f"step {step}: ranks hold different weights ({digests}); DDP went out of sync")
+            if info.main and (step % cfg.train.checkpoint_every == 0 or last or stopping):
+                result.checkpoint = save_checkpoint(run_dir, step, {
+                    "rank_weights_sha256": digests,
+                    "config": cfg.to_dict(), "step": step, "position": vars(position), "skipped": skipped,
+                    "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "stats": stats.to_dict(),
+                    "spec": _spec_dict(source),
+                }, cfg.train.keep_checkpoints)
+            if stopping:
+                result.stopped_by_signal = True
+                echo(f"train: stopped by signal at step {step}; checkpoint {result.checkpoint}; "
+                     f"rerun with --resume to continue")
+                break
+    finally:
+        bar.close()
+        log.close()
+        stop.restore()
+    result.step, result.skipped = step, skipped
+    if info.enabled:
+        dist.barrier()
+    n = len(result.losses)
+    echo(f"train: {n} steps to step {step}, last loss {result.losses[-1]:.4f}, {skipped} non-finite steps skipped; "
+         f"checkpoint {result.checkpoint}" if n else f"train: no step trained")
+    return result
+
+
+def lr_factor(cfg: OptimConfig) -> Any:
+    """The LR multiplier of step s: linear warm-up, then constant, inverse-sqrt or cosine decay.
+
+    It depends on the step alone, never on the run's total, so `--steps` may grow between resumes.
+    """
+    def factor(s: int) -> float:
+        warm = min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        past = max(0, s - cfg.warmup_steps)
+        if cfg.schedule == "inv_sqrt":
+            return warm / math.sqrt(max(past / cfg.decay_steps, 1.0))
+        if cfg.schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(past / cfg.decay_steps, 1.0)))
+        return warm
+
+    return factor
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: this process's GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PvtbuildError(f"--device {name}: torch sees no CUDA device here; use --device cpu or auto")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise PvtbuildError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return torch.device(name)
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def _init_distributed(device: str) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info
+
+
+def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, dry_run: bool) -> dict[str, Any] | None:
+    found = list_checkpoints(run_dir)
+    if dry_run:
+        return None
+    if not resume:
+        if found:
+            raise PvtbuildError(f"{run_dir}: already holds checkpoints (latest {found[-1].name}); "
+                                f"pass --resume to continue that run, or choose another --out")
+        return None
+    if not found:
+        raise PvtbuildError(f"{run_dir}: no checkpoint to resume from; drop --resume to start a new run")
+    state = load_checkpoint(found[-1])
+    old, new = _comparable(state["config"]), _comparable(cfg.to_dict())
+    key = first_difference(old, new)
+    if key is not None:
+        raise ConfigError(f"{key}: differs from the config of the run in {run_dir} "
+                          f"({_lookup(old, key)!r} there, {_lookup(new, key)!r} now); "
+                          f"resume with the same config, or train into another --out")
+    return state
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without what may change between resumes: the run's total steps."""
+    out = json.loads(json.dumps(config))
+    out.get("train", {}).pop("steps", None)
+    return out
+
+
+def _lookup(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return "(absent)"
+        d = d[part]
+    return d
+
+
+def _data_source(cfg: TrainConfig, dataset: Path | None, state: dict[str, Any] | None,
+                 info: DistInfo) -> tuple[BatchSource, DataStats]:
+    if cfg.is_toy:
+        return ToySource(cfg.data, cfg.seed, info.rank), DataStats()
+    if dataset is None:
+        raise PvtbuildError(f"config {cfg.name} trains on a dataset's {cfg.data.format!r}: pass --data DATASET")
+    if not dataset.is_dir():
+        raise InputError(f"{dataset}: no such dataset directory")
+    layout = dataset_layout(cfg.data, dataset, cfg.name)
+    stats = DataStats(**state["stats"]) if state is not None else measure_stats(cfg.data, dataset, layout)
+    return DatasetSource(cfg.data, dataset, layout, stats, cfg.seed, info.rank, info.world_size), stats
+
+
+def _spec_dict(source: BatchSource) -> dict[str, Any]:
+    spec = source.spec
+    out: dict[str, Any] = {"shape": list(spec.shape), "num_classes": spec.num_classes,
+                           "local_channels": spec.local_channels, "global_channels": spec.global_channels}
+    layout = getattr(source, "layout", None)
+    if layout is not None:
+        out.update(local_names=list(layout.local_names), global_names=list(layout.global_names),
+                   local_groups=list(layout.local_groups), global_groups=list(layout.global_groups))
+    return out
+
+
+def _write_run_json(run_dir: Path, cfg: TrainConfig, spec: Any, stats: DataStats, dataset: Path | None) -> None:
+    record = {"config": cfg.to_dict(), "dataset": None if dataset is None else str(dataset.resolve()),
+              "data_shape": list(spec.shape), "stats": stats.to_dict(), "torch": torch.__version__}
+    atomic_write_bytes(run_dir / RUN_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _clip(model: nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+def _rank_digests(model: nn.Module, info: DistInfo) -> list[str]:
+    """The sha256 of every rank's weights (one entry without torch.distributed): DDP keeps them bit-identical."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    if not info.enabled:
+        return [h.hexdigest()]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, h.hexdigest())
+    return [str(d) for d in out]
+
+
+def _mean_over_ranks(value: torch.Tensor, info: DistInfo) -> float:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= info.world_size
+    return float(value)
+
+
+def _any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when any rank was asked to stop, so all stop after the same step."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)  # nccl reduces only CUDA tensors
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGINT; the loop checkpoints and stops at the end of the step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._set)
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class _Log:
+    """`RUN_DIR/log.csv` (rank 0): one row per step; a resume first drops rows past its checkpoint."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb: Any = None
+        if not enabled:
+            return
+        path = run_dir / "log.csv"
+        rows = []
+        if path.is_file() and start_step > 0:
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.reader(fh)][1:]
+            rows = [r for r in rows if r and int(r[0]) <= start_step]
+        self.fh = path.open("w", newline="")
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(LOG_COLUMNS)
+        self.writer.writerows(rows)
+        self.fh.flush()
+        self.tb = _tensorboard(run_dir)
+
+    def write(self, step: int, loss: float, lr: float, grad_norm: float, eps: float, wait: float, skipped: int) -> None:
+        if not self.enabled:
+            return
+        self.writer.writerow([step, repr(loss), f"{lr:.6g}", f"{grad_norm:.6g}", f"{eps:.2f}", f"{wait:.4f}", skipped])
+        self.fh.flush()
+        if self.tb is not None:
+            for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("examples_per_s", eps)):
+                self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer when the `tensorboard` package is importable, else None (the CSV log remains)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
