@@ -71,6 +71,7 @@ class DDPM:
         self.T = cfg.timesteps
         self.betas = beta_schedule(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end, cfg.cosine_s)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)  # float64 [T], index t - 1
+        self._abar_on: dict[torch.device, Tensor] = {}  # float32 copies per device
 
     def noise_level(self, t: Tensor) -> Tensor:
         """What the net sees for 1-indexed timesteps `t`: ``t * 1000 / T`` (float32)."""
@@ -100,7 +101,9 @@ class DDPM:
         b = x0.shape[0]
         t = torch.randint(1, self.T + 1, (b,), generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-        abar = per_example(self.alphas_cumprod.to(x0.device)[t - 1], x0)
+        if x0.device not in self._abar_on:
+            self._abar_on[x0.device] = self.alphas_cumprod.float().to(x0.device)
+        abar = per_example(self._abar_on[x0.device][t - 1], x0)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         pred = net(x_t, self.noise_level(t), controls).float()
         return ((pred - eps) ** 2).mean()

@@ -106,10 +106,12 @@ class DiscDPM:
         log_k = math.log(self.K)
         log_a_ts = (log_abar[t] - log_abar[s]).clamp(max=0).reshape(shape)  # log(abar_t / abar_s)
         log_1m_a_ts = _log1mexp(log_a_ts)
-        hot = F.one_hot(x_t, self.K).bool()
-        from_xt = torch.where(hot, torch.logaddexp(log_a_ts, log_1m_a_ts - log_k), log_1m_a_ts - log_k)
         from_x0 = torch.logaddexp(log_abar[s].reshape(shape) + log_x0.float(), log_1m_abar[s].reshape(shape) - log_k)
-        unnorm = from_xt + from_x0
+        # x_t's factor is (1 - a_{t|s}) / K off x_t's class and a_{t|s} + (1 - a_{t|s}) / K on it:
+        # add the first everywhere, then the difference at x_t's class (no [..., K] one-hot needed)
+        off = log_1m_a_ts - log_k
+        on_minus_off = torch.logaddexp(log_a_ts, off) - off
+        unnorm = (from_x0 + off).scatter_add(-1, x_t.unsqueeze(-1), on_minus_off.expand(*x_t.shape, 1))
         return unnorm - torch.logsumexp(unnorm, dim=-1, keepdim=True)
 
     def log_onehot(self, x: Tensor) -> Tensor:
