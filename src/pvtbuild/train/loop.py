@@ -70,10 +70,11 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: int | None = None,
-          resume: bool = False, device: str = "auto", dry_run: bool = False, echo: Any = print) -> TrainResult:
+          resume: bool | str = False, device: str = "auto", dry_run: bool = False, echo: Any = print) -> TrainResult:
     """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
 
-    Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files of the
+    `resume`: True continues the latest checkpoint (and refuses a run directory without one); "auto"
+    continues it when there is one and starts otherwise (a requeued cluster job). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files of the
     dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
     """
     info = _init_distributed(device)
@@ -85,7 +86,7 @@ def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: i
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool, device_name: str,
+def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool | str, device_name: str,
            dry_run: bool, info: DistInfo, echo: Any) -> TrainResult:
     device = pick_device(device_name, info.local_rank)
     state = _resume_state(cfg, run_dir, resume, dry_run)
@@ -241,9 +242,9 @@ def _init_distributed(device: str) -> DistInfo:
     return info
 
 
-def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, dry_run: bool) -> dict[str, Any] | None:
+def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool | str, dry_run: bool) -> dict[str, Any] | None:
     found = list_checkpoints(run_dir)
-    if dry_run:
+    if dry_run or (resume == "auto" and not found):
         return None
     if not resume:
         if found:
