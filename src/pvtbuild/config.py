@@ -311,8 +311,16 @@ class PipelineConfig:
 def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
     """Read and validate a pipeline file; `overrides` are dotted keys (`render.soundfont`) set on top."""
     p = Path(path)
+    data = read_config_file(p, "pipeline file")
+    if isinstance(data.get("midi"), str) and data["midi"] and not Path(data["midi"]).is_absolute():
+        data["midi"] = str((p.parent / data["midi"]).resolve())
+    return config_from_dict(data, **overrides)
+
+
+def read_config_file(p: Path, what: str) -> dict[str, Any]:
+    """A YAML config file as a mapping of sections (`name` defaults to the file's stem); one line on any mistake."""
     if not p.is_file():
-        raise ConfigError(f"{p}: pipeline file not found")
+        raise ConfigError(f"{p}: {what} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -322,9 +330,7 @@ def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
     data.setdefault("name", p.stem)
-    if isinstance(data.get("midi"), str) and data["midi"] and not Path(data["midi"]).is_absolute():
-        data["midi"] = str((p.parent / data["midi"]).resolve())
-    return config_from_dict(data, **overrides)
+    return data
 
 
 def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:

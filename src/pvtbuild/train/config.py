@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ..config import FORMATS, _build, _require, _to_plain
+from ..config import FORMATS, _build, _require, _to_plain, read_config_file
 from ..controls import CONTROL_NAMES
 from ..errors import ConfigError
 
@@ -147,18 +145,7 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read and validate a training config; `overrides` are dotted keys (`train.steps`) set on top."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: training config not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
-    data.setdefault("name", p.stem)
+    data = read_config_file(Path(path), "training config")
     for key in ("formalism_name", "sigma_data_auto"):
         _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
     return train_config_from_dict(data, **overrides)
