@@ -19,7 +19,8 @@ Public API (stable; other modules depend on these names)
   `voiced_agreement`, `chroma_accuracy`, `octave_accuracy`, `pitch_accuracy`,
   `loudness_velocity_spearman`, `onset_offset_ms`, `onset_abs_ms`, `onset_match`,
   `missing_notes`, `notes`, `sound_beyond_label`, `label_beyond_sound`, `harmonicity`,
-  `peak_db`, `frames_scored`. `controls` maps control names (velocity, chroma, pitch,
+  `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels' note-ons are, as the
+  median offset of the nearest audio onset within +-`max_lag_s`; nan with fewer than 3). `controls` maps control names (velocity, chroma, pitch,
   voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
   A control that is -1 (unconditional, from the trainer or a generator) makes the
   metrics needing it nan; metrics with no frame to score are nan too.
@@ -62,7 +63,7 @@ magnitude STFT taken only at the grid's frame times:
   harmonicity above `min_harmonicity`.
 - Loudness: RMS of the windowed frame in dBFS (a full-scale sine reads ~ -3 dB).
 - Onsets: peaks of the positive log-spectral flux, above `onset_threshold` nats
-  per bin on average, at least 50 ms apart; the time is the frame's t_k minus half a
+  per bin on average, at least 50 ms apart, where the level rises >= 3 dB across +-30 ms; the time is the frame's t_k minus half a
   frame (the flux peaks while the window's centre crosses the onset).
 
 The second, independent estimator that guards the first (`check_pitch_yin`) is a
@@ -85,7 +86,7 @@ MAX_FREQ = 4800.0
 SCORE_KEYS: tuple[str, ...] = (
     "voiced_agreement", "chroma_accuracy", "octave_accuracy", "pitch_accuracy", "loudness_velocity_spearman",
     "onset_offset_ms", "onset_abs_ms", "onset_match", "missing_notes", "notes", "sound_beyond_label",
-    "label_beyond_sound", "harmonicity", "peak_db", "frames_scored")
+    "label_beyond_sound", "harmonicity", "peak_db", "frames_scored", "label_lag_ms")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Tolerances:
     onset_frames: int = 2  # frames each side of an onset, offset or pitch change
     release_s: float = 0.3  # seconds after a note-off during which sound is not held against the label
     onset_search_s: float = 0.08  # a label onset matches an audio onset this close
+    max_lag_s: float = 0.3  # label shifts tried by `label_lag_ms`
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def analyse(audio: np.ndarray, sample_rate: int, rate: float, frames: int, offse
     ref = float(np.percentile(loudness, 99)) if frames else params.floor_db
     voiced = (loudness > max(params.floor_db, ref - params.range_db)) & (harm > params.min_harmonicity)
     pitch = np.where(voiced, pitch, np.nan)
-    onsets = _onsets(s, times, rate, params.onset_threshold)
+    onsets = _onsets(s, loudness, times, rate, params.onset_threshold)
     return FrameEstimates(voiced, pitch, loudness, onsets, harm, times)
 
 
@@ -208,7 +210,7 @@ def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerance
     missing = 0
     for a, b in notes:
         core = np.arange(a + tolerances.onset_frames, b - tolerances.onset_frames)
-        if len(core) >= 2 and np.mean(est.voiced[core]) < 0.5:
+        if len(core) >= 4 and np.mean(est.voiced[core]) < 0.5:
             missing += 1
     out["missing_notes"] = float(missing)
     starts = np.array([est.times[a] for a, _ in notes if a > 0 and not lv[a - 1]] if notes else [])
@@ -219,6 +221,10 @@ def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerance
         if len(found):
             out["onset_offset_ms"] = float(np.median(found) * 1000)
             out["onset_abs_ms"] = float(np.median(np.abs(found)) * 1000)
+        wide = _match(starts, est.onsets, tolerances.max_lag_s)
+        wide = wide[np.isfinite(wide)]
+        if len(wide) >= 3:
+            out["label_lag_ms"] = float(-np.median(wide) * 1000)
     return out
 
 
@@ -301,7 +307,7 @@ def _template() -> np.ndarray:
         t = np.zeros((N_BINS, len(cands)), dtype=np.float32)
         for j, m in enumerate(cands):
             f0 = 440.0 * 2 ** ((m - 69) / 12)
-            h_max = max(1, min(MAX_HARMONIC, int(MAX_FREQ // f0)))
+            h_max = max(1, int(MAX_FREQ // f0))  # the same span for every candidate
             for h in range(1, h_max + 1):
                 for f, w in ((h * f0, 1.0 / h_max), ((h - 0.5) * f0, -1.0 / h_max)):
                     b = f / bin_hz
@@ -334,7 +340,7 @@ def _parabola(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
     return np.where(ok, np.clip(d, -0.5, 0.5), 0.0)
 
 
-def _onsets(s: np.ndarray, times: np.ndarray, rate: float, threshold: float) -> np.ndarray:
+def _onsets(s: np.ndarray, loudness: np.ndarray, times: np.ndarray, rate: float, threshold: float) -> np.ndarray:
     if len(s) < 3:
         return np.zeros(0)
     flux = np.zeros(len(s))
@@ -343,6 +349,10 @@ def _onsets(s: np.ndarray, times: np.ndarray, rate: float, threshold: float) -> 
     padded = np.pad(flux, gap, constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * gap + 1)
     peaks = (flux >= windows.max(axis=1)) & (flux > threshold)
+    span = max(1, int(round(0.03 * rate)))  # and the level rises by >= 3 dB across +-30 ms
+    idx = np.arange(len(s))
+    rise = loudness[np.minimum(idx + span, len(s) - 1)] - loudness[np.maximum(idx - span, 0)]
+    peaks &= rise >= 3.0
     return times[peaks] - 0.5 / rate
 
 

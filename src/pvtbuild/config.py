@@ -255,6 +255,51 @@ class ShardConfig:
             _require(fmt in self.control_grids, f"{key}.control_grids", f"names no grid for format {fmt!r}")
 
 
+def _default_release_s() -> dict[str, float]:
+    return {"piano": 0.5, "violin": 0.25, "trumpet": 0.15}
+
+
+@dataclass(frozen=True)
+class QaConfig:
+    """The qa stage: how the audio is analysed (analysis.py) and when a clip fails, per reason."""
+
+    enabled: bool = True  # `pvtbuild run` runs qa between encode and shard
+    drop_failing: bool = False  # shard keeps clips that failed qa out of the dataset
+    grid: str = ""  # control grid the audio is judged on ("": the coarsest)
+    floor_db: float = -70.0  # analysis: a quieter frame is unvoiced
+    range_db: float = 40.0  # analysis: ...and one below the clip's 99th-percentile loudness minus this
+    min_harmonicity: float = 0.5  # analysis: template score (nats) of a voiced frame
+    onset_threshold: float = 0.25  # analysis: log-flux of an onset
+    onset_frames: int = 2  # tolerance: frames each side of a label change left out
+    # tolerance: seconds after a note-off when sound is not held against the label, per instrument
+    release_s: dict[str, float] = field(default_factory=_default_release_s)
+    default_release_s: float = 0.5  # for instruments release_s does not name
+    silence_db: float = -60.0  # fail "silence": the clip's loudest frame is below this (dBFS)
+    min_noise_harmonicity: float = 1.0  # fail "noise": median harmonicity of held frames below this
+    min_chroma_accuracy: float = 0.9  # fail "wrong pitch"
+    min_octave_accuracy: float = 0.9  # fail "wrong octave"
+    max_missing_notes: int = 0  # fail "missing notes": more held notes than this with no sound
+    max_label_beyond_sound: float = 0.1  # fail "label longer than sound": share of held frames silent
+    max_sound_beyond_label: float = 0.1  # fail "label shorter than sound": share of unheld frames sounding
+    max_label_lag_ms: float = 40.0  # fail "labels shifted": the labels fit the audio best shifted by more
+    min_loudness_spearman: float = -1.0  # fail "loudness": rank correlation with velocity below this (-1: off)
+    yin_share: float = 0.05  # share of clips cross-checked by a second pitch estimator (YIN)
+
+    def check(self, key: str) -> None:
+        _require(self.range_db > 0, f"{key}.range_db", f"must be > 0, got {self.range_db}")
+        _require(self.onset_frames >= 0, f"{key}.onset_frames", f"must be >= 0, got {self.onset_frames}")
+        for name, value in self.release_s.items():
+            _require(value >= 0, f"{key}.release_s.{name}", f"must be >= 0, got {value}")
+        _require(self.default_release_s >= 0, f"{key}.default_release_s", f"must be >= 0, got {self.default_release_s}")
+        for name in ("min_chroma_accuracy", "min_octave_accuracy", "max_label_beyond_sound",
+                     "max_sound_beyond_label", "yin_share"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"{key}.{name}", f"must be within [0, 1], got {value}")
+        _require(self.max_missing_notes >= 0, f"{key}.max_missing_notes", f"must be >= 0, got {self.max_missing_notes}")
+        _require(-1 <= self.min_loudness_spearman <= 1, f"{key}.min_loudness_spearman",
+                 f"must be within [-1, 1], got {self.min_loudness_spearman}")
+
+
 @dataclass(frozen=True)
 class ExecConfig:
     jobs: int = 2
@@ -284,6 +329,7 @@ class PipelineConfig:
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    qa: QaConfig = field(default_factory=QaConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
 
     def __post_init__(self) -> None:
@@ -299,6 +345,8 @@ class PipelineConfig:
             getattr(self, name).check(name)
         for fmt, grid in self.shard.control_grids.items():
             self.controls.grid(grid)  # raises naming the missing grid
+        if self.qa.grid:
+            self.controls.grid(self.qa.grid)
 
     @property
     def clip_samples(self) -> int:

@@ -139,8 +139,22 @@ def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     with executor_for(cfg) as ex:
         summaries = _render(cfg, out, ex)
         summaries.append(_encode(cfg, out, ex))
+        if cfg.qa.enabled:
+            summaries.append(_qa(cfg, out, ex))
         summaries.append(_shard(cfg, out, out / DATASET_DIR, ex))
     return summaries
+
+
+def _qa(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
+    from .qa import qa
+
+    return qa(out, cfg, ex)
+
+
+def run_qa(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
+    """The qa stage alone, on the render output already in `out`."""
+    with executor_for(cfg) as ex:
+        return [_qa(cfg, out, ex)]
 
 
 def check_shard_formats(cfg: PipelineConfig) -> None:

@@ -278,12 +278,15 @@ def _read_inputs(out: Path, cfg: PipelineConfig, formats: tuple[str, ...], summa
         for rec in encoded_stage.records:
             for row in rec.rows:
                 encode_status[row["id"]] = (row["status"], str(out / "encode" / rec.file) if rec.file else "")
+    qa_status = _qa_status(out) if cfg.qa.drop_failing else {}
     clips = []
     for rec in rendered.records:
         for row in rec.rows:
             status, encode_file = row["status"], ""
             if status == "ok" and encoded:
                 status, encode_file = encode_status.get(row["id"], ("skipped: not in the encode stage's output", ""))
+            if status == "ok" and cfg.qa.drop_failing:
+                status = qa_status.get(row["id"], "skipped: not judged by qa")
             if status != "ok":
                 reason = status.split(":", 1)[-1].strip()
                 summary.skipped[reason] += 1
@@ -418,9 +421,24 @@ def _write_dataset_json(dataset: Path, plans: list[ShardPlan], records: dict[int
         "weights": (inputs.encoder or {}).get("weights") if any(f in ("encodec", "disc") for f in formats) else None,
         "versions": _versions(),
         "skipped": dict(sorted(inputs.skipped.items())),
+        "qa": _qa_summary(Path(inputs.clips[0].render_file).parent.parent, cfg),
         "stats": {s: {k: dict(sorted(c.items())) for k, c in v.items()} for s, v in sorted(stats.items())},
     }
     write_dataset_json(dataset / "dataset.json", splits, extra, meta_kinds)
+
+
+def _qa_status(out: Path) -> dict[str, str]:
+    from .qa import qa_status
+
+    return qa_status(out)
+
+
+def _qa_summary(out: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The qa stage's summary (qa.py) with whether failing clips were dropped; None when qa did not run."""
+    from .qa import read_summary
+
+    report = read_summary(out)
+    return None if report is None else dict(report, dropped_failing=cfg.qa.drop_failing)
 
 
 def _bpm_bin(bpm: float, width: int = BPM_BIN) -> str:

@@ -1,0 +1,317 @@
+"""The qa stage: does every rendered clip's audio agree with its controls? Judged from the audio alone.
+
+Reads the render shards of a build (`OUT/render`), analyses each clip's audio on one
+control grid (`qa.grid`, default the coarsest) with `analysis.analyse`, scores it
+against that grid's stored controls with `analysis.adherence`, and names what is
+wrong with the clips that fail (`failure_reasons`, thresholds in the `qa` config
+section). The MIDI is never read: the controls are the claim, the audio the evidence.
+
+Output, per render shard i, `OUT/qa/shard-{i:05d}.json` (a `ShardRecord` with no
+data file) holding one manifest row per clip rendered ok:
+- `status`: `ok` when the clip passes, `skipped: failed qa: <reason>, <reason>` when not;
+- `info`: `instrument`, `reasons` (list), the scores of `analysis.SCORE_KEYS` (rounded),
+  and `yin_agreement` on the clips cross-checked by YIN (`qa.yin_share` of them, chosen
+  by a hash of the clip id), else absent.
+`OUT/qa/manifest.jsonl` holds all rows; `OUT/qa/summary.json` the build's summary
+(`summarise`): pass rate, failures by reason, per instrument pass rate and mean scores.
+The shard stage copies that summary into `dataset.json` (key `qa`) and, with
+`qa.drop_failing` (`pvtbuild shard --drop-failing`), leaves the failing clips out.
+
+Failure reasons (the Slakh failure classes): `silence`, `noise`, `wrong pitch`,
+`wrong octave`, `missing notes`, `label longer than sound`, `label shorter than sound`,
+`labels shifted`, `loudness` (see `failure_reasons` for each test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, check_pitch_yin, pitch_yin
+from .config import GridConfig, PipelineConfig, QaConfig, config_hash
+from .errors import InputError, PvtbuildError
+from .executor import Executor, Task
+from .manifest import ManifestRow, atomic_write_bytes
+from .stage import (FinishedStage, ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage,
+                    run_stage, write_record)
+
+SUMMARY_JSON = "summary.json"
+FAILED = "failed qa"
+
+
+@dataclass(frozen=True)
+class QaJob:
+    """What a worker needs to judge one render shard; small and picklable."""
+
+    qa: QaConfig
+    grid: GridConfig
+    sample_rate: int
+    params: str
+    render_params: str
+
+
+def qa_grid(cfg: PipelineConfig) -> GridConfig:
+    """The grid the audio is judged on: `qa.grid`, else the coarsest of `controls.grids`."""
+    if cfg.qa.grid:
+        return cfg.controls.grid(cfg.qa.grid)
+    return min(cfg.controls.grids, key=lambda g: (g.rate or 0.0, g.name))
+
+
+def analysis_params(qa: QaConfig) -> AnalysisParams:
+    return AnalysisParams(qa.floor_db, qa.range_db, qa.min_harmonicity, qa.onset_threshold)
+
+
+def tolerances(qa: QaConfig, instrument: str) -> Tolerances:
+    return Tolerances(qa.onset_frames, qa.release_s.get(instrument, qa.default_release_s))
+
+
+def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
+    """Judge every clip of OUT/render into OUT/qa; shards judged by an earlier run with the same settings are kept."""
+    out = Path(out)
+    rendered = read_finished_stage(out, "render", "pvtbuild render")
+    grid = qa_grid(cfg)
+    params = config_hash({"qa": {k: v for k, v in asdict(cfg.qa).items() if k not in ("enabled", "drop_failing")},
+                          "grid": grid.name, "render": rendered.params})
+    stage_dir = out / "qa"
+    claim_stage_dir(stage_dir, "qa", params, config_hash([rendered.params, rendered.inputs]))
+    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params)
+    summary = StageSummary("qa", done="passed")
+    records = run_stage(executor, stage_dir, params, rendered.records,
+                        lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task, (i, rec, job, str(stage_dir),
+                                                                                 str(out / "render"))),
+                        lambda rec, status: [_row(r, params, status, {}) for r in _rendered_rows(rec)], summary)
+    report = summarise([r for _, rec in sorted(records.items()) for r in rec.rows])
+    atomic_write_bytes(stage_dir / SUMMARY_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
+    return summary.finish()
+
+
+def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_dir: str) -> ShardRecord:
+    """Judge the clips of one render shard; writes and returns its qa record."""
+    stage = Path(stage_dir)
+    if render.params != job.render_params:  # the render task failed: so does this one, to be retried
+        return _write(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}", []))
+    rendered = {r["id"]: r for r in _rendered_rows(render)}
+    if not render.file:
+        return _write(stage, ShardRecord("qa", index, "", "", job.params, []))
+    blob = (Path(render_dir) / render.file).read_bytes()
+    try:
+        check_shard_file(Path(render_dir), render, blob)
+    except InputError as e:
+        return _write(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}",
+                                         [_row(r, job.params, f"skipped: {e}; rerun render", {})
+                                          for r in rendered.values()]))
+    g = job.grid.name
+    with np.load(io.BytesIO(blob)) as npz:
+        ids = [str(x) for x in npz["id"]]
+        audio = npz["audio"]
+        controls = {name: npz[f"{name}_{g}"] for name in ("voiced", "pitch", "chroma", "velocity")}
+    rows = []
+    for n, cid in enumerate(ids):
+        row = rendered.get(cid, {"id": cid, "inputs": {}})
+        instrument = row.get("inputs", {}).get("instrument", "")
+        clip_controls = {name: a[n] for name, a in controls.items()}
+        scores, extra = judge_clip(audio[n], clip_controls, instrument, job, cid)
+        reasons = failure_reasons(scores, job.qa)
+        status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
+        info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
+        rows.append(_row(row, job.params, status, info))
+    return _write(stage, ShardRecord("qa", index, "", "", job.params, rows))
+
+
+def judge_clip(audio: np.ndarray, controls: dict[str, np.ndarray], instrument: str, job: QaJob,
+               clip_id: str = "") -> tuple[dict[str, float], dict[str, Any]]:
+    """Scores of one clip on the job's grid, and the YIN cross-check when the clip is in its sample."""
+    grid = job.grid
+    expected = np.where(controls["voiced"] > 0.5, controls["pitch"] * 127.0, np.nan)
+    est = analyse(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
+                  params=analysis_params(job.qa))
+    scores = adherence(est, controls, tolerances(job.qa, instrument), rate=grid.rate)
+    extra: dict[str, Any] = {}
+    if clip_id and _in_sample(clip_id, job.qa.yin_share):
+        yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
+        extra["yin_agreement"] = _round(check_pitch_yin(est, yin))
+    return scores, extra
+
+
+def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
+    """What is wrong with a clip, from its scores (`analysis.adherence`); [] when it passes.
+
+    A score that is nan (nothing to score it on) never fails a clip.
+    """
+    def below(key: str, limit: float) -> bool:
+        return not math.isnan(s[key]) and s[key] < limit
+
+    def above(key: str, limit: float) -> bool:
+        return not math.isnan(s[key]) and s[key] > limit
+
+    if math.isnan(s["peak_db"]) or s["peak_db"] < q.silence_db:
+        return ["silence"]
+    reasons = []
+    if below("harmonicity", q.min_noise_harmonicity):
+        reasons.append("noise")
+    if below("chroma_accuracy", q.min_chroma_accuracy):
+        reasons.append("wrong pitch")
+    elif below("octave_accuracy", q.min_octave_accuracy):
+        reasons.append("wrong octave")
+    if above("missing_notes", q.max_missing_notes):
+        reasons.append("missing notes")
+    if above("label_beyond_sound", q.max_label_beyond_sound):
+        reasons.append("label longer than sound")
+    if above("sound_beyond_label", q.max_sound_beyond_label):
+        reasons.append("label shorter than sound")
+    if not math.isnan(s["label_lag_ms"]) and abs(s["label_lag_ms"]) > q.max_label_lag_ms:
+        reasons.append("labels shifted")
+    if below("loudness_velocity_spearman", q.min_loudness_spearman):
+        reasons.append("loudness")
+    return reasons
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The build's qa summary: pass rate, failures by reason, per instrument (clips, pass rate, mean scores)."""
+    judged = [r for r in rows if r["stage"] == "qa" and "reasons" in r.get("info", {})]
+    reasons: Counter = Counter()
+    per: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in judged:
+        reasons.update(r["info"]["reasons"])
+        per[r["info"].get("instrument", "")].append(r)
+    passed = sum(1 for r in judged if not r["info"]["reasons"])
+    out: dict[str, Any] = {"clips": len(judged), "passed": passed,
+                           "pass_rate": round(passed / len(judged), 4) if judged else None,
+                           "failures": dict(reasons.most_common()), "instruments": {}}
+    for inst, rs in sorted(per.items()):
+        entry: dict[str, Any] = {"clips": len(rs), "pass_rate": round(sum(1 for r in rs if not r["info"]["reasons"])
+                                                                       / len(rs), 4)}
+        for key in ("voiced_agreement", "chroma_accuracy", "octave_accuracy", "loudness_velocity_spearman",
+                    "onset_offset_ms", "yin_agreement"):
+            vals = [r["info"][key] for r in rs if r["info"].get(key) is not None]
+            entry[key] = round(float(np.mean(vals)), 4) if vals else None
+        out["instruments"][inst] = entry
+    return out
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The summary as a few lines for people (`pvtbuild qa`, `pvtbuild inspect`, `make demo`)."""
+    if not report or not report.get("clips"):
+        return ["qa: no clip judged"]
+    lines = [f"qa: {report['passed']}/{report['clips']} clips pass ({100 * report['pass_rate']:.1f} %)"]
+    if report["failures"]:
+        lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
+    for inst, e in report["instruments"].items():
+        def pct(key: str) -> str:
+            return "-" if e.get(key) is None else f"{100 * e[key]:.1f}"
+        lines.append(f"  {inst:10s} {e['clips']:5d} clips, pass {pct('pass_rate')} %, voiced {pct('voiced_agreement')} %, "
+                     f"pitch class {pct('chroma_accuracy')} %, octave {pct('octave_accuracy')} %, "
+                     f"loudness~velocity rho {e['loudness_velocity_spearman']}")
+    return lines
+
+
+def read_qa(out: Path) -> FinishedStage | None:
+    """The finished qa stage of a build, or None when qa never ran there."""
+    if not (Path(out) / "qa" / "stage.json").is_file():
+        return None
+    return read_finished_stage(Path(out), "qa", "pvtbuild qa")
+
+
+def read_summary(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / "qa" / SUMMARY_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def qa_status(out: Path) -> dict[str, str]:
+    """Clip id -> its qa status ("ok" or "skipped: failed qa: ..."); raises when qa has not run."""
+    stage = read_qa(out)
+    if stage is None:
+        raise PvtbuildError(f"{Path(out) / 'qa'}: no qa output to drop failing clips by; "
+                            f"run `pvtbuild qa --out {out}` first")
+    return {r["id"]: r["status"] for rec in stage.records for r in rec.rows}
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+def _in_sample(clip_id: str, share: float) -> bool:
+    return int(hashlib.sha256(f"qa-yin:{clip_id}".encode()).hexdigest()[:8], 16) / 16**8 < share
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 4)
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float | None]:
+    return {k: _round(scores[k]) for k in SCORE_KEYS}
+
+
+def _rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
+    return [r for r in render.rows if r["stage"] == "render" and r["status"] == "ok"]
+
+
+def _row(render_row: dict[str, Any], params: str, status: str, info: dict[str, Any]) -> dict[str, Any]:
+    inputs = {"source": render_row.get("inputs", {}).get("source", ""),
+              "audio": render_row.get("outputs", {}).get("audio", "")}
+    return ManifestRow(render_row["id"], "qa", status, inputs, params, {}, info).to_dict()
+
+
+def _write(stage: Path, record: ShardRecord) -> ShardRecord:
+    write_record(stage, record)
+    return record
+
+
+def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list[Path]:
+    """PNGs of the first n failing clips: each control against what the audio says, failure reasons in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage = read_qa(out)
+    if stage is None:
+        raise PvtbuildError(f"{Path(out) / 'qa'}: no qa output; run `pvtbuild qa --out {out}` first")
+    failing = {r["id"]: r for rec in stage.records for r in rec.rows if r["status"] != "ok" and r["info"].get("reasons")}
+    wanted = list(failing)[:n]
+    grid = qa_grid(cfg)
+    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
+    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, "", "")
+    plot_dir = Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rec in rendered.records:
+        if not rec.file or not any(r["id"] in wanted for r in rec.rows):
+            continue
+        with np.load(Path(out) / "render" / rec.file) as npz:
+            ids = [str(x) for x in npz["id"]]
+            for cid in (c for c in ids if c in wanted):
+                k = ids.index(cid)
+                controls = {name: npz[f"{name}_{grid.name}"][k] for name in ("voiced", "pitch", "velocity")}
+                expected = np.where(controls["voiced"] > 0.5, controls["pitch"] * 127.0, np.nan)
+                est = analyse(npz["audio"][k], job.sample_rate, grid.rate, grid.frames, grid.offset, expected,
+                              analysis_params(cfg.qa))
+                fig, ax = plt.subplots(3, 1, figsize=(12, 7), sharex=True)
+                t = est.times
+                ax[0].plot(t, np.where(controls["voiced"] > 0.5, controls["pitch"] * 127, np.nan), label="label pitch")
+                ax[0].plot(t, est.pitch, ".", ms=2, label="audio pitch")
+                ax[0].set_ylabel("MIDI")
+                ax[0].legend(loc="upper right")
+                ax[1].plot(t, controls["voiced"], label="label voiced")
+                ax[1].plot(t, est.voiced.astype(float) * 0.9, label="audio voiced (x0.9)")
+                ax[1].vlines(est.onsets, 0, 1, colors="k", lw=0.5, label="audio onsets")
+                ax[1].legend(loc="upper right")
+                ax[2].plot(t, est.loudness, label="loudness dBFS")
+                ax2 = ax[2].twinx()
+                ax2.plot(t, controls["velocity"], "C1", label="velocity")
+                ax[2].set_xlabel("s")
+                ax[2].legend(loc="upper left")
+                fig.suptitle(f"{cid} ({failing[cid]['info'].get('instrument', '')}): "
+                             f"{', '.join(failing[cid]['info']['reasons'])}")
+                path = plot_dir / f"{cid}.png"
+                fig.savefig(path, dpi=80)
+                plt.close(fig)
+                paths.append(path)
+    return paths
