@@ -182,6 +182,10 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
                 **_encode_overrides(random_weights, encodec_checkpoint, device, batch_size))
     summaries = run_all(cfg, out)
     _report(summaries)
+    if cfg.qa.enabled:
+        from .qa import read_summary, summary_lines
+
+        _echo_summary(summary_lines(read_summary(out) or {}))
 
 
 @cli.command()
@@ -189,17 +193,39 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
 @click.option("--formats", default=None, help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
 @click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the dataset goes (default: OUT/dataset).")
+@click.option("--drop-failing/--keep-failing", default=None,
+              help="Leave clips that failed qa out of the dataset (pipeline: qa.drop_failing).")
 @_common
-def shard(pipeline: str | None, formats: str | None, dataset: Path | None, out: Path, seed: int | None,
-          jobs: int | None, scheduler: str | None) -> None:
+def shard(pipeline: str | None, formats: str | None, dataset: Path | None, drop_failing: bool | None, out: Path,
+          seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Write the clips rendered (and encoded) in --out as TFRecord shards with shapes.txt and dataset.json."""
     from .pipeline import build_config, run_shard
 
-    cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
+    cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler,
+                                                    "qa.drop_failing": drop_failing})
     summaries = run_shard(cfg, out, dataset, _csv(formats))
     _report(summaries)
     if summaries[-1].failed_shards:
         raise PvtbuildError("some shards failed (listed above), so no dataset.json was written; rerun to finish them")
+
+
+@cli.command("qa")
+@click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
+@click.option("--plot-failing", type=int, default=0, help="Plot controls against the audio's estimates for N failing clips.")
+@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --plot-failing writes (default: OUT/qa/plots).")
+@_common
+def qa_cmd(pipeline: str | None, plot_failing: int, plot_dir: Path | None, out: Path, seed: int | None,
+           jobs: int | None, scheduler: str | None) -> None:
+    """Check every rendered clip in --out against its controls, from the audio alone (results: OUT/qa)."""
+    from .pipeline import build_config, run_qa
+    from .qa import plot_failing as plot, read_summary, summary_lines
+
+    cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
+    _report(run_qa(cfg, out))
+    _echo_summary(summary_lines(read_summary(out) or {}))
+    for path in plot(out, cfg, plot_failing, plot_dir or out / "qa" / "plots") if plot_failing else []:
+        click.echo(f"plot: {path}")
 
 
 @cli.command()

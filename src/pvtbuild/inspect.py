@@ -53,6 +53,11 @@ def summary_lines(dataset: Path) -> list[str]:
         lines += [f"    {int(b):4d} {n:6d} {'#' * max(1, round(30 * n / top))}" for b, n in hist.items()]
     for reason, n in doc.get("skipped", {}).items():
         lines.append(f"  not in the dataset: {n} clips: {reason}")
+    if doc.get("qa"):
+        from .qa import summary_lines as qa_lines
+
+        dropped = "failing clips dropped" if doc["qa"].get("dropped_failing") else "failing clips kept"
+        lines += [f"  {line} ({dropped})" if n == 0 else f"  {line}" for n, line in enumerate(qa_lines(doc["qa"]))]
     return lines
 
 
