@@ -100,7 +100,7 @@ def test_cqt_of_8s_clips_is_2x216x1921_float32_and_batch_independent(cqt_clips):
     assert cqt.shape == (2, 2, 216, 1921) and cqt.dtype == np.float32
     assert np.isfinite(cqt).all()
     single = CqtEncoder(CqtConfig(), SR).encode(audio[1:2])
-    np.testing.assert_allclose(single[0], cqt[1], atol=1e-5 * np.abs(cqt).max())
+    np.testing.assert_array_equal(single[0], cqt[1])  # on CPU the transform goes clip by clip
 
 
 def test_cqt_matches_librosa_cqt_magnitude_gain_and_phase(cqt_clips):
@@ -126,7 +126,7 @@ def test_cqt_inverse_reconstructs_in_band_audio(cqt_clips):
     back = cqt_mod.inverse(cqt[0], SR, CqtConfig(), length=CLIP)
     assert back.shape == (CLIP,) and back.dtype == np.float32
     snr = 10 * np.log10((audio[0] ** 2).sum() / ((audio[0] - back) ** 2).sum())
-    assert snr >= 32.0, snr  # measured 38.6 dB
+    assert snr >= 32.0, snr  # measured 34.6 dB (nnAudio's CQT gives the same, tests/test_cqt.py)
     assert cqt_mod.inverse(cqt, SR, CqtConfig()).shape == (2, CLIP)  # default length: (T - 1) * hop
 
 
@@ -141,8 +141,8 @@ def test_cqt_rejects_bins_above_nyquist_naming_the_key():
         CqtEncoder(CqtConfig(), 16000)
 
 
-def test_cqt_layer_is_built_once_per_process():
-    assert CqtEncoder(CqtConfig(), SR)._layer is CqtEncoder(CqtConfig(), SR)._layer
+def test_cqt_transform_is_built_once_per_process():
+    assert CqtEncoder(CqtConfig(), SR).transform(CLIP) is CqtEncoder(CqtConfig(), SR).transform(CLIP)
 
 
 # --- EnCodec: torchaudio stand-in -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The encode stage end to end: real FluidSynth renders, real nnAudio CQT and EnCodec (random weights).
+"""The encode stage end to end: real FluidSynth renders, the real CQT and EnCodec (random weights).
 
 Four 8 s clips from the demo selection are rendered once (two render shards: 3 + 1 clips);
 each test copies that render output into its own build directory and encodes it.
@@ -110,7 +110,8 @@ def test_one_encode_shard_per_render_shard_with_the_contract_shapes_dtypes_and_i
     assert [r["id"] for r in manifest] == render_audio(encoded)[0]
     assert json.loads((encoded / "encode" / "encoder.json").read_text()) == {
         "formats": ["cqt", "encodec", "disc"], "weights": "random", "checkpoint": None, "checkpoint_sha256": None,
-        "seed": 0, "bandwidth": 12.0, "cqt": {"fmin": 130.81, "bins_per_octave": 36, "n_bins": 216, "hop_length": 100}}
+        "seed": 0, "bandwidth": 12.0, "cqt": {"fmin": 130.81, "bins_per_octave": 36, "n_bins": 216, "hop_length": 100},
+        "cqt_transform": {"name": "fftcqt", "version": 1, "defined_by": "nnAudio CQT1992v2"}}
 
 
 def test_stored_latents_codes_and_cqt_equal_the_models_own_outputs(encoded):
@@ -125,10 +126,11 @@ def test_stored_latents_codes_and_cqt_equal_the_models_own_outputs(encoded):
         with torch.inference_mode(), encode_threads():  # the stage's thread count (ENCODE_THREADS)
             latents = model.encoder(x)
             [(codes, scale)] = model.encode(x)
+            cqt_k = cqt.encode(audio[k:k + 1])[0]  # the thread count changes the CQT's rounding too
         assert scale is None
         assert torch.equal(torch.from_numpy(stored["encodec"][k]), latents[0])
         assert torch.equal(torch.from_numpy(stored["disc"][k]).long(), codes[0])
-        np.testing.assert_array_equal(stored["cqt"][k], cqt.encode(audio[k:k + 1])[0])
+        np.testing.assert_array_equal(stored["cqt"][k], cqt_k)
 
 
 def test_outputs_are_byte_identical_under_dask_and_codes_identical_at_another_batch_size(encoded, tmp_path):
@@ -248,6 +250,20 @@ def test_changed_encode_settings_are_refused_in_the_same_build_directory(encoded
     for change in ({"seed": 1}, {"encode.formats": ["cqt"]}, {"encode.encodec.bandwidth": 6.0}):
         with pytest.raises(PvtbuildError, match="built with other settings"):
             encode_build(out, **change)
+
+
+def test_a_build_whose_cqt_another_transform_computed_is_refused_with_one_line(encoded, tmp_path):
+    out = copy_build(encoded, tmp_path / "build")
+    info_path = out / "encode" / "encoder.json"
+    info = json.loads(info_path.read_text())
+    for recorded, named in ((None, "nnAudio CQT1992v2 (unversioned)"), (dict(info["cqt_transform"], version=0),
+                                                                         "fftcqt v0")):
+        info_path.write_text(json.dumps(dict(info, cqt_transform=recorded)))  # what an older pvtbuild wrote
+        before = stage_files(out)
+        with pytest.raises(PvtbuildError) as e:
+            encode_build(out)
+        assert f"its CQT was computed by {named}, this pvtbuild computes fftcqt v1" in str(e.value)
+        assert "\n" not in str(e.value) and stage_files(out) == before  # nothing mixed in
 
 
 def test_encode_before_render_is_a_one_line_error(tmp_path):

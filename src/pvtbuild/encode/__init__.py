@@ -1,6 +1,6 @@
 """Encoders from audio clips to the stored formats (SPEC.md, "encode").
 
-- `cqt`: complex CQT [2, 216, 1921] float32 (nnAudio), and its inverse for listening.
+- `cqt`: complex CQT [2, 216, 1921] float32 (nnAudio's CQT1992v2, computed by `fftcqt`), and its inverse.
 - `encodec`: EnCodec 24 kHz latents [128, 600] float32 and codes [16, 600] int16, and decoders.
 - `device`: device choice, batch size, torch threads.
 

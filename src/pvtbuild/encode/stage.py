@@ -14,12 +14,16 @@ render shard holds: `ok` with the sha256 of each format's array, or `skipped: re
 
     {"formats": [...], "weights": "pretrained" | "random" | null (no EnCodec format),
      "checkpoint": path or null, "checkpoint_sha256": ... or null, "seed": int,
-     "bandwidth": kbps, "cqt": {fmin, bins_per_octave, n_bins, hop_length}}
+     "bandwidth": kbps, "cqt": {fmin, bins_per_octave, n_bins, hop_length},
+     "cqt_transform": {"name": "fftcqt", "version": 1, "defined_by": ...} or null (no cqt format)}
 
 The stage's parameter hash covers the formats, the weights' identity (random + seed,
-or the checkpoint's sha256), the CQT and EnCodec settings and the render parameters,
-so a build directory never mixes arrays made two ways. The batch size and the device
-are not part of it: they change latents only by float rounding (codes not at all).
+or the checkpoint's sha256), the CQT and EnCodec settings, the CQT transform and its
+version (`cqt.TRANSFORM`) and the render parameters, so a build directory never mixes
+arrays made two ways; one whose encoder.json names another CQT transform (or none:
+nnAudio, before `TRANSFORM` was recorded) is refused with a line saying so. The batch
+size and the device are not part of it: they change latents only by float rounding
+(codes not at all; the CQT on CPU not at all either, it goes clip by clip).
 The torch thread count would too, so it is fixed (`device.ENCODE_THREADS`): outputs
 are byte-identical whatever --jobs.
 
@@ -46,7 +50,7 @@ from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
 from ..stage import (ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage, run_stage,
                      shard_stem, write_record)
-from .cqt import CqtEncoder
+from .cqt import TRANSFORM, CqtEncoder
 from .device import default_batch_size, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
 
@@ -131,6 +135,7 @@ def encode_params(cfg: PipelineConfig, weights: Weights, render_params: str) -> 
     formats = encode_formats(cfg)
     return config_hash({"formats": list(formats), "weights": weights.identity(),
                         "cqt": cfg.encode.cqt if "cqt" in formats else None,
+                        "cqt_transform": TRANSFORM if "cqt" in formats else None,
                         "bandwidth": cfg.encode.encodec.bandwidth if weights.kind else None,
                         "clip_samples": cfg.clip_samples, "sample_rate": cfg.render.sample_rate,
                         "render": render_params})
@@ -140,7 +145,7 @@ def encoder_info(cfg: PipelineConfig, weights: Weights) -> dict[str, Any]:
     """The content of `encoder.json`, read by the shard stage for dataset.json."""
     return {"formats": list(encode_formats(cfg)), "weights": weights.kind, "checkpoint": weights.checkpoint,
             "checkpoint_sha256": weights.sha256, "seed": cfg.seed, "bandwidth": cfg.encode.encodec.bandwidth,
-            "cqt": asdict(cfg.encode.cqt)}
+            "cqt": asdict(cfg.encode.cqt), "cqt_transform": TRANSFORM if "cqt" in encode_formats(cfg) else None}
 
 
 def task_resources(device: str, advertised: dict[str, float]) -> dict[str, float]:
@@ -156,6 +161,7 @@ def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     resources = task_resources(cfg.encode.device, executor.worker_resources())
     rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
     params = encode_params(cfg, weights, rendered.params)
+    _check_cqt_transform(stage_dir, encode_formats(cfg))
     claim_stage_dir(stage_dir, "encode", params, config_hash([rendered.params, rendered.inputs]))
     atomic_write_bytes(stage_dir / ENCODER_JSON, json.dumps(encoder_info(cfg, weights), indent=1).encode())
     _announce(weights, cfg.encode.weights)
@@ -305,6 +311,22 @@ def _row(render_row: dict[str, Any], params: str, status: str, job: EncodeJob,
               "audio": render_row.get("outputs", {}).get("audio", "")}
     return ManifestRow(render_row["id"], "encode", status, inputs, params, outputs or {},
                        {"weights": job.weights.kind}).to_dict()
+
+
+def _check_cqt_transform(stage_dir: Path, formats: tuple[str, ...]) -> None:
+    """Refuse, in one line, to resume an encode folder whose CQT arrays another transform computed."""
+    path = stage_dir / ENCODER_JSON
+    if "cqt" not in formats or not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    if "cqt" not in (old.get("formats") or []):
+        return  # other formats: claim_stage_dir refuses it as other settings
+    recorded = old.get("cqt_transform")
+    if recorded != TRANSFORM:
+        what = f"{recorded.get('name')} v{recorded.get('version')}" if recorded else "nnAudio CQT1992v2 (unversioned)"
+        raise PvtbuildError(f"{stage_dir}: its CQT was computed by {what}, this pvtbuild computes "
+                            f"{TRANSFORM['name']} v{TRANSFORM['version']}; delete that folder to re-encode, "
+                            f"or use another --out")
 
 
 def _write(stage: Path, record: ShardRecord) -> ShardRecord:
