@@ -9,6 +9,7 @@ this process's reads; `.ci/run` also hides the folder from the processes tests s
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from paths import LAKH, SHARED_ROOTS
 from pvtbuild.config import PipelineConfig, config_from_dict
-from pvtbuild.pipeline import run_encode, run_render
+from pvtbuild.pipeline import run_encode, run_render, run_shard
 
 _READ_EVENTS = frozenset({"open", "os.listdir", "os.scandir", "shutil.copyfile", "os.symlink", "os.link"})
 _shared_reads: list[str] = []
@@ -72,3 +73,17 @@ def small_build(tmp_path_factory) -> tuple[Path, PipelineConfig]:
     assert rendered >= 4  # 6 selected; render may skip a near-silent one
     assert run_encode(cfg, out)[-1].total_ok == rendered
     return out, cfg
+
+
+@pytest.fixture(scope="session")
+def dataset(small_build, tmp_path_factory) -> Path:
+    """The small build as a dataset of many small shards, every format (audio too), for the trainer, sampling
+    and evaluation tests; tests must not change it."""
+    out, cfg = small_build
+    build = tmp_path_factory.mktemp("train-build")
+    for name in ("render", "encode"):
+        shutil.copytree(out / name, build / name)
+    ds = build / "dataset"
+    run_shard(cfg, build, ds, ("audio", "cqt", "encodec", "disc"))
+    assert len(list((ds / "train").glob("*.tfrecord"))) >= 2  # the 2-rank test needs a file per rank
+    return ds
