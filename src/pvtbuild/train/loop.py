@@ -134,6 +134,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     stop = _StopFlag()
     amp = device.type == "cuda" and cfg.train.amp == "bf16"
     batches = source.batches(position)
+    t_start, examples = time.perf_counter(), 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not info.main, dynamic_ncols=True)
     try:
         while step < total:
@@ -162,6 +163,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
             log.write(step, mean_loss, scheduler.get_last_lr()[0], grad_norm,
                       x0.shape[0] * info.world_size / dt, t_data / dt, skipped)
             result.losses.append(mean_loss)
+            examples += x0.shape[0] * info.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=skipped)
             last = step == total
@@ -191,8 +193,10 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     if info.enabled:
         dist.barrier()
     n = len(result.losses)
-    echo(f"train: {n} steps to step {step}, last loss {result.losses[-1]:.4f}, {skipped} non-finite steps skipped; "
-         f"checkpoint {result.checkpoint}" if n else f"train: no step trained")
+    elapsed = time.perf_counter() - t_start
+    echo(f"train: {n} steps to step {step} in {elapsed:.1f} s ({n / elapsed:.2f} steps/s, {examples / elapsed:.1f} "
+         f"examples/s), last loss {result.losses[-1]:.4f}, {skipped} non-finite steps skipped in the run; "
+         f"checkpoint {result.checkpoint}" if n else "train: no step trained")
     return result
 
 
