@@ -13,8 +13,9 @@ nnAudio's CQT2010v2 cannot be used: it fails for hop 100. With the "librosa"
 normalisation the kernels are L1-normalised and the output scaled by sqrt(kernel
 length), which is what `librosa.cqt` computes with its defaults (`scale=True`,
 `norm=1`): on a clip of harmonic tones the magnitudes correlate at 0.99996 and the
-per-bin gain is 1.00 +- 0.015, with the same phase convention. So the inverse is plain
-`librosa.icqt` with the same parameters and no rescaling (about 35 dB SNR on in-band tones).
+per-bin gain is 1.00 +- 0.015, with the same phase convention. The inverse is the
+least-squares solution through the transform itself (`inverse`: 82 dB SNR on in-band
+tones, where `librosa.icqt`, used before, gave 34.6 dB).
 
 For 8 s at 24 kHz with hop 100 (`center=True`): 192000 // 100 + 1 = 1921 frames.
 """
@@ -29,11 +30,13 @@ import torch
 
 from ..config import CqtConfig
 from ..errors import ConfigError
+from .device import encode_threads
 from .fftcqt import CqtParams, FftCqt
 
 # What computes the stored CQT, recorded in encoder.json and dataset.json; a new version means
 # other numbers, so a build directory made with another one is not resumed (encode/stage.py).
 TRANSFORM = {"name": "fftcqt", "version": 1, "defined_by": "nnAudio CQT1992v2"}
+INVERSE_ITERATIONS = 16  # conjugate-gradient steps of `inverse`
 
 _CACHE: dict[tuple, FftCqt] = {}
 _REFERENCE: dict[tuple, torch.nn.Module] = {}
@@ -67,7 +70,8 @@ class CqtEncoder:
         with _LOCK:
             fft_cqt = _CACHE.get(key)
             if fft_cqt is None:
-                fft_cqt = _CACHE[key] = FftCqt(self.params, n_samples, self.device)
+                with torch.inference_mode(False):  # its kernels serve `inverse`'s autograd too
+                    fft_cqt = _CACHE[key] = FftCqt(self.params, n_samples, self.device)
             return fft_cqt
 
     def frames(self, n_samples: int) -> int:
@@ -98,32 +102,49 @@ class CqtEncoder:
         return inverse(cqt, self.sample_rate, self.cfg, length)
 
 
-def inverse(cqt: np.ndarray, sample_rate: int, cfg: CqtConfig, length: int | None = None) -> np.ndarray:
+def inverse(cqt: np.ndarray, sample_rate: int, cfg: CqtConfig, length: int | None = None,
+            iterations: int = INVERSE_ITERATIONS, device: torch.device | str = "cpu") -> np.ndarray:
     """Audio from a [2, F, T] (or [B, 2, F, T]) CQT, for listening.
 
-    `librosa.icqt` with the parameters of the forward transform; content outside
-    fmin .. the top bin is lost. SNR on in-band harmonic tones: about 38 dB.
+    The least-squares solution of `encode(x) = cqt`: conjugate gradients on the normal
+    equations, from silence, with the transform's adjoint from autograd (each iteration
+    is one forward and one backward pass of `FftCqt`). Content outside fmin .. the top
+    bin is not in the CQT and comes back as nothing (the minimum-norm solution). SNR on
+    in-band harmonic tones at 16 iterations: 82 dB, and 58 dB on a clip with notes at
+    fmin itself, where `librosa.icqt` (used before) gave 34.6 and 20.9 dB; a CQT that
+    no audio has (a model's sample) gives its least-squares audio, which stays bounded
+    as the iterations go on. About 1 s per 8 s clip on one CPU thread.
 
     Args:
         cqt: real and imaginary channels as written by `CqtEncoder.encode`.
         sample_rate: of the original audio.
         cfg: the CQT parameters the data was made with.
         length: samples to return; default (T - 1) * hop, the clip length when it is a multiple of hop.
+        iterations: conjugate-gradient steps (fewer: faster, rougher; it stops early once converged).
+        device: where to run.
 
     Returns:
         [N] (or [B, N]) float32 audio.
     """
-    import librosa  # heavy; only needed for listening
-
     cqt = np.asarray(cqt)
     if cqt.ndim < 3 or cqt.shape[-3] != 2 or cqt.shape[-2] != cfg.n_bins:
         raise ValueError(f"expected a CQT of shape [..., 2, {cfg.n_bins}, T], got {list(cqt.shape)}")
-    complex_cqt = cqt[..., 0, :, :].astype(np.float32) + 1j * cqt[..., 1, :, :].astype(np.float32)
+    frames = cqt.shape[-1]
     if length is None:
-        length = (cqt.shape[-1] - 1) * cfg.hop_length
-    audio = librosa.icqt(complex_cqt.astype(np.complex64), sr=sample_rate, hop_length=cfg.hop_length,
-                         fmin=cfg.fmin, bins_per_octave=cfg.bins_per_octave, length=length)
-    return audio.astype(np.float32, copy=False)
+        length = (frames - 1) * cfg.hop_length
+    n = length if length // cfg.hop_length + 1 == frames else (frames - 1) * cfg.hop_length
+    encoder = CqtEncoder(cfg, sample_rate, device)
+    if n < encoder.min_samples:
+        raise ValueError(f"a CQT of {frames} frames is shorter than the lowest kernel ({encoder.min_samples} samples)")
+    # the adjoint comes from autograd; one thread, as the stage: more made it 5x slower on 2 busy cores
+    with torch.inference_mode(False), torch.enable_grad(), encode_threads():
+        flat = torch.from_numpy(np.ascontiguousarray(cqt, dtype=np.float32).reshape(-1, 2, cfg.n_bins, frames))
+        target = torch.complex(flat[:, 0], flat[:, 1]).to(encoder.device)
+        audio = _least_squares(encoder.transform(n), target, iterations)
+    audio = audio.cpu().numpy()[:, :length]
+    if audio.shape[1] < length:
+        audio = np.pad(audio, ((0, 0), (0, length - audio.shape[1])))
+    return audio.reshape(*cqt.shape[:-3], length).astype(np.float32, copy=False)
 
 
 def reference_cqt(batch: np.ndarray, cfg: CqtConfig, sample_rate: int,
@@ -139,6 +160,33 @@ def reference_cqt(batch: np.ndarray, cfg: CqtConfig, sample_rate: int,
 
 
 # --- internals --------------------------------------------------------------------------
+
+
+def _least_squares(transform: FftCqt, target: torch.Tensor, iterations: int) -> torch.Tensor:
+    """[B, N] audio minimising |transform(x) - target|^2, by CGNR; the iterate with the smallest normal residual."""
+    zero = torch.zeros(target.shape[0], transform.n_samples, device=target.device, requires_grad=True)
+    (rhs,) = torch.autograd.grad((target.conj() * transform(zero)).real.sum(), zero)  # the adjoint of the target
+
+    def normal(v: torch.Tensor) -> torch.Tensor:  # transform^T transform v
+        v = v.detach().requires_grad_(True)
+        (out,) = torch.autograd.grad(0.5 * transform(v).abs().square().sum(), v)
+        return out
+
+    x, r = torch.zeros_like(rhs), rhs.clone()
+    p, rs = r.clone(), r.square().sum(-1, keepdim=True)
+    best, best_rs = x.clone(), rs.clone()
+    scale = rs.clamp_min(1e-30)
+    for _ in range(iterations):
+        if bool((rs <= 1e-14 * scale).all()):
+            break  # float32 converged
+        ap = normal(p)
+        alpha = rs / (p * ap).sum(-1, keepdim=True).clamp_min(1e-30)
+        x, r = x + alpha * p, r - alpha * ap
+        new_rs = r.square().sum(-1, keepdim=True)
+        p, rs = r + (new_rs / rs.clamp_min(1e-30)) * p, new_rs
+        better = rs < best_rs
+        best, best_rs = torch.where(better, x, best), torch.where(better, rs, best_rs)
+    return best.detach()
 
 
 def _params(cfg: CqtConfig, sample_rate: int) -> CqtParams:
