@@ -61,7 +61,7 @@ from __future__ import annotations
 import numpy as np
 
 from .clip import ClipNotes
-from .config import GridConfig
+from .config import GridConfig, PipelineConfig
 
 CONTROL_NAMES: tuple[str, ...] = ("velocity", "chroma", "pitch", "voiced", "instrument", "beat", "bpm")
 
@@ -113,6 +113,22 @@ def compute_controls(notes: ClipNotes, instrument_index: int, n_instruments: int
     }
 
 
+def clip_controls(notes: ClipNotes, instrument: str, cfg: PipelineConfig) -> dict[str, np.ndarray]:
+    """Every control of a clip on every grid of `cfg`, keyed `{control}_{grid}`, as render stores them.
+
+    `instrument` is a class name of `cfg.select.instruments` (the one-hot's row). The render stage
+    and `pvtbuild sample --midi` both call this, so a melody a user gives is controlled exactly as
+    the training clips were.
+    """
+    names = [i.name for i in cfg.select.instruments]
+    out: dict[str, np.ndarray] = {}
+    for grid in cfg.controls.grids:
+        for name, values in compute_controls(notes, names.index(instrument), len(names), grid,
+                                             cfg.controls.bpm_max).items():
+            out[f"{name}_{grid.name}"] = values
+    return out
+
+
 def sounding_note(notes: ClipNotes, t: np.ndarray) -> np.ndarray:
     """Index of the note sounding at each time (onset <= t < offset), -1 where none.
 
@@ -150,4 +166,4 @@ def beat_phase(beats: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return phase, period
 
 
-__all__ = ["CONTROL_NAMES", "compute_controls", "frame_times", "sounding_note", "beat_phase"]
+__all__ = ["CONTROL_NAMES", "compute_controls", "clip_controls", "frame_times", "sounding_note", "beat_phase"]

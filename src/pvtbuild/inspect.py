@@ -18,7 +18,6 @@ weights from their seed, or the pretrained checkpoint, which must be present).
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +26,7 @@ import numpy as np
 from .dataset import decode_record, iter_records, list_shards, parse_example, read_dataset_json, read_shapes
 from .dataset.tfrecord import SPLITS
 from .errors import InputError
+from .manifest import atomic_write
 
 SPECTRAL = ("cqt", "audio", "encodec", "disc")  # what the top panel of a plot shows, best first
 AUDIBLE = ("audio", "cqt", "encodec", "disc")  # what a WAV is decoded from, best first
@@ -85,77 +85,71 @@ def random_clip_ids(dataset: Path, n: int, seed: int = 0) -> list[str]:
 
 def plot_clip(dataset: Path, clip_id: str, path: Path) -> Path:
     """A PNG of one clip like the report's Fig. 3.5, with a time-frequency picture above the controls."""
+    doc = read_dataset_json(dataset)
+    clip = find_clip(dataset, clip_id)
+    grid, rate, offset = _control_grid(doc, clip)
+    title = (f"{clip_id} ({clip['split']}): {clip.get('instrument', '?')}, program {clip.get('program', '?')}, "
+             f"{clip.get('bpm', 0):.0f} BPM, from {clip.get('source', '?')} at {clip.get('start', 0):.1f} s")
+    return draw_clip(path, clip, doc, grid, rate, offset, title)
+
+
+def draw_clip(path: Path, clip: dict[str, Any], doc: dict[str, Any], grid: str, rate: float, offset: float,
+              title: str) -> Path:
+    """Draw a clip's arrays (one of cqt / audio / encodec / disc for the top panel; `{control}_{grid}`
+    for instrument, chroma, velocity, beat) as a PNG; control values of -1 (not given) are left blank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    doc = read_dataset_json(dataset)
-    clip = find_clip(dataset, clip_id)
-    grid, rate, offset = _control_grid(doc, clip)
     names = [i["name"] if isinstance(i, dict) else str(i) for i in doc["config"]["select"]["instruments"]]
     fig, axes = plt.subplots(5, 1, figsize=(10, 9), sharex=True,
                              gridspec_kw={"height_ratios": [3, 0.8, 1, 1, 1]}, constrained_layout=True)
     duration = doc["config"]["select"]["clip_seconds"]
     _spectral_panel(axes[0], clip, doc, duration)
-    inst = clip[f"instrument_{grid}"]
+    inst = np.asarray(clip[f"instrument_{grid}"], dtype=np.float32)
     frames = inst.shape[-1]
     t = (np.arange(frames) + offset) / rate  # each frame's sampling time (controls.py)
-    axes[1].imshow(inst, aspect="auto", origin="upper", cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
+    axes[1].imshow(np.ma.masked_less(inst, 0), aspect="auto", origin="upper", cmap="Greys", vmin=0, vmax=1,
+                   interpolation="nearest",
                    extent=((offset - 0.5) / rate, (frames + offset - 0.5) / rate, len(names) - 0.5, -0.5))
     axes[1].set_yticks(range(len(names)), names)
-    axes[1].set_ylabel("instrument")
+    axes[1].set_ylabel("instrument" + (" (not given)" if (inst < 0).all() else ""))
     for ax, name, label in ((axes[2], "chroma", "chroma\n(pitch class / 11)"), (axes[3], "velocity", "velocity\n(/127)"),
                             (axes[4], "beat", "beat phase")):
-        ax.plot(t, clip[f"{name}_{grid}"], lw=1.2, drawstyle="default" if name == "beat" else "steps-mid")
+        values = np.asarray(clip[f"{name}_{grid}"], dtype=np.float32)
+        ax.plot(t, np.where(values < 0, np.nan, values), lw=1.2, drawstyle="default" if name == "beat" else "steps-mid")
         ax.set_ylim(-0.05, 1.05)
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + ("\n(not given)" if (values < 0).all() else ""))
         ax.grid(alpha=0.3)
     axes[4].set_xlabel(f"time (s); controls at {grid}")
     axes[4].set_xlim(0, duration)
-    fig.suptitle(f"{clip_id} ({clip['split']}): {clip.get('instrument', '?')}, program {clip.get('program', '?')}, "
-                 f"{clip.get('bpm', 0):.0f} BPM, from {clip.get('source', '?')} at {clip.get('start', 0):.1f} s")
+    fig.suptitle(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
     return path
 
 
 def clip_audio(dataset: Path, clip_id: str) -> tuple[np.ndarray, int, str]:
     """(mono float32 audio, sample rate, the format it was decoded from) of one clip."""
-    doc = read_dataset_json(dataset)
+    from .decode import AudioDecoder
+
+    decoder = AudioDecoder.for_dataset(dataset)
     clip = find_clip(dataset, clip_id)
-    rate = int(doc.get("sample_rate") or doc["config"]["render"]["sample_rate"])
     fmt = next((f for f in AUDIBLE if f in clip), None)
     if fmt is None:
         raise InputError(f"{dataset}: stores none of {', '.join(AUDIBLE)}, so there is no audio to export")
-    if fmt == "audio":
-        return clip["audio"].reshape(-1), rate, fmt
-    if fmt == "cqt":
-        from .config import CqtConfig
-        from .encode.cqt import inverse
-
-        cqt_cfg = CqtConfig(**(doc.get("encoder") or {}).get("cqt", doc["config"]["encode"]["cqt"]))
-        length = int(round(doc["config"]["select"]["clip_seconds"] * rate))
-        return inverse(clip["cqt"], rate, cqt_cfg, length), rate, fmt
-    codec = _encodec_decoder(dataset, doc)
-    audio = codec.decode_latents(clip["encodec"]) if fmt == "encodec" else codec.decode_codes(clip["disc"])
-    return audio, rate, fmt
+    return decoder.decode(fmt, clip[fmt][None])[0], decoder.sample_rate, fmt
 
 
 def export_wav(dataset: Path, clip_id: str, path: Path) -> tuple[Path, str]:
     """Write one clip's audio as 16-bit PCM WAV; returns the path and the format it was decoded from."""
+    from .decode import write_wav
+
     audio, rate, fmt = clip_audio(dataset, clip_id)
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path, fmt
+    return write_wav(Path(path), audio, rate), fmt
 
 
 # --- internals --------------------------------------------------------------------------
@@ -207,20 +201,3 @@ def _image(ax: Any, data: np.ndarray, xs: tuple[float, float], ys: tuple[float, 
     ax.imshow(data, aspect="auto", origin="lower", cmap="magma", extent=(*xs, *ys), interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
-
-
-def _encodec_decoder(dataset: Path, doc: dict[str, Any]) -> Any:
-    from .encode.encodec import EncodecEncoder
-
-    enc = doc.get("encoder") or {}
-    if enc.get("weights") not in ("random", "pretrained"):
-        raise InputError(f"{dataset}/dataset.json: does not say which EnCodec weights made the data")
-    checkpoint = enc.get("checkpoint")
-    if checkpoint and not Path(checkpoint).is_file():
-        checkpoint = None  # built elsewhere: look in this machine's torch hub cache
-    codec = EncodecEncoder.load(checkpoint=checkpoint, random_weights=enc["weights"] == "random",
-                                seed=int(enc.get("seed", 0)), bandwidth=float(enc.get("bandwidth", 12.0)), device="cpu")
-    if enc["weights"] == "pretrained" and codec.info.get("sha256") != enc.get("checkpoint_sha256"):
-        raise InputError(f"EnCodec checkpoint {codec.info.get('checkpoint')}: not the one that made {dataset} "
-                         f"(sha256 {str(codec.info.get('sha256'))[:12]}... vs {str(enc.get('checkpoint_sha256'))[:12]}...)")
-    return codec

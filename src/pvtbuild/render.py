@@ -112,7 +112,7 @@ def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfon
 def render_clip(notes: ClipNotes, spec: ClipSpec, cfg: PipelineConfig, soundfont: Path,
                 out: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     """Render one clip's audio into `out` ([clip_samples] float32); returns its controls on every grid and info."""
-    from .controls import compute_controls
+    from .controls import clip_controls
     from .synth import render_notes
 
     names = [i.name for i in cfg.select.instruments]
@@ -126,11 +126,7 @@ def render_clip(notes: ClipNotes, spec: ClipSpec, cfg: PipelineConfig, soundfont
         raise InputError(f"rendered near-silence (RMS < render.silence_rms = {cfg.render.silence_rms:g}): "
                          f"notes of very low velocity, "
                          f"or no program {spec.program} in the SoundFont")
-    controls = {}
-    for grid in cfg.controls.grids:
-        for name, values in compute_controls(notes, names.index(spec.instrument), len(names), grid,
-                                             cfg.controls.bpm_max).items():
-            controls[f"{name}_{grid.name}"] = values
+    controls = clip_controls(notes, spec.instrument, cfg)
     info = {"rms": round(rms, 6), "peak": round(float(np.max(np.abs(audio))), 6), "clipped": int(n_clipped)}
     return controls, info
 

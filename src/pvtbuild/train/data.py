@@ -160,21 +160,31 @@ class Collate:
         lay = self.layout
         x0 = torch.stack([r[lay.data_name] for r in records])
         x0 = x0.long() if lay.spec.discrete else x0.float() / self.scale
-        local = _controls(records, lay.local_names)
-        if local is not None and local.shape[-1] != lay.spec.shape[-1]:
-            # controls on another frame grid than the data: resample to the data's frames (piecewise constant)
-            local = F.interpolate(local, size=lay.spec.shape[-1], mode="nearest-exact")
-        glob = _controls(records, lay.global_names)
-        glob = None if glob is None else glob.mean(dim=-1)
-        controls = Controls(local, glob, lay.local_groups if local is not None else (),
-                            lay.global_groups if glob is not None else ())
-        return Batch(x0, controls, tuple(str(r.get("id", "")) for r in records))
+        return Batch(x0, assemble_controls(records, lay), tuple(str(r.get("id", "")) for r in records))
+
+
+def assemble_controls(records: list[dict[str, Any]], layout: DatasetLayout) -> Controls:
+    """The `Controls` of a batch from each example's named control arrays (training and sampling alike).
+
+    Local controls: the arrays of `layout.local_names`, each flattened to [channels, T], concatenated in
+    config order and resampled to the data's frames when their grid differs (piecewise constant);
+    global controls: those of `layout.global_names`, averaged over time.
+    """
+    local = _controls(records, layout.local_names)
+    if local is not None and local.shape[-1] != layout.spec.shape[-1]:
+        # controls on another frame grid than the data: resample to the data's frames (piecewise constant)
+        local = F.interpolate(local, size=layout.spec.shape[-1], mode="nearest-exact")
+    glob = _controls(records, layout.global_names)
+    glob = None if glob is None else glob.mean(dim=-1)
+    return Controls(local, glob, layout.local_groups if local is not None else (),
+                    layout.global_groups if glob is not None else ())
 
 
 def _controls(records: list[dict[str, Any]], names: tuple[str, ...]) -> Tensor | None:
     if not names:
         return None
-    per_example = [torch.cat([r[n].reshape(-1, r[n].shape[-1]).float() for n in names]) for r in records]
+    per_example = [torch.cat([torch.as_tensor(r[n]).reshape(-1, r[n].shape[-1]).float() for n in names])
+                   for r in records]
     return torch.stack(per_example)  # [B, C, T]
 
 
