@@ -291,18 +291,46 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A checkpoint file, or a run directory (its latest).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where samples.npy goes.")
-@click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of samples.")
+              help="Where the samples go (toys: samples.npy; real formats: NNNN.wav/.npy/.controls.npz/.png).")
+@click.option("--n", "n", type=int, default=None, help="Number of samples [toys: 1000; real formats: 4].")
+@click.option("--midi", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Controls from a MIDI file's melody, selected and folded as the render stage does.")
+@click.option("--track", type=int, default=None, help="With --midi: the track (default: the first with a window).")
+@click.option("--start", type=float, default=None, help="With --midi: the window nearest this time (s).")
+@click.option("--like", default=None, help="Controls of a dataset clip: DATASET:ID.")
+@click.option("--controls", "controls_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Controls from a .npz or .json of arrays (velocity, chroma, instrument, beat, ...).")
+@click.option("--instrument", default=None, help="Instrument class (piano, violin, ...); overrides the controls'.")
+@click.option("--bpm", type=float, default=None, help="A constant tempo: beat sawtooth of period 60/BPM s.")
+@click.option("--cfg-scale", type=float, default=None, help="Classifier-free guidance scale (config: guidance.cfg_scale).")
 @click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
+@click.option("--batch-size", type=int, default=None, help="Samples per sampler call [min(n, 8)].")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The training dataset (default: the one run.json records); its encoder decodes the samples.")
+@click.option("--no-plot", is_flag=True, help="Skip the PNG per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def sample_cmd(checkpoint: Path, out: Path, n: int, steps: int | None, seed: int, device: str) -> None:
-    """Sample a trained toy model into OUT/samples.npy."""
+def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, track: int | None, start: float | None,
+               like: str | None, controls_file: Path | None, instrument: str | None, bpm: float | None,
+               cfg_scale: float | None, steps: int | None, batch_size: int | None, data: Path | None, no_plot: bool,
+               seed: int, device: str) -> None:
+    """Sample a trained model: a toy into OUT/samples.npy; a real format to WAVs from controls you write."""
+    from .train.conditioning import ControlRequest
     from .train.loop import pick_device
-    from .train.sample import sample_toy
+    from .train.sample import load_for_sampling, sample_to_wav, sample_toy
 
-    path = sample_toy(checkpoint, out, n, steps, seed, pick_device(device))
-    click.echo(f"sample: {n} samples in {path}", err=True)
+    request = ControlRequest(midi, track, start, like, controls_file, instrument, bpm)
+    dev = pick_device(device)
+    sampler = load_for_sampling(checkpoint, dev)
+    if sampler.cfg.is_toy:
+        if request != ControlRequest() or cfg_scale is not None or data is not None:
+            raise PvtbuildError(f"{checkpoint}: a toy model takes no controls, --cfg-scale or --data")
+        path = sample_toy(sampler, out, n or 1000, steps, seed)
+        click.echo(f"sample: {n or 1000} samples in {path}", err=True)
+        return
+    report = sample_to_wav(sampler, out, n or 4, request, data, steps, cfg_scale, seed, batch_size,
+                           dev, plots=not no_plot)
+    _echo_summary(report.lines)
 
 
 def _str(p: Path | None) -> str | None:

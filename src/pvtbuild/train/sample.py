@@ -1,12 +1,26 @@
-"""Generation from a checkpoint: the EMA weights and the formalism's own sampler.
+"""Generation from a checkpoint: the EMA weights and the formalism's own sampler (`pvtbuild sample`).
 
-Toy checkpoints sample points (`samples.npy`); sampling real formats to WAV from
-a musician's controls builds on `load_for_sampling` (issue 9).
+Toy checkpoints sample points (`OUT/samples.npy`). Checkpoints of a dataset's formats
+sample from controls a person writes (`conditioning.py`: a MIDI file, a dataset clip, a
+file of arrays, an instrument, a BPM) and decode to WAV with the encoder the training
+dataset records (`decode.py`). The output folder holds, per sample i:
+
+- `{i:04d}.wav`: 16-bit mono at the dataset's rate (24 kHz), exactly one clip long (8 s);
+- `{i:04d}.npy`: the generated array in the data's units (encodec [128, T] float32 latents,
+  disc [16, T] int64 codes, cqt [2, F, T] float32), i.e. the model's output times `stats.scale`;
+- `{i:04d}.controls.npz`: every control on the model's grid as a dataset stores them
+  (`velocity_75hz`, ...; -1 where not given), and `{i:04d}.png`: those controls under the
+  generated audio's mel spectrogram, in the style of `pvtbuild inspect --plot`;
+
+and `sample.json`: checkpoint, step, formalism, steps, NFE per sample, guidance scale, seed,
+the request, the decoder's weights, timing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PvtbuildError
+from ..errors import InputError, PvtbuildError
 from ..manifest import atomic_write
 from .build import build_backbone, build_formalism
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import TrainConfig, train_config_from_dict
-from .data import DataSpec, DataStats, mix_seed
+from .data import DatasetLayout, DataSpec, DataStats, mix_seed
 from .guidance import Controls
 
 
@@ -34,6 +48,12 @@ class Sampler:
     stats: DataStats
     step: int
     checkpoint: Path
+    layout: DatasetLayout | None = None  # which dataset arrays it reads (None for toys)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory the checkpoint belongs to (RUN/checkpoints/ckpt-N.pt)."""
+        return self.checkpoint.parent.parent
 
 
 def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
@@ -48,19 +68,24 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
     prefix = "module."
     net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
     net.to(device).eval()
-    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path)
+    layout = None
+    if "local_names" in s:
+        layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
+                               tuple(s["local_groups"]), tuple(s["global_groups"]))
+    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path, layout)
 
 
-def sample_toy(checkpoint: str | Path, out_dir: Path, n: int, steps: int | None = None, seed: int = 0,
+def sample_toy(checkpoint: str | Path | Sampler, out_dir: Path, n: int, steps: int | None = None, seed: int = 0,
                device: torch.device | str = "cpu") -> Path:
     """`n` samples of a toy checkpoint as `out_dir/samples.npy`: [n, 2] float32 points or int64 classes."""
-    sampler = load_for_sampling(checkpoint, torch.device(device))
+    sampler = _sampler(checkpoint, device)
     if not sampler.cfg.is_toy:
         raise PvtbuildError(f"{sampler.checkpoint}: trained on {sampler.cfg.data.format!r}, not a toy; "
-                            f"sampling real formats to WAV needs controls (not built yet)")
+                            f"use sample_to_wav")
     if n < 1:
         raise PvtbuildError(f"--n must be >= 1, got {n}")
     steps = steps or sampler.cfg.train.sample_steps
+    device = next(sampler.net.parameters()).device
     gen = torch.Generator(device=device).manual_seed(mix_seed(seed, "sample"))
     with torch.no_grad():
         x = sampler.formalism.sample(sampler.net, (n, *sampler.spec.shape), Controls(), steps,
@@ -71,3 +96,211 @@ def sample_toy(checkpoint: str | Path, out_dir: Path, n: int, steps: int | None 
     with atomic_write(path, "wb") as fh:
         np.save(fh, arr)
     return path
+
+
+# --- real formats: controls in, WAVs out ------------------------------------------------------
+
+
+@dataclass
+class Generated:
+    """Arrays a sampler made, in the data's units, and what it cost."""
+
+    arrays: np.ndarray  # [n, *spec.shape]: float32 (times stats.scale) or int64 codes
+    seconds: float  # wall time of the sampler alone (no decoding)
+    nfe: float  # network function evaluations per sample (sequential net calls per batch)
+    net_rows_per_sample: float  # rows through the net per sample: 2 x nfe when guidance doubles the batch
+
+    @property
+    def samples_per_s(self) -> float:
+        return len(self.arrays) / self.seconds if self.seconds > 0 else float("inf")
+
+
+class _CountingNet:
+    """The backbone, counting its calls and the rows they carried (NFE)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net, self.calls, self.rows = net, 0, 0
+
+    def __call__(self, x: torch.Tensor, noise_level: torch.Tensor, controls: Controls) -> torch.Tensor:
+        self.calls += 1
+        self.rows += int(x.shape[0])
+        return self.net(x, noise_level, controls)
+
+
+def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = None, cfg_scale: float | None = None,
+             seed: int = 0, batch_size: int = 8) -> Generated:
+    """`n` samples in batches of `batch_size`, sample i under row i of `controls` (or its only row).
+
+    Batch b draws its noise from (seed, b), so the same arguments give the same samples. Continuous
+    outputs are multiplied back by `stats.scale` (the model works on data / scale).
+    """
+    if n < 1:
+        raise PvtbuildError(f"--n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise PvtbuildError(f"--batch-size must be >= 1, got {batch_size}")
+    rows = _rows(controls)
+    if rows not in (0, 1, n):
+        raise ValueError(f"controls have {rows} rows for {n} samples")
+    device = next(sampler.net.parameters()).device
+    steps = steps or sampler.cfg.train.sample_steps
+    scale = sampler.cfg.guidance.cfg_scale if cfg_scale is None else float(cfg_scale)
+    counting = _CountingNet(sampler.net)
+    out, batches = [], 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            index = torch.arange(lo, hi) if rows == n else torch.zeros(hi - lo, dtype=torch.long)
+            c = controls if controls.empty else controls.select(index).to(device)
+            gen = torch.Generator(device=device).manual_seed(mix_seed(seed, "sample", lo // batch_size))
+            x = sampler.formalism.sample(counting, (hi - lo, *sampler.spec.shape), c, steps, scale, gen)
+            out.append(x.cpu())
+            batches += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    x = torch.cat(out).numpy()
+    arrays = x.astype(np.int64) if sampler.spec.discrete else (x * sampler.stats.scale).astype(np.float32)
+    return Generated(arrays, seconds, counting.calls / batches, counting.rows / n)
+
+
+def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
+    """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records."""
+    from ..dataset.tfrecord import DATASET_JSON
+    from .loop import RUN_JSON
+
+    if data is None:
+        run_json = sampler.run_dir / RUN_JSON
+        if not run_json.is_file():
+            raise InputError(f"{run_json}: not found, so the training dataset is unknown; pass --data DATASET")
+        recorded = json.loads(run_json.read_text()).get("dataset")
+        if not recorded or not Path(recorded).is_dir():
+            raise InputError(f"{run_json}: records the dataset {recorded}, which is not on this machine; "
+                             f"pass --data DATASET (the same dataset, moved)")
+        data = Path(recorded)
+    data = Path(data)
+    if not (data / DATASET_JSON).is_file():
+        raise InputError(f"{data}: no {DATASET_JSON} (not a pvtbuild dataset folder)")
+    return data
+
+
+def control_space(sampler: Sampler, dataset: Path) -> Any:
+    """The controls the model reads (`conditioning.ControlSpace`), defined by the dataset's pipeline config."""
+    from ..config import config_from_dict
+    from ..dataset import read_dataset_json
+    from ..errors import ConfigError
+    from .conditioning import ControlSpace
+
+    if sampler.layout is None:
+        raise PvtbuildError(f"{sampler.checkpoint}: holds no dataset layout (a toy, or a checkpoint from before "
+                            f"sampling to WAV); retrain to sample it")
+    doc = read_dataset_json(dataset)
+    try:
+        pipeline = config_from_dict(doc["config"])
+    except ConfigError as e:
+        raise InputError(f"{dataset}/dataset.json: its pipeline config does not load ({e})") from None
+    grid_name = sampler.cfg.data.control_grid or doc.get("control_grids", {}).get(sampler.cfg.data.format)
+    grids = {g.name: g for g in pipeline.controls.grids}
+    if grid_name not in grids:
+        raise InputError(f"{dataset}/dataset.json: no control grid {grid_name!r} for {sampler.cfg.data.format!r}")
+    return ControlSpace(pipeline, grids[grid_name], sampler.layout)
+
+
+@dataclass
+class SampleReport:
+    out: Path
+    n: int
+    generated: Generated | None = None
+    decode_seconds: float = 0.0
+    lines: list[str] = field(default_factory=list)
+
+
+def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: Any, data: Path | None = None,
+                  steps: int | None = None, cfg_scale: float | None = None, seed: int = 0, batch_size: int | None = None,
+                  device: torch.device | str = "cpu", plots: bool = True) -> SampleReport:
+    """`n` samples of a real-format checkpoint under the controls of `request` (`conditioning.ControlRequest`),
+    written to `out` as the module docstring says."""
+    from ..decode import AudioDecoder
+    from .conditioning import build_controls, model_controls
+
+    sampler = _sampler(checkpoint, device)
+    if sampler.cfg.is_toy:
+        raise PvtbuildError(f"{sampler.checkpoint}: a toy model; sample it without controls (samples.npy)")
+    dataset = training_dataset(sampler, data)
+    space = control_space(sampler, dataset)
+    requested = build_controls(request, space)
+    decoder = AudioDecoder.for_dataset(dataset, str(device))
+    scale = sampler.cfg.guidance.cfg_scale if cfg_scale is None else float(cfg_scale)
+    gen = generate(sampler, model_controls([requested], space), n, steps, scale, seed, batch_size or min(n, 8))
+    t0 = time.perf_counter()
+    audio = decode_batches(decoder, sampler.cfg.data.format, gen.arrays)
+    decode_seconds = time.perf_counter() - t0
+    report = SampleReport(out, n, gen, decode_seconds)
+    title = f"{request.describe()}; {sampler.cfg.formalism_name} step {sampler.step}, cfg {scale:g}"
+    write_samples(out, audio, gen.arrays, [requested] * n, space, decoder, title, plots)
+    unused = [name for name in requested.given if name not in space.features]
+    record = {
+        "checkpoint": str(sampler.checkpoint), "step": sampler.step, "config": sampler.cfg.name,
+        "formalism": sampler.cfg.formalism_name, "format": sampler.cfg.data.format, "dataset": str(dataset),
+        "n": n, "steps": steps, "nfe_per_sample": gen.nfe, "net_rows_per_sample": gen.net_rows_per_sample,
+        "cfg_scale": scale, "seed": seed, "request": request.describe(), "controls_given": requested.given,
+        "controls_the_model_reads": list(space.features), "controls_info": requested.info,
+        "decoder": decoder.weights_label, "sample_rate": decoder.sample_rate, "clip_samples": decoder.clip_samples,
+        "sampling_seconds": gen.seconds, "samples_per_s": gen.samples_per_s, "decode_seconds": decode_seconds,
+    }
+    with atomic_write(out / "sample.json", "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=True, default=str)
+    report.lines = [
+        f"sample: {sampler.checkpoint} ({sampler.cfg.formalism_name} on {sampler.cfg.data.format}, step {sampler.step}), "
+        f"controls: {request.describe()}",
+        f"sample: {n} samples in {gen.seconds:.2f} s: {gen.samples_per_s:.3g} samples/s, "
+        f"NFE {gen.nfe:g} per sample" + (" (each a doubled batch for guidance)" if gen.net_rows_per_sample > gen.nfe + 1e-9 else "")
+        + f", guidance scale {scale:g}; decoding {decode_seconds:.2f} s",
+        f"sample: decoder: {decoder.weights_label}",
+        f"sample: {n} WAVs ({decoder.clip_samples / decoder.sample_rate:g} s at {decoder.sample_rate} Hz)"
+        + (", PNGs" if plots else "") + f", arrays and controls in {out}",
+    ]
+    if unused:
+        report.lines.append(f"sample: note: the model reads only {', '.join(space.features) or 'no controls'}; "
+                            f"{', '.join(unused)} given but not used")
+    if requested.info.get("source") == "midi":
+        clip = requested.info["clip"]
+        report.lines.append(f"sample: melody from track {clip['track']} at {clip['start']:.2f} s "
+                            f"({clip['n_notes']} notes, transposed {clip['transpose']:+d}); windows of that track start at "
+                            f"{', '.join(f'{s:g}' for s in requested.info['windows'][:12])} s")
+    return report
+
+
+def decode_batches(decoder: Any, fmt: str, arrays: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """[n, N] float32 audio of a format's arrays, decoded a few at a time."""
+    return np.concatenate([decoder.decode(fmt, arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)])
+
+
+def write_samples(out: Path, audio: np.ndarray, arrays: np.ndarray, requested: list[Any], space: Any, decoder: Any,
+                  title: str, plots: bool = True, first: int = 0) -> None:
+    """Per sample i: `{i:04d}.wav`, `.npy`, `.controls.npz` and (with `plots`) `.png` in `out`."""
+    from ..decode import write_wav
+    from ..inspect import draw_clip
+
+    out.mkdir(parents=True, exist_ok=True)
+    grid = space.grid
+    for k, (wav, arr, req) in enumerate(zip(audio, arrays, requested)):
+        stem = f"{first + k:04d}"
+        write_wav(out / f"{stem}.wav", wav, decoder.sample_rate)
+        with atomic_write(out / f"{stem}.npy", "wb") as fh:
+            np.save(fh, arr)
+        named = req.named(grid.name)
+        with atomic_write(out / f"{stem}.controls.npz", "wb") as fh:
+            np.savez(fh, **named)
+        if plots:
+            draw_clip(out / f"{stem}.png", {"audio": wav, **named}, decoder.doc, grid.name, float(grid.rate),
+                      float(grid.offset), f"sample {stem}: {title}")
+
+
+def _sampler(checkpoint: str | Path | Sampler, device: torch.device | str) -> Sampler:
+    return checkpoint if isinstance(checkpoint, Sampler) else load_for_sampling(checkpoint, torch.device(device))
+
+
+def _rows(controls: Controls) -> int:
+    first = controls.local if controls.local is not None else controls.glob
+    return 0 if first is None else int(first.shape[0])
