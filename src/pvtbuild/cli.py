@@ -333,6 +333,39 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
     _echo_summary(report.lines)
 
 
+@cli.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint file, or a run directory (its latest).")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The dataset the model was trained on; its valid split gives the controls and the real audio.")
+@click.option("--n", "n", type=int, default=16, show_default=True, help="Valid clips to sample and score.")
+@click.option("--cfg-scale", "cfg_scale", default="1", show_default=True,
+              help="Comma-separated guidance scales, one row each (e.g. 1,2,4).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where metrics.json goes [RUN/eval-STEP].")
+@click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per sampler call.")
+@click.option("--plot", is_flag=True, help="Also draw OUT/adherence.png (adherence against guidance scale).")
+@click.option("--vggish", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="torchvggish weights for FAD (default: torch hub's cache, if there).")
+@click.option("--split", type=click.Choice(["valid", "train"]), default="valid", show_default=True,
+              help="Which split's clips give the controls and the real audio.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path | None, steps: int | None,
+                 batch_size: int, plot: bool, vggish: Path | None, split: str, seed: int, device: str) -> None:
+    """Sample with the controls of N valid clips and measure how well the audio obeys them (metrics.json)."""
+    from .train.evaluate import evaluate
+    from .train.loop import pick_device
+
+    try:
+        scales = tuple(float(x) for x in _csv(cfg_scale) or ())
+    except ValueError:
+        raise PvtbuildError(f"--cfg-scale {cfg_scale!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+    report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split)
+    click.echo("\n".join(report.lines))
+
+
 def _str(p: Path | None) -> str | None:
     return None if p is None else str(p)
 

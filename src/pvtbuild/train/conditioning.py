@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..clip import ClipNotes, ClipSpec
+from ..clip import ClipNotes
 from ..config import GridConfig, PipelineConfig
 from ..controls import CONTROL_NAMES, clip_controls
 from ..errors import InputError, PvtbuildError
@@ -256,11 +256,6 @@ def model_controls(requests: list[RequestedControls], space: ControlSpace) -> Co
     grid = space.grid.name
     records = [{f"{k}_{grid}": torch.from_numpy(v) for k, v in r.values.items()} for r in requests]
     return assemble_controls(records, space.layout)
-
-
-def clip_spec_of(controls: RequestedControls) -> ClipSpec | None:
-    clip = controls.info.get("clip")
-    return ClipSpec.from_dict(clip) if controls.info.get("source") == "midi" else None
 
 
 # --- internals ------------------------------------------------------------------------------

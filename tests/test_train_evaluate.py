@@ -1,0 +1,158 @@
+"""`pvtbuild evaluate`: the adherence metrics on real audio before any model, then on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pvtbuild.cli import cli
+from pvtbuild.config import config_from_dict
+from pvtbuild.dataset import read_dataset_json
+from pvtbuild.decode import AudioDecoder
+from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls
+from pvtbuild.train.data import dataset_layout
+from pvtbuild.train.evaluate import (METRIC_KEYS, frechet_distance, read_clips, requested_beats, score_clip,
+                                     tempo_scores)
+from pvtbuild.train.loop import train
+from pvtbuild.train.vggish import VGGish, load_vggish
+from test_train_loop import config, quiet
+
+SR = 24000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """EnCodec's LSTMs run faster on one thread of the 2 shared cores; restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def space(dataset) -> ControlSpace:
+    doc = read_dataset_json(dataset)
+    pipeline = config_from_dict(doc["config"])
+    layout = dataset_layout(config("edm-encodec-tiny").data, dataset)
+    return ControlSpace(pipeline, next(g for g in pipeline.controls.grids if g.name == "75hz"), layout)
+
+
+@pytest.fixture(scope="module")
+def clips(dataset, space):
+    """Every clip of the train split: its rendered audio and controls (the small build: 4 clips, 3 sources)."""
+    found, real_from = read_clips(dataset, space, 16, AudioDecoder.for_dataset(dataset), split="train")
+    assert real_from == "stored audio" and len(found) >= 3
+    return found
+
+
+def _mean(scores: list[dict], key: str) -> float:
+    return float(np.nanmean([s[key] for s in scores]))
+
+
+def _score(audio, controls, space) -> dict:
+    return score_clip(audio, SR, controls, space.grid, space.pipeline.controls.bpm_max)
+
+
+def test_the_datasets_own_audio_obeys_its_controls_and_shuffled_controls_collapse(clips, space):
+    own = [_score(c.audio, c.controls, space) for c in clips]
+    shuffled = [_score(c.audio, clips[(i + 1) % len(clips)].controls, space) for i, c in enumerate(clips)]
+    assert _mean(own, "chroma_accuracy") >= 0.95, [s["chroma_accuracy"] for s in own]
+    assert _mean(own, "voiced_agreement") >= 0.9
+    assert _mean(own, "loudness_velocity_spearman") >= 0.4, [s["loudness_velocity_spearman"] for s in own]
+    assert _mean(shuffled, "chroma_accuracy") <= 0.4, [s["chroma_accuracy"] for s in shuffled]
+    assert _mean(shuffled, "loudness_velocity_spearman") <= 0.2
+
+
+def test_a_clip_transposed_by_a_semitone_scores_near_zero_chroma_accuracy(clips, space):
+    import librosa
+
+    c = clips[0]
+    up = librosa.effects.pitch_shift(c.audio, sr=SR, n_steps=1)
+    assert _score(c.audio, c.controls, space)["chroma_accuracy"] >= 0.95
+    assert _score(up, c.controls, space)["chroma_accuracy"] <= 0.1
+
+
+def test_a_click_track_at_the_requested_tempo_scores_its_tempo_and_beats(space):
+    controls = build_controls(ControlRequest(bpm=120), space).values
+    times = (np.arange(space.grid.frames) + space.grid.offset) / space.grid.rate
+    beats = requested_beats(controls["beat"], controls["bpm"], times, space.pipeline.controls.bpm_max, 8.0)
+    np.testing.assert_allclose(beats, np.arange(0, 8.0, 0.5), atol=1e-3)
+    clicks = np.zeros(8 * SR, dtype=np.float32)
+    for t in beats:
+        k = int(t * SR)
+        clicks[k:k + 240] += np.sin(2 * np.pi * 1000 * np.arange(240) / SR) * np.hanning(240)
+    on_time = tempo_scores(clicks, SR, controls["beat"], controls["bpm"], times, space.pipeline.controls.bpm_max)
+    assert on_time["tempo_error"] < 0.05 and on_time["beat_f_measure"] >= 0.9, on_time
+    slow = build_controls(ControlRequest(bpm=75), space).values  # the same clicks, asked at 75 BPM
+    off = tempo_scores(clicks, SR, slow["beat"], slow["bpm"], times, space.pipeline.controls.bpm_max)
+    assert off["tempo_error"] > 0.4 and off["beat_f_measure"] < 0.7, off
+
+
+def test_frechet_distance_is_zero_for_one_set_and_the_squared_mean_shift_for_a_shifted_one():
+    x = np.random.default_rng(0).normal(size=(200, 4))
+    assert frechet_distance(x, x) < 1e-6
+    assert frechet_distance(x, x + np.array([3.0, 0, 0, 0])) == pytest.approx(9.0, rel=1e-6)
+    assert np.isnan(frechet_distance(x[:1], x))
+
+
+def test_vggish_weights_in_torchvggish_layout_embed_clips_to_128_dimensions(tmp_path, clips):
+    torch.manual_seed(0)
+    path = tmp_path / "vggish.pth"
+    torch.save(VGGish().state_dict(), path)
+    emb = load_vggish(path).embed_clips(np.stack([c.audio for c in clips[:2]]), SR)
+    assert emb.shape == (2, 128) and np.isfinite(emb).all()
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(Exception, match="bad.pth: not torchvggish's VGGish weights"):
+        load_vggish(tmp_path / "bad.pth")
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval-run") / "run"
+    train(config("edm-encodec-tiny", data={"batch_size": 2}), out, dataset, steps=3, echo=quiet)
+    return out
+
+
+def test_evaluate_writes_every_metric_per_guidance_scale_with_ceiling_and_floor_rows(run, dataset, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "vggish.pth"  # random weights in torchvggish's layout: the FAD path runs
+    torch.save(VGGish().state_dict(), weights)
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(run), "--data", str(dataset), "--n", "2",
+                                   "--split", "train", "--cfg-scale", "1,2", "--steps", "2", "--out", str(out),
+                                   "--plot", "--vggish", str(weights)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["row"] for r in metrics["rows"]] == ["ceiling", "floor", "cfg 1", "cfg 2"]
+    for row in metrics["rows"]:
+        assert set(row["metrics"]) == set(METRIC_KEYS) and len(row["per_clip"]) == 2
+    ceiling, floor = metrics["rows"][0]["metrics"], metrics["rows"][1]["metrics"]
+    assert ceiling["chroma_accuracy"] > floor["chroma_accuracy"]
+    for gen in (r["metrics"] for r in metrics["rows"][2:]):
+        assert gen["fd_encodec"] >= 0 and gen["fad_vggish"] >= 0
+        assert all(gen[k] is not None for k in ("voiced_agreement", "tempo_error", "beat_f_measure"))
+    assert "EnCodec 24 kHz encoder" in metrics["embeddings"]["fd_encodec"]
+    assert metrics["embeddings"]["fad_vggish"].startswith("VGGish")
+    lines = res.output.splitlines()
+    assert any(line.startswith("ceiling") for line in lines) and any(line.startswith("floor") for line in lines)
+    assert "NFE 3 per sample" in res.output
+    assert (out / "adherence.png").stat().st_size > 10_000
+
+
+def test_without_vggish_weights_fad_is_one_clear_line(tmp_path, monkeypatch):
+    from pvtbuild.train.evaluate import _vggish
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing there
+    model, note = _vggish(None)
+    assert model is None and note.startswith("no VGGish weights on this machine") and "\n" not in note
+
+
+def test_evaluate_on_a_split_with_one_clip_says_so(run, dataset, tmp_path):
+    res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(run), "--data", str(dataset), "--n", "4",
+                                   "--steps", "1", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "evaluate needs at least 2" in res.output and "--split train" in res.output
