@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, check_pitch_yin, pitch_yin
+from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, check_pitch_yin, one_blas_thread,
+                       pitch_yin)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
@@ -114,15 +115,16 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
         audio = npz["audio"]
         controls = {name: npz[f"{name}_{g}"] for name in ("voiced", "pitch", "chroma", "velocity")}
     rows = []
-    for n, cid in enumerate(ids):
-        row = rendered.get(cid, {"id": cid, "inputs": {}})
-        instrument = row.get("inputs", {}).get("instrument", "")
-        clip_controls = {name: a[n] for name, a in controls.items()}
-        scores, extra = judge_clip(audio[n], clip_controls, instrument, job, cid)
-        reasons = failure_reasons(scores, job.qa)
-        status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
-        info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
-        rows.append(_row(row, job.params, status, info))
+    with one_blas_thread():  # once per shard (see analysis.one_blas_thread)
+        for n, cid in enumerate(ids):
+            row = rendered.get(cid, {"id": cid, "inputs": {}})
+            instrument = row.get("inputs", {}).get("instrument", "")
+            clip_controls = {name: a[n] for name, a in controls.items()}
+            scores, extra = judge_clip(audio[n], clip_controls, instrument, job, cid)
+            reasons = failure_reasons(scores, job.qa)
+            status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
+            info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
+            rows.append(_row(row, job.params, status, info))
     return _write(stage, ShardRecord("qa", index, "", "", job.params, rows))
 
 
