@@ -228,6 +228,28 @@ def qa_cmd(pipeline: str | None, plot_failing: int, plot_dir: Path | None, out: 
         click.echo(f"plot: {path}")
 
 
+@cli.command("soundfont-audit")
+@click.argument("soundfont")
+@click.option("--programs", default="0,40,56", show_default=True, help="GM programs (bank 0) to audit, comma-separated.")
+@click.option("--pitch-min", type=int, default=48, show_default=True, help="Lowest MIDI pitch played.")
+@click.option("--pitch-max", type=int, default=72, show_default=True, help="Highest MIDI pitch played.")
+@click.option("--velocities", default="40,80,120", show_default=True, help="Velocities each note is played at.")
+def soundfont_audit(soundfont: str, programs: str, pitch_min: int, pitch_max: int, velocities: str) -> None:
+    """Play every note of SOUNDFONT (a .sf2/.sf3 path or registry name) through FluidSynth and check it.
+
+    Pitch within 30 cents, onset latency, loudness rising with velocity, no silence, no clipping,
+    release length; prints a table and exits non-zero when a note fails (see audit.py).
+    """
+    from .audit import audit_soundfont, parse_programs
+
+    report = audit_soundfont(soundfont, parse_programs(programs, "--programs"), pitch_min, pitch_max,
+                             parse_programs(velocities, "--velocities"))
+    click.echo("\n".join(report.lines()))
+    if not report.ok:
+        raise PvtbuildError(f"{report.soundfont}: {len(report.failures)} of {len(report.notes)} notes fail the audit "
+                            "(rows marked FAIL above)")
+
+
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--verify", is_flag=True, help="Re-hash every shard, decode every record; exit non-zero on any mismatch.")
