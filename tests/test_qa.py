@@ -12,7 +12,7 @@ from pvtbuild.clip import ClipNotes
 from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.controls import compute_controls
 from pvtbuild.pipeline import run_qa, run_render, run_shard
-from pvtbuild.qa import QaJob, failure_reasons, judge_clip, qa_grid
+from pvtbuild.qa import QaJob, failure_reasons, judge_clip, qa_grid, timbre_references
 from pvtbuild.render import render_soundfont
 from pvtbuild.synth import render_notes
 from paths import LAKH
@@ -26,6 +26,11 @@ def cfg() -> PipelineConfig:
     return load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync"})
 
 
+@pytest.fixture(scope="module")
+def timbre(cfg):
+    return timbre_references(cfg)
+
+
 def melody(shift: float = 0.0, transpose: int = 0, drop: tuple[int, ...] = ()) -> ClipNotes:
     """Twelve 0.4 s notes with 0.25 s gaps over C3..C5, velocities 60..120."""
     pitches = np.array([48, 52, 55, 60, 64, 67, 72, 69, 65, 62, 57, 53], dtype=np.int16) + transpose
@@ -36,7 +41,7 @@ def melody(shift: float = 0.0, transpose: int = 0, drop: tuple[int, ...] = ()) -
 
 
 def judge(cfg: PipelineConfig, instrument: str, audio_notes: ClipNotes, label_notes: ClipNotes | None = None,
-          program: int | None = None, post=None) -> list[str]:
+          program: int | None = None, post=None, timbre=None) -> list[str]:
     """Render `audio_notes` (with `program`), label it with `label_notes`, return the qa reasons."""
     audio, _ = render_notes(audio_notes, PROGRAMS[instrument] if program is None else program,
                             render_soundfont(cfg), cfg.render, cfg.clip_samples)
@@ -46,14 +51,14 @@ def judge(cfg: PipelineConfig, instrument: str, audio_notes: ClipNotes, label_no
     names = [i.name for i in cfg.select.instruments]
     controls = compute_controls(label_notes or audio_notes, names.index(instrument), len(names), grid,
                                 cfg.controls.bpm_max)
-    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, "", "")
+    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, "", "", timbre)
     scores, _ = judge_clip(audio, controls, instrument, job)
     return failure_reasons(scores, cfg.qa)
 
 
 @pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
-def test_qa_passes_a_clean_render_of_each_instrument(cfg, instrument):
-    assert judge(cfg, instrument, melody()) == []
+def test_qa_passes_a_clean_render_of_each_instrument(cfg, timbre, instrument):
+    assert judge(cfg, instrument, melody(), timbre=timbre) == []
 
 
 @pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
@@ -89,9 +94,14 @@ def test_qa_names_labels_shifted_in_time_labels_shifted(cfg, shift):
 
 
 def test_qa_catches_a_clip_rendered_with_the_wrong_program(cfg):
-    # a trumpet line played by the piano: its release tails sound far beyond a trumpet's
+    # without the timbre check, only indirectly: the piano's release tails sound far beyond a trumpet's
     reasons = judge(cfg, "trumpet", melody(), program=0)
     assert "label shorter than sound" in reasons
+
+
+@pytest.mark.parametrize("instrument, program", [("trumpet", 0), ("piano", 56), ("violin", 56), ("piano", 40)])
+def test_qa_names_a_line_rendered_with_another_program_wrong_instrument(cfg, timbre, instrument, program):
+    assert "wrong instrument" in judge(cfg, instrument, melody(), program=program, timbre=timbre)
 
 
 def test_qa_stage_on_lakh_renders_meets_the_agreement_targets_and_drops_failing_clips(tmp_path, cfg):

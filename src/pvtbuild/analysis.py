@@ -87,6 +87,7 @@ WINDOW = 512  # samples at ANALYSIS_SR: 42.7 ms
 MIDI_MIN, MIDI_MAX = 36, 96
 MAX_HARMONIC = 12
 MAX_FREQ = 4800.0
+TIMBRE_HARMONICS = 8  # harmonics in FrameEstimates.harmonics (the timbre profile)
 SCORE_KEYS: tuple[str, ...] = (
     "voiced_agreement", "chroma_accuracy", "octave_accuracy", "pitch_accuracy", "loudness_velocity_spearman",
     "onset_offset_ms", "onset_abs_ms", "onset_match", "missing_notes", "notes", "sound_beyond_label",
@@ -123,6 +124,8 @@ class FrameEstimates:
     onsets: np.ndarray  # onset times, seconds from the clip start
     harmonicity: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] template score (nats)
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] t_k, seconds
+    # [T, TIMBRE_HARMONICS] log-compressed magnitude at harmonics 1..H of the frame's pitch (nan: unvoiced)
+    harmonics: np.ndarray = field(default_factory=lambda: np.zeros((0, TIMBRE_HARMONICS)))
 
 
 def analyse(audio: np.ndarray, sample_rate: int, rate: float, frames: int, offset: float = 0.5,
@@ -155,7 +158,7 @@ def analyse(audio: np.ndarray, sample_rate: int, rate: float, frames: int, offse
     voiced = (loudness > max(params.floor_db, ref - params.range_db)) & (harm > params.min_harmonicity)
     pitch = np.where(voiced, pitch, np.nan)
     onsets = _onsets(s, loudness, times, rate, params.onset_threshold)
-    return FrameEstimates(voiced, pitch, loudness, onsets, harm, times)
+    return FrameEstimates(voiced, pitch, loudness, onsets, harm, times, _harmonics(s, pitch))
 
 
 def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerances: Tolerances = Tolerances(),
@@ -235,6 +238,32 @@ def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerance
         wide = wide[np.isfinite(wide)]
         if len(wide) >= 3:
             out["label_lag_ms"] = float(-np.median(wide) * 1000)
+    return out
+
+
+def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                     frames: np.ndarray | None = None, min_frames: int = 10) -> dict[str, float]:
+    """How far the clip's harmonic profile lies from each instrument's reference (mean squared nats; nan: too few frames).
+
+    The profile of a frame is `est.harmonics` minus its mean over the harmonics (its shape, not
+    its level). `references` maps an instrument to (pitches [P] MIDI, profiles [P, H]) measured
+    the same way on notes of that instrument (the qa stage renders them from the SoundFont);
+    each frame is compared with the reference at the nearest pitch. `frames`: a [T] bool mask
+    of the frames to use (default: every voiced frame).
+    """
+    use = est.voiced if frames is None else (frames & est.voiced)
+    shape = _shape(est.harmonics[use]) if len(est.harmonics) else np.zeros((0, TIMBRE_HARMONICS))
+    ok = np.all(np.isfinite(shape), axis=1)
+    shape, pitch = shape[ok], est.pitch[use][ok]
+    out = {}
+    for name, (ref_pitch, ref_profile) in references.items():
+        if len(shape) < min_frames or not len(ref_pitch):
+            out[name] = float("nan")
+            continue
+        ref_pitch = np.asarray(ref_pitch, dtype=np.float64)
+        nearest = np.abs(pitch[:, None] - ref_pitch[None, :]).argmin(axis=1)
+        ref = _shape(np.asarray(ref_profile, dtype=np.float64))[nearest]
+        out[name] = float(np.mean((shape - ref) ** 2))
     return out
 
 
@@ -413,6 +442,27 @@ def _limit_to_expected(scores: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return scores
 
 
+def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """[T, TIMBRE_HARMONICS] the log spectrum at harmonics 1..H of each frame's pitch (linear between bins)."""
+    out = np.full((len(s), TIMBRE_HARMONICS), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(np.isfinite(pitch))
+    if not len(rows):
+        return out
+    f0 = 440.0 * 2 ** ((pitch[rows] - 69) / 12)
+    b = f0[:, None] * np.arange(1, TIMBRE_HARMONICS + 1)[None, :] / (ANALYSIS_SR / WINDOW)
+    inside = b < s.shape[1] - 1
+    lo = np.minimum(np.floor(b).astype(np.int64), s.shape[1] - 2)
+    frac = (b - lo).astype(np.float32)
+    r = rows[:, None]
+    vals = s[r, lo] * (1 - frac) + s[r, lo + 1] * frac
+    out[rows] = np.where(inside, vals, np.nan)
+    return out
+
+
+def _shape(h: np.ndarray) -> np.ndarray:
+    return h - np.mean(h, axis=1, keepdims=True)
+
+
 def _parabola(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
     rows = np.arange(len(best))
     lo = np.clip(best - 1, 0, scores.shape[1] - 1)
@@ -521,4 +571,4 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 __all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "adherence", "pitch_yin",
-           "check_pitch_yin", "one_blas_thread"]
+           "check_pitch_yin", "one_blas_thread", "timbre_distances", "TIMBRE_HARMONICS"]

@@ -283,6 +283,8 @@ class QaConfig:
     max_sound_beyond_label: float = 0.1  # fail "label shorter than sound": share of unheld frames sounding
     max_label_lag_ms: float = 40.0  # fail "labels shifted": the labels fit the audio best shifted by more
     min_loudness_spearman: float = -1.0  # fail "loudness": rank correlation with velocity below this (-1: off)
+    timbre: bool = True  # compare each clip's harmonic profile with every instrument's, rendered at the stage start
+    max_timbre_margin: float = 0.0  # fail "wrong instrument": own profile distance minus the nearest other's above this
     yin_share: float = 0.05  # share of clips cross-checked by a second pitch estimator (YIN)
 
     def check(self, key: str) -> None:

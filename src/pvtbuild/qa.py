@@ -19,7 +19,14 @@ The shard stage copies that summary into `dataset.json` (key `qa`) and, with
 
 Failure reasons (the Slakh failure classes): `silence`, `noise`, `wrong pitch`,
 `wrong octave`, `missing notes`, `label longer than sound`, `label shorter than sound`,
-`labels shifted`, `loudness` (see `failure_reasons` for each test).
+`labels shifted`, `loudness`, and `wrong instrument` (see `failure_reasons` for each test).
+
+Wrong instrument (`qa.timbre`): at the start of the stage each instrument's program renders
+every pitch of the selection's range (`timbre_references`); a clip's harmonic profile
+(log magnitudes at harmonics 1..8 of the frame's pitch, level removed) on its held frames at
+the right pitch is compared with every instrument's at the same pitch, and the clip fails
+when another instrument's profile fits better than its own by more than
+`qa.max_timbre_margin` (`timbre_margin` in the row's info, with `timbre_nearest`).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, check_pitch_yin, one_blas_thread,
-                       pitch_yin)
+                       pitch_yin, timbre_distances)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
@@ -57,6 +64,8 @@ class QaJob:
     sample_rate: int
     params: str
     render_params: str
+    # instrument -> (pitches, harmonic profiles [P][H]) from `timbre_references`; None: no timbre check
+    timbre: dict[str, tuple[list[float], list[list[float]]]] | None = None
 
 
 def qa_grid(cfg: PipelineConfig) -> GridConfig:
@@ -83,7 +92,8 @@ def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
                           "grid": grid.name, "render": rendered.params})
     stage_dir = out / "qa"
     claim_stage_dir(stage_dir, "qa", params, config_hash([rendered.params, rendered.inputs]))
-    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params)
+    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params,
+                timbre_references(cfg) if cfg.qa.timbre else None)
     summary = StageSummary("qa", done="passed")
     records = run_stage(executor, stage_dir, params, rendered.records,
                         lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task, (i, rec, job, str(stage_dir),
@@ -137,10 +147,76 @@ def judge_clip(audio: np.ndarray, controls: dict[str, np.ndarray], instrument: s
                   params=analysis_params(job.qa))
     scores = adherence(est, controls, tolerances(job.qa, instrument), rate=grid.rate)
     extra: dict[str, Any] = {}
+    if job.timbre and instrument in job.timbre:
+        scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, controls, instrument, job)
+        extra["timbre_margin"] = _round(scores["timbre_margin"])
     if clip_id and _in_sample(clip_id, job.qa.yin_share):
         yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
         extra["yin_agreement"] = _round(check_pitch_yin(est, yin))
     return scores, extra
+
+
+def timbre_margin(est, controls: dict[str, np.ndarray], instrument: str, job: QaJob) -> tuple[float, str | None]:
+    """(own reference's profile distance minus the nearest other instrument's, the nearest instrument).
+
+    Frames used: held by the label, away from label changes, and at the labelled pitch (+-0.5), so
+    a wrong pitch or a missing note is not also called a wrong instrument. nan / None with fewer
+    than 10 such frames.
+    """
+    from .analysis import _near_changes
+
+    held = controls["voiced"] > 0.5
+    midi = np.rint(controls["pitch"] * 127.0)
+    frames = held & ~_near_changes(held, midi, job.qa.onset_frames) & (np.abs(est.pitch - midi) < 0.5)
+    refs = {k: (np.asarray(p), np.asarray(v)) for k, (p, v) in (job.timbre or {}).items()}
+    d = timbre_distances(est, refs, frames)
+    others = [v for k, v in d.items() if k != instrument and not math.isnan(v)]
+    if math.isnan(d.get(instrument, math.nan)) or not others:
+        return float("nan"), None
+    return d[instrument] - min(others), min((k for k in d if not math.isnan(d[k])), key=d.get)
+
+
+def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[list[float], list[list[float]]]]:
+    """Each instrument's harmonic profile per pitch, from notes rendered with its program through the render path.
+
+    Every pitch of select.pitch_min..pitch_max, 0.5 s notes at velocities 64 and 112, analysed like
+    a clip (with the expected pitch) on the qa grid; a pitch's profile is the median of
+    `FrameEstimates.harmonics` over its held frames read at the right pitch (0.06..0.45 s in).
+    About 20 renders per instrument, once per stage run.
+    """
+    from .clip import ClipNotes
+    from .render import render_soundfont
+    from .synth import render_notes
+
+    grid = qa_grid(cfg)
+    soundfont = render_soundfont(cfg)
+    pitches = np.arange(cfg.select.pitch_min, cfg.select.pitch_max + 1)
+    per_note = 0.65  # 0.5 s note, 0.15 s gap
+    batch = max(1, int((cfg.select.clip_seconds - 0.2) // per_note))
+    out = {}
+    for inst in cfg.select.instruments:
+        frames: dict[int, list[np.ndarray]] = {int(p): [] for p in pitches}
+        for vel in (64, 112):
+            for i in range(0, len(pitches), batch):
+                ps = pitches[i:i + batch]
+                on = 0.1 + per_note * np.arange(len(ps))
+                notes = ClipNotes(on, on + 0.5, ps.astype(np.int16), np.full(len(ps), vel, np.int16), np.zeros(0),
+                                  cfg.select.clip_seconds)
+                audio, _ = render_notes(notes, inst.program, soundfont, cfg.render, cfg.clip_samples)
+                t = (np.arange(grid.frames) + grid.offset) / grid.rate
+                expected = np.full(grid.frames, np.nan)
+                for p, t0 in zip(ps, on):
+                    expected[(t >= t0) & (t < t0 + 0.5)] = p
+                est = analyse(audio, cfg.render.sample_rate, grid.rate, grid.frames, grid.offset, expected,
+                              analysis_params(cfg.qa))
+                for p, t0 in zip(ps, on):
+                    k = (t > t0 + 0.06) & (t < t0 + 0.45) & est.voiced & (np.abs(est.pitch - p) < 0.5)
+                    frames[int(p)].append(est.harmonics[k])
+        keep = [p for p in frames if sum(len(f) for f in frames[p]) >= 3]
+        profiles = [np.nanmedian(np.concatenate(frames[p]), axis=0) for p in keep]
+        ok = [i for i, v in enumerate(profiles) if np.all(np.isfinite(v))]
+        out[inst.name] = ([float(keep[i]) for i in ok], [[float(x) for x in profiles[i]] for i in ok])
+    return out
 
 
 def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
@@ -173,6 +249,8 @@ def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
         reasons.append("labels shifted")
     if below("loudness_velocity_spearman", q.min_loudness_spearman):
         reasons.append("loudness")
+    if not math.isnan(s.get("timbre_margin", math.nan)) and s["timbre_margin"] > q.max_timbre_margin:
+        reasons.append("wrong instrument")
     return reasons
 
 
