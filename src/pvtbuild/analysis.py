@@ -7,11 +7,16 @@ Nothing here reads MIDI: the only "truth" it sees is the control arrays.
 
 Public API (stable; other modules depend on these names)
 --------------------------------------------------------
-- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times)`: per frame of
+- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times, harmonics)`: per frame of
   the controls' grid (frame k sampled at t_k = (k + offset)/rate, as in controls.py):
   `voiced` [T] bool, `pitch` [T] float MIDI (nan where unvoiced), `loudness` [T] dBFS,
-  `harmonicity` [T] (template score at the chosen pitch, see below), `times` [T] t_k;
-  `onsets`: onset times in seconds.
+  `harmonicity` [T] (template score at the chosen pitch, see below), `times` [T] t_k,
+  `harmonics` [T, TIMBRE_HARMONICS] (log-compressed magnitude at harmonics 1..8 of the
+  frame's pitch: its timbre profile; nan where unvoiced); `onsets`: onset times in seconds.
+- `timbre_distances(est, references, frames)`: the clip's harmonic profile (level removed)
+  against each instrument's reference profile at the same pitch (the qa stage's
+  `wrong instrument` check).
+- `one_blas_thread()`: a context keeping BLAS on one thread (callers judging many clips).
 - `AnalysisParams`: the estimator's thresholds (the qa stage reads them from `qa.analysis`).
 - `analyse(audio, sample_rate, rate, frames, offset=0.5, expected_pitch=None, params=...)`.
 - `Tolerances`: frames around note changes and seconds after note-offs left out of scoring.
