@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_a_test_that_reads_shared_fails_even_where_shared_exists_and_the_error_i
     for root in SHARED_ROOTS:
         with pytest.raises(PermissionError, match="only inside the repository"):
             open(f"{root}/data/midi/README.md", "rb")
-        assert list(Path(root).glob("*.md")) == []  # pathlib swallows the PermissionError ...
+        try:  # a test that swallows the PermissionError (as pathlib's glob does) ...
+            os.listdir(root)
+        except PermissionError:
+            pass
     assert len(guard._shared_reads) == before + 2 * len(SHARED_ROOTS)  # ... the autouse check still sees it
     del guard._shared_reads[before:]  # these reads were this test's point: let the autouse check pass
