@@ -3,7 +3,7 @@
     python bench/bench_qa.py [N_FILES [ROUNDS]]   # the first N_FILES (default 20) of tests/data/midi/lakh-sample
 
 Renders the clips (render stage, in-process), then times `qa.judge_clip` (analysis + scoring on the
-qa grid, without the YIN sample) on every rendered clip, inside `analysis.one_blas_thread` as the
+qa grid with the timbre check, without the YIN sample) on every rendered clip, inside `analysis.one_blas_thread` as the
 qa stage runs it (once per shard); prints ms per clip of each and the ratio (target <= 0.25), for
 ROUNDS (default 3) alternating rounds, and the median ratio.
 """
@@ -27,14 +27,17 @@ def main() -> None:
     from pvtbuild.config import load_pipeline
     from pvtbuild.pipeline import run_render
     from pvtbuild.analysis import one_blas_thread
-    from pvtbuild.qa import QaJob, judge_clip, qa_grid
+    from pvtbuild.qa import QaJob, judge_clip, qa_grid, timbre_references
 
     n_files = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(REPO / "tests/data/midi/lakh-sample"),
                         limit=n_files, **{"exec.scheduler": "sync"})
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     grid = qa_grid(cfg)
-    job = QaJob(replace(cfg.qa, yin_share=0.0), grid, cfg.render.sample_rate, "", "")
+    t0 = time.perf_counter()
+    timbre = timbre_references(cfg)
+    print(f"timbre references (once per qa stage run): {time.perf_counter() - t0:.2f} s")
+    job = QaJob(replace(cfg.qa, yin_share=0.0), grid, cfg.render.sample_rate, "", "", timbre)
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -253,7 +253,7 @@ def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndar
     The profile of a frame is `est.harmonics` minus its mean over the harmonics (its shape, not
     its level). `references` maps an instrument to (pitches [P] MIDI, profiles [P, H]) measured
     the same way on notes of that instrument (the qa stage renders them from the SoundFont);
-    each frame is compared with the reference at the nearest pitch. `frames`: a [T] bool mask
+    each frame is compared with the reference at the nearest pitch (pitches ascending). `frames`: a [T] bool mask
     of the frames to use (default: every voiced frame).
     """
     use = est.voiced if frames is None else (frames & est.voiced)
@@ -265,9 +265,12 @@ def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndar
         if len(shape) < min_frames or not len(ref_pitch):
             out[name] = float("nan")
             continue
-        ref_pitch = np.asarray(ref_pitch, dtype=np.float64)
-        nearest = np.abs(pitch[:, None] - ref_pitch[None, :]).argmin(axis=1)
-        ref = _shape(np.asarray(ref_profile, dtype=np.float64))[nearest]
+        ref_pitch = np.asarray(ref_pitch, dtype=np.float64)  # ascending
+        j = np.clip(np.searchsorted(ref_pitch, pitch), 1, max(1, len(ref_pitch) - 1))
+        lower = np.maximum(j - 1, 0)
+        nearest = np.where(np.abs(pitch - ref_pitch[lower]) <= np.abs(pitch - ref_pitch[np.minimum(j, len(ref_pitch) - 1)]),
+                           lower, np.minimum(j, len(ref_pitch) - 1))
+        ref = _shape(np.asarray(ref_profile, dtype=np.float32))[nearest]
         out[name] = float(np.mean((shape - ref) ** 2))
     return out
 
@@ -353,17 +356,8 @@ def _blas_controller():
 def _to_analysis_rate(x: np.ndarray, sr: int) -> np.ndarray:
     if sr == ANALYSIS_SR:
         return x
-    if sr == 2 * ANALYSIS_SR:  # [1,3,3,1]/8 low-pass, then every other sample, on the even/odd halves
-        if len(x) % 2:
-            x = np.append(x, np.float32(0))
-        e, o = x[0::2], x[1::2]
-        y = np.multiply(e, np.float32(3))  # y[m] = x[2m-2] + 3x[2m-1] + 3x[2m] + x[2m+1]
-        y += o
-        t = np.multiply(o[:-1], np.float32(3))
-        t += e[:-1]
-        y[1:] += t
-        y *= np.float32(0.125)
-        return y
+    if sr == 2 * ANALYSIS_SR:  # [1,3,3,1]/8 low-pass (one np.convolve pass), then every other sample
+        return np.convolve(x, _HALFBAND)[1:len(x) + 1:2]
     from math import gcd
 
     from scipy.signal import resample_poly
@@ -373,6 +367,7 @@ def _to_analysis_rate(x: np.ndarray, sr: int) -> np.ndarray:
 
 
 _HANN = np.hanning(WINDOW + 2)[1:-1].astype(np.float32)
+_HALFBAND = np.array([1, 3, 3, 1], dtype=np.float32) * np.float32(0.125)
 N_BINS = int(MAX_FREQ / (ANALYSIS_SR / WINDOW)) + 2
 _HANN_POWER = float(np.dot(_HANN.astype(np.float64), _HANN))
 _BLOCK = 96  # frames per rfft block in _spectrum
@@ -529,9 +524,12 @@ def _after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float) -> n
     n = len(voiced)
     ends = np.flatnonzero(~voiced[1:] & voiced[:-1]) + 1
     out = np.zeros(n, dtype=bool)
-    for e in ends:
-        stop = np.searchsorted(times, times[e] + release_s, side="right")
-        out[e:stop] = True
+    if len(ends):
+        stops = np.searchsorted(times, times[ends] + release_s, side="right")
+        cover = np.zeros(n + 1, dtype=np.int64)  # +1 at each start, -1 at each stop: covered where the sum > 0
+        np.add.at(cover, ends, 1)
+        np.add.at(cover, stops, -1)
+        out = np.cumsum(cover[:n]) > 0
     return out & ~voiced
 
 

@@ -64,8 +64,8 @@ class QaJob:
     sample_rate: int
     params: str
     render_params: str
-    # instrument -> (pitches, harmonic profiles [P][H]) from `timbre_references`; None: no timbre check
-    timbre: dict[str, tuple[list[float], list[list[float]]]] | None = None
+    # instrument -> (pitches [P] ascending, harmonic profiles [P, H]) from `timbre_references`; None: no check
+    timbre: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def qa_grid(cfg: PipelineConfig) -> GridConfig:
@@ -168,15 +168,14 @@ def timbre_margin(est, controls: dict[str, np.ndarray], instrument: str, job: Qa
     held = controls["voiced"] > 0.5
     midi = np.rint(controls["pitch"] * 127.0)
     frames = held & ~_near_changes(held, midi, job.qa.onset_frames) & (np.abs(est.pitch - midi) < 0.5)
-    refs = {k: (np.asarray(p), np.asarray(v)) for k, (p, v) in (job.timbre or {}).items()}
-    d = timbre_distances(est, refs, frames)
+    d = timbre_distances(est, job.timbre or {}, frames)
     others = [v for k, v in d.items() if k != instrument and not math.isnan(v)]
     if math.isnan(d.get(instrument, math.nan)) or not others:
         return float("nan"), None
     return d[instrument] - min(others), min((k for k in d if not math.isnan(d[k])), key=d.get)
 
 
-def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[list[float], list[list[float]]]]:
+def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each instrument's harmonic profile per pitch, from notes rendered with its program through the render path.
 
     Every pitch of select.pitch_min..pitch_max, 0.5 s notes at velocities 64 and 112, analysed like
@@ -215,7 +214,8 @@ def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[list[float], list[
         keep = [p for p in frames if sum(len(f) for f in frames[p]) >= 3]
         profiles = [np.nanmedian(np.concatenate(frames[p]), axis=0) for p in keep]
         ok = [i for i, v in enumerate(profiles) if np.all(np.isfinite(v))]
-        out[inst.name] = ([float(keep[i]) for i in ok], [[float(x) for x in profiles[i]] for i in ok])
+        out[inst.name] = (np.array([keep[i] for i in ok], dtype=np.float64),
+                          np.array([profiles[i] for i in ok], dtype=np.float32).reshape(len(ok), -1))
     return out
 
 
