@@ -92,8 +92,14 @@ def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
                           "grid": grid.name, "render": rendered.params})
     stage_dir = out / "qa"
     claim_stage_dir(stage_dir, "qa", params, config_hash([rendered.params, rendered.inputs]))
-    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params,
-                timbre_references(cfg) if cfg.qa.timbre else None)
+    timbre = None
+    if cfg.qa.timbre:
+        try:
+            timbre = timbre_references(cfg)
+        except PvtbuildError as e:
+            raise PvtbuildError(f"qa.timbre renders reference notes with the build's SoundFont, which failed: {e}; "
+                                "make it available, or judge without the timbre check (qa.timbre: false)") from None
+    job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params, timbre)
     summary = StageSummary("qa", done="passed")
     records = run_stage(executor, stage_dir, params, rendered.records,
                         lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task, (i, rec, job, str(stage_dir),
