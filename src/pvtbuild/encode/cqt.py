@@ -4,10 +4,11 @@ The format is defined by nnAudio's `CQT1992v2` as this stage has always configur
 (fmin, bins per octave, n_bins, hop from `encode.cqt`; centred, reflect padding, Hann
 kernels, `normalization_type="librosa"`). It is computed by `fftcqt.FftCqt`, the same
 transform in the frequency domain (one FFT per clip, one small inverse FFT per bin):
-~15x faster than nnAudio's strided convolution on one CPU thread and the same code on
-CUDA; it matches nnAudio to magnitude correlation 0.999999 and relative L2 error 1e-3
-(the part of each kernel's spectrum below -60 dB is dropped), and `TRANSFORM` names it
-in encoder.json. nnAudio itself stays as `reference_cqt`, which tests compare against.
+on one CPU thread 16 ms per 8 s clip, ~25x faster than nnAudio's strided convolution
+and ~12x faster than `librosa.cqt` (bench/bench_cqt.py), and the same code on CUDA.
+It matches nnAudio to magnitude correlation 0.999999 and relative L2 error 1e-3 (the
+part of each kernel's spectrum below -60 dB is dropped), and `TRANSFORM` names it in
+encoder.json. nnAudio itself stays as `reference_cqt`, which tests compare against.
 
 nnAudio's CQT2010v2 cannot be used: it fails for hop 100. With the "librosa"
 normalisation the kernels are L1-normalised and the output scaled by sqrt(kernel
@@ -151,7 +152,7 @@ def reference_cqt(batch: np.ndarray, cfg: CqtConfig, sample_rate: int,
                   device: torch.device | str = "cpu") -> np.ndarray:
     """The format's definition: nnAudio's `CQT1992v2` of each clip, [B, 2, F, T] float32 like `CqtEncoder.encode`.
 
-    What the stage stored before `TRANSFORM` (about 15x slower); tests and the benchmark compare against it.
+    What the stage stored before `TRANSFORM` (about 25x slower); tests and the benchmark compare against it.
     """
     layer = _nnaudio_cqt(cfg, sample_rate, torch.device(device))
     with torch.inference_mode():
