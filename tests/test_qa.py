@@ -124,3 +124,16 @@ def test_qa_stage_on_lakh_renders_meets_the_agreement_targets_and_drops_failing_
     assert doc["qa"]["clips"] == len(rows) and doc["qa"]["dropped_failing"] is True
     stored = sum(s["count"] for s in doc["splits"].values())
     assert stored == report["passed"]
+
+
+@pytest.mark.parametrize("instrument", ["violin", "trumpet"])
+def test_the_yin_cross_check_agrees_with_the_template_on_a_clean_render(cfg, instrument):
+    from dataclasses import replace
+
+    audio, _ = render_notes(melody(), PROGRAMS[instrument], render_soundfont(cfg), cfg.render, cfg.clip_samples)
+    grid = qa_grid(cfg)
+    names = [i.name for i in cfg.select.instruments]
+    controls = compute_controls(melody(), names.index(instrument), len(names), grid, cfg.controls.bpm_max)
+    job = QaJob(replace(cfg.qa, yin_share=1.0), grid, cfg.render.sample_rate, "", "")
+    _, extra = judge_clip(audio, controls, instrument, job, clip_id="any")
+    assert extra["yin_agreement"] >= 0.9

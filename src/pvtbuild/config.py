@@ -285,7 +285,7 @@ class QaConfig:
     min_loudness_spearman: float = -1.0  # fail "loudness": rank correlation with velocity below this (-1: off)
     timbre: bool = True  # compare each clip's harmonic profile with every instrument's, rendered at the stage start
     max_timbre_margin: float = 0.0  # fail "wrong instrument": own profile distance minus the nearest other's above this
-    yin_share: float = 0.05  # share of clips cross-checked by a second pitch estimator (YIN)
+    yin_share: float = 0.02  # share of clips cross-checked by a second pitch estimator (YIN, ~10-30 ms a clip)
 
     def check(self, key: str) -> None:
         _require(self.range_db > 0, f"{key}.range_db", f"must be > 0, got {self.range_db}")

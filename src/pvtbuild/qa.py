@@ -157,8 +157,12 @@ def judge_clip(audio: np.ndarray, controls: dict[str, np.ndarray], instrument: s
         scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, controls, instrument, job)
         extra["timbre_margin"] = _round(scores["timbre_margin"])
     if clip_id and _in_sample(clip_id, job.qa.yin_share):
+        from .analysis import _near_changes
+
         yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
-        extra["yin_agreement"] = _round(check_pitch_yin(est, yin))
+        held = controls["voiced"] > 0.5
+        inner = held & ~_near_changes(held, np.rint(controls["pitch"] * 127.0), job.qa.onset_frames)
+        extra["yin_agreement"] = _round(check_pitch_yin(est, yin, inner))
     return scores, extra
 
 
