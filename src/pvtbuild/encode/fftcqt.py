@@ -126,6 +126,41 @@ class FftCqt:
         return torch.fft.ifft(folded)[..., :self.frames]
 
 
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """The transform's adjoint: [B, n_bins, frames] complex to [B, N] real, for least-squares inverses.
+
+        Re <transform(x), y> = <x, adjoint(y)> for every real x; each step of `_transform` taken back in
+        reverse order. On CUDA, blocks shared by neighbouring bins are summed with atomics (float rounding
+        varies run to run); nothing stored depends on it.
+        """
+        if y.ndim != 3 or tuple(y.shape[1:]) != (self.params.n_bins, self.frames):
+            raise ValueError(f"expected [B, {self.params.n_bins}, {self.frames}] CQT, got {list(y.shape)}")
+        y = y.to(self.device, torch.complex64)
+        if self.device.type == "cpu" and y.shape[0] > 1:
+            return torch.cat([self._adjoint(y[i:i + 1]) for i in range(y.shape[0])])
+        return self._adjoint(y)
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        batch, n_spectrum = y.shape[0], self.fft_size // 2 + 1
+        spread = torch.fft.fft(torch.nn.functional.pad(y, (0, self.block - self.frames))) / self.block
+        blocks = torch.zeros(batch, self.n_blocks, self.block, dtype=torch.complex64, device=self.device)
+        for bins, block_index, kernel in self.groups:
+            n_bins, per_bin = kernel.shape[0], kernel.shape[1]
+            part = spread.index_select(1, bins)[:, :, None, :] * kernel.conj()  # [B, n, P, T']
+            blocks.index_add_(1, block_index, part.reshape(batch, n_bins * per_bin, self.block))
+        spectrum = blocks.view(batch, -1)[:, :n_spectrum].clone()
+        spectrum[:, 1:(self.fft_size + 1) // 2] *= 0.5  # irfft counts those bins twice
+        spectrum[:, 0] = spectrum[:, 0].real.to(spectrum.dtype)
+        if self.fft_size % 2 == 0:
+            spectrum[:, -1] = spectrum[:, -1].real.to(spectrum.dtype)
+        padded = torch.fft.irfft(spectrum, n=self.fft_size)[:, :self.n_samples + 2 * self.pad] * self.fft_size
+        p, n = self.pad, self.n_samples
+        x = padded[:, p:p + n].clone()
+        x[:, 1:p + 1] += padded[:, :p].flip(1)  # the reflect padding, folded back
+        x[:, n - 1 - p:n - 1] += padded[:, p + n:].flip(1)
+        return x
+
+
 def kernel_bands(params: CqtParams, fft_size: int, pad: int) -> tuple[list[int], list[np.ndarray]]:
     """Each bin's band of its correlation spectrum at FFT size `fft_size`: (first q, complex128 values).
 
