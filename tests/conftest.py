@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -87,3 +88,11 @@ def dataset(small_build, tmp_path_factory) -> Path:
     run_shard(cfg, build, ds, ("audio", "cqt", "encodec", "disc"))
     assert len(list((ds / "train").glob("*.tfrecord"))) >= 2  # the 2-rank test needs a file per rank
     return ds
+
+
+def write_slow_midi(path: Path, events: int = 2_400_000) -> Path:
+    """A valid 7 MB type-0 MIDI file (under select.max_file_mb) of `events` note events: mido and pretty_midi
+    take 10-40 s to parse it here, far past any test's parse_timeout, on a quiet machine or a busy one."""
+    body = bytes([0x00, 0x90, 60, 100]) + bytes([0x01, 60, 0, 0x01, 60, 100]) * (events // 2) + b"\x00\xff\x2f\x00"
+    path.write_bytes(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 96) + b"MTrk" + struct.pack(">I", len(body)) + body)
+    return path

@@ -10,11 +10,11 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import pretty_midi
 import pytest
 from click.testing import CliRunner, Result
 
 from pvtbuild.cli import cli
+from conftest import write_slow_midi
 from paths import EDGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,17 +33,6 @@ def assert_no_traceback(result: Result) -> None:
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write_slow_midi(path: Path) -> Path:
-    """A valid file on which pretty_midi loops over ~9e6 beats: it would hang a parse for minutes."""
-    pm = pretty_midi.PrettyMIDI(resolution=1)
-    inst = pretty_midi.Instrument(0)
-    far = pm.tick_to_time(9_000_000)
-    inst.notes = [pretty_midi.Note(100, 60, 0.0, 1.0), pretty_midi.Note(100, 60, far, far + 1.0)]
-    pm.instruments.append(inst)
-    pm.write(str(path))
-    return path
 
 
 # --- bad input --------------------------------------------------------------------------

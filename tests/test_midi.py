@@ -37,6 +37,7 @@ from pvtbuild.midi import (
     select_clips,
     variant_modulation,
 )
+from conftest import write_slow_midi
 from paths import MIDI_DATA
 
 DATA = MIDI_DATA
@@ -442,7 +443,7 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 
 def test_a_parse_that_runs_too_long_is_killed_and_the_next_file_still_parses(tmp_path):
-    slow = write_far_note(tmp_path / "slow.mid", resolution=1, tick=9_000_000)  # ~9e6 beats in a Python loop
+    slow = write_slow_midi(tmp_path / "slow.mid")
     with pytest.raises(InputError, match=r"^parse timed out after 1 s$"):
         load_midi(slow, SelectConfig(parse_timeout=1.0))
     assert load_midi(LAKH[0], SelectConfig()).tracks
