@@ -26,7 +26,8 @@ CUDA_BATCH_SIZE = 32
 # executor's PVTBUILD_THREADS. oneDNN's convolutions sum in an order that depends on
 # the thread count: measured with torch 2.13 on a 2-core EPYC, EnCodec latents at 1
 # thread differ from those at 2..16 threads by ~2e-6, and 32 threads differ again
-# (codes and the CQT did not change). A fixed count is what keeps the stage's
+# (codes did not change; the frequency-domain CQT's complex products also round
+# differently at thread-chunk edges). A fixed count is what keeps the stage's
 # outputs byte-identical whatever --jobs. Parallelism comes from the workers
 # (`--jobs`, one per core), as for render, whose FluidSynth is single-threaded anyway.
 ENCODE_THREADS = 1
