@@ -33,13 +33,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from demo_clips import render_demo_clips
 from pvtbuild.config import config_from_dict
 from pvtbuild.encode import cqt as cqt_mod
 from pvtbuild.encode.cqt import CqtEncoder, reference_cqt
 from pvtbuild.encode.device import ENCODE_THREADS, encode_threads
 from pvtbuild.encode.stage import encode
 from pvtbuild.executor import Executor
-from pvtbuild.pipeline import run_render
 
 REPO = Path(__file__).resolve().parent.parent
 REPEATS = 5
@@ -50,7 +50,7 @@ TARGET, AIM = 5.0, 10.0
 def main(argv: list[str]) -> int:
     n_clips = int(argv[1]) if len(argv) > 1 else 4
     with tempfile.TemporaryDirectory(prefix="bench-cqt-") as tmp:
-        out = _render(Path(tmp), n_clips)
+        out = render_demo_clips(Path(tmp), n_clips, "bench-cqt")
         cfg = config_from_dict(json.loads((out / "pipeline.json").read_text()), **{"encode.batch_size": 1,
                                                                                    "encode.device": "cpu"})
         audio = np.concatenate([np.load(p)["audio"] for p in sorted((out / "render").glob("shard-*.npz"))])
@@ -176,20 +176,6 @@ def _agreement(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     a, b = ours[:, 0] + 1j * ours[:, 1], ref[:, 0] + 1j * ref[:, 1]
     return float(np.corrcoef(np.abs(a).ravel(), np.abs(b).ravel())[0, 1]), float(np.linalg.norm(a - b) /
                                                                                   np.linalg.norm(b))
-
-
-def _render(tmp: Path, n_clips: int) -> Path:
-    """Render the first `n_clips` of the demo selection for real (not timed)."""
-    rows = [json.loads(line) for line in (REPO / "manifests" / "demo.jsonl").read_text().splitlines()][:n_clips]
-    for row in rows:
-        row["source"] = str((REPO / "manifests" / row["source"]).resolve())
-    selection = tmp / "selection.jsonl"
-    selection.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = config_from_dict({"name": "bench-cqt", "midi": str(selection), "render": {"clips_per_shard": 8},
-                            "encode": {"weights": "random"}, "exec": {"scheduler": "sync"}})
-    out = tmp / "build"
-    run_render(cfg, out)
-    return out
 
 
 def _best(fn: Callable[[], object], repeats: int = REPEATS) -> float:

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demo_clips import render_demo_clips
 from pvtbuild.config import config_from_dict
 from pvtbuild.encode.cqt import CqtEncoder
 from pvtbuild.encode.device import ENCODE_THREADS, default_batch_size, encode_threads
 from pvtbuild.encode.encodec import EncodecEncoder
 from pvtbuild.encode.stage import encode
 from pvtbuild.executor import Executor
-from pvtbuild.pipeline import run_render
 
 REPO = Path(__file__).resolve().parent.parent
 REPEATS = 3
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     n_clips = int(argv[1]) if len(argv) > 1 else 8
     batch = int(argv[2]) if len(argv) > 2 else default_batch_size(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
-        out = _render(Path(tmp), n_clips)
+        out = render_demo_clips(Path(tmp), n_clips, "bench-encode")
         cfg = config_from_dict(json.loads((out / "pipeline.json").read_text()), **{"encode.batch_size": batch})
         audio = np.concatenate([np.load(p)["audio"] for p in sorted((out / "render").glob("shard-*.npz"))])
         cqt = CqtEncoder(cfg.encode.cqt, cfg.render.sample_rate)
@@ -91,20 +91,6 @@ def main(argv: list[str]) -> int:
           f"{1e3 * ours_all:.1f} ms at {threads}; librosa {1e3 * theirs:.1f} ms; "
           f"nnAudio/librosa time {ours_1 / theirs:.2f} ({ours_all / theirs:.2f} at {threads} threads)")
     return 0
-
-
-def _render(tmp: Path, n_clips: int) -> Path:
-    """Render the first `n_clips` of the demo selection for real (not timed)."""
-    rows = [json.loads(line) for line in (REPO / "manifests" / "demo.jsonl").read_text().splitlines()][:n_clips]
-    for row in rows:
-        row["source"] = str((REPO / "manifests" / row["source"]).resolve())
-    selection = tmp / "selection.jsonl"
-    selection.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = config_from_dict({"name": "bench-encode", "midi": str(selection), "render": {"clips_per_shard": 8},
-                            "encode": {"weights": "random"}, "exec": {"scheduler": "sync"}})
-    out = tmp / "build"
-    run_render(cfg, out)
-    return out
 
 
 def _cqt_costs(clip: np.ndarray, cqt: CqtEncoder, cfg) -> tuple[int, float, float, float]:  # type: ignore[no-untyped-def]
