@@ -10,7 +10,7 @@ other jobs on the machine hits them alike:
 - 1 worker: a local dask cluster of one worker process with all cores' threads;
 - 2 workers: two worker processes, cores / 2 threads each (pvtbuild's default);
 - 2 workers, no malloc fix: the same with dask's default worker environment (the nanny's
-  MALLOC_TRIM_THRESHOLD_=65536 without our MALLOC_MMAP_THRESHOLD_; see executor.py).
+  MALLOC_TRIM_THRESHOLD_=65536, pvtbuild's run-time mallopt switched off; see executor.py).
 
 Each setup runs the demo pipeline's render and encode stages (every format, random EnCodec
 weights) with one clip per shard, so two workers have enough tasks to share. Every setup is
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
 def run_setup(setup: Setup, cfg: PipelineConfig) -> Timing:
     """Render and encode the demo clips with one setup, in a fresh build folder."""
     cfg = dataclasses.replace(cfg, exec=ExecConfig(jobs=setup.jobs, scheduler=setup.scheduler))
-    fix = contextlib.nullcontext() if setup.malloc_fix else mock.patch.dict(executor_module.WORKER_ENV, clear=True)
+    fix = contextlib.nullcontext() if setup.malloc_fix else mock.patch.dict(executor_module.WORKER_ENV, {executor_module.MALLOC_FIX_ENV: "0"})
     with tempfile.TemporaryDirectory() as tmp, fix, contextlib.redirect_stderr(io.StringIO()):
         out = Path(tmp)
         t0 = time.monotonic()

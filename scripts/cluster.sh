@@ -7,10 +7,10 @@
 #
 # Everything lives in $CLUSTER_DIR (default .cluster/): scheduler.json (its address), one
 # <name>.pid and <name>.log per process, and each worker's scratch folder. All traffic stays
-# on 127.0.0.1. Workers get the same environment as pvtbuild's own local cluster
-# (`python -m pvtbuild.executor env THREADS`: the malloc fix, torch threads = cores / workers),
-# run one task at a time (--nthreads 1) and are not daemons, since MIDI parsing needs a child
-# process. $WORKER_RESOURCES (e.g. "GPU=1") is passed to every worker as --resources.
+# on 127.0.0.1. Workers are plain `dask worker`s (pvtbuild sets up what it needs in them at run
+# time) with pvtbuild's own local cluster's thread count (`python -m pvtbuild.executor env
+# THREADS`: torch / OpenMP threads = cores / workers) and run one task at a time (--nthreads 1).
+# $WORKER_RESOURCES (e.g. "GPU=1") is passed to every worker as --resources.
 # See docs/cluster.md.
 set -euo pipefail
 
@@ -65,7 +65,6 @@ start() {
   threads=$(( cores / workers > 0 ? cores / workers : 1 ))
   [[ "$port" != 0 ]] && dash_port=$((port + 1))
   eval "$("$PY" -m pvtbuild.executor env "$threads")"
-  export DASK_DISTRIBUTED__WORKER__DAEMON=False
   export DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=2
 
   spawn scheduler "$DASK" scheduler --host 127.0.0.1 --port "$port" \

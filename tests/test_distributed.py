@@ -9,6 +9,7 @@ as: no live process is left in that session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ BIN = Path(sys.executable).parent
 DEMO_MANIFEST = ROOT / "manifests" / "demo.jsonl"
 N_CLIPS = 10
 HANG_GUARD = 240  # seconds; a run that takes this long is stuck, not slow
+DATASET_JSON = Path("dataset") / "dataset.json"
 
 # One clip per shard, so a run has many tasks and a fault lands in the middle of it.
 PIPELINE = """\
@@ -121,6 +123,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shard_digests(dataset: dict) -> list[tuple[str, str]]:
+    """(file, sha256) of every TFRecord shard of a dataset.json, all splits."""
+    return sorted((s["file"], s["sha256"]) for split in dataset["splits"].values() for s in split["shards"])
+
+
 def check_stage(stage_dir: Path, reference: Path) -> None:
     """Every clip exactly once, every shard intact, and the same bytes as the reference run."""
     rows = [json.loads(line) for line in (stage_dir / "manifest.jsonl").read_text().splitlines()]
@@ -178,7 +185,68 @@ def cluster(tmp_path):
         assert "still alive after" not in log.read_text(), log.read_text()[-2000:]
 
 
+def stock_env() -> dict[str, str]:
+    """This environment without anything pvtbuild or a previous cluster could have set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PVTBUILD_", "MALLOC_", "DASK_", "OMP_"))}
+
+
+@pytest.fixture
+def stock_cluster(tmp_path):
+    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` as anyone starts them: stock
+    nannies (daemonic workers, MALLOC_TRIM_THRESHOLD_=65536), no pvtbuild-specific environment.
+    Yields the scheduler address; every process is killed, by session, afterwards."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", "127.0.0.1:0"], cwd=tmp_path, env=stock_env(),
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), start_new_session=True))
+        procs.append(subprocess.Popen(
+            [str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"], cwd=tmp_path,
+            env=stock_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"),
+            start_new_session=True))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=HANG_GUARD)
+        yield address
+    finally:
+        for proc in reversed(procs):  # workers first
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        left = {}
+        for proc in reversed(procs):
+            if left_over := wait_until_gone(proc.pid, bound=30.0):
+                left[proc.args[1]] = left_over
+                kill_session(proc)
+            proc.wait()
+    # dask's own processes and the MIDI parsers they started all left on SIGTERM
+    assert not left, f"processes outlived their stopped cluster: {left}"
+
+
 # --- tests ------------------------------------------------------------------------------
+
+
+def test_stock_dask_workers_build_the_same_dataset_bytes_as_an_in_process_run(inputs, stock_cluster, tmp_path):
+    """Daemonic workers under stock nannies (no pvtbuild environment) once skipped every clip: the
+    MIDI parser needed a multiprocessing child, which daemonic processes may not have."""
+    _, selection, _ = inputs
+    args = ("run", ROOT / "pipelines" / "demo.yaml", "--midi", selection, "--random-weights")
+
+    local = run_cli(*args, "--out", tmp_path / "local", "--scheduler", "sync")
+    stock = run_cli(*args, "--out", tmp_path / "stock", "--scheduler", stock_cluster)
+
+    assert local.returncode == 0, local.stderr
+    assert stock.returncode == 0, stock.stderr
+    assert "Traceback" not in stock.stderr
+    for stage in ("render", "encode"):
+        statuses = [json.loads(line)["status"] for line in
+                    (tmp_path / "stock" / stage / "manifest.jsonl").read_text().splitlines()]
+        assert statuses == ["ok"] * N_CLIPS, statuses
+    dataset = [json.loads((tmp_path / run / DATASET_JSON).read_text()) for run in ("local", "stock")]
+    assert shard_digests(dataset[1]) == shard_digests(dataset[0]) != []
 
 
 def test_render_piped_into_another_command_reaches_eof_and_leaves_no_process(inputs, tmp_path):

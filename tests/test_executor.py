@@ -15,7 +15,7 @@ import pytest
 
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.executor import (ALLOWED_FAILURES, WORKER_ENV, Executor, Task, TaskFailure, cores, dask_settings,
-                               open_executor)
+                               open_executor, prepare_process)
 from pvtbuild.stage import ShardRecord, StageSummary, read_manifest, run_stage, write_record
 
 
@@ -83,13 +83,25 @@ def test_the_dashboard_link_printed_at_start_serves_the_dask_dashboard(local):
         assert page.status == 200 and b"Dask" in page.read()
 
 
-def test_local_workers_get_the_malloc_fix_one_thread_share_each_and_may_start_processes(local):
+def test_local_workers_get_one_thread_share_each(local):
     setups = local.client.run(worker_setup)
     assert len(setups) == 2
     for setup in setups.values():
         assert setup["env"] == {**WORKER_ENV, "PVTBUILD_THREADS": str(max(1, cores() // 2)),
                                 "OMP_NUM_THREADS": str(max(1, cores() // 2))}
-        assert setup["daemon"] is False  # midi.py parses in a child process
+
+
+def prepared_here() -> bool:
+    from pvtbuild import executor
+
+    return executor._prepared
+
+
+def test_every_task_runs_in_a_process_whose_malloc_setting_was_made_at_run_time(local):
+    tasks = [Task(f"prep-{i}", prepared_here, ()) for i in range(4)]
+    assert all(r is True for _, r in local.run(tasks, desc="prepare"))
+    # once per process: a second call changes nothing
+    assert local.client.run(prepare_process) == {w: False for w in local.client.scheduler_info()["workers"]}
 
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_found_it(monkeypatch):

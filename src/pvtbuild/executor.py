@@ -21,9 +21,15 @@ but time: the scheduler reruns the task elsewhere, and only when workers died
 `TaskFailure` -- a poisoned input must not take down worker after worker.
 Tasks write their shard atomically, so a task run twice writes the same bytes.
 
+Workers need no pvtbuild-specific environment: a stock `dask worker` will do.
+What a task needs of its process it arranges itself, once per process, before
+the first task runs (`prepare_process`): glibc's mmap threshold (see there).
+Nothing a stage runs needs a `multiprocessing` child either (the MIDI parser
+is started with `subprocess`), so daemonic workers are fine.
+
 Run as `python -m pvtbuild.executor env THREADS` it prints, as shell `export`
-lines, the environment workers need; `scripts/cluster.sh` uses it so that
-`make cluster` starts workers exactly as the local cluster does.
+lines, the thread counts of pvtbuild's own workers; optional elsewhere (a
+stock nanny already sets OMP_NUM_THREADS=1, right for one worker per core).
 """
 
 from __future__ import annotations
@@ -45,10 +51,19 @@ from .errors import PvtbuildError
 
 log = logging.getLogger(__name__)
 
-# The dask nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which was measured to
-# make torch inference about 2x slower; a large mmap threshold restores full speed.
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432"}
+# Environment of pvtbuild's own workers beyond their thread counts: nothing any more (the malloc
+# setting is made at run time, `prepare_process`). bench/bench_dask.py puts MALLOC_FIX_ENV=0 here
+# to measure workers without it.
+WORKER_ENV: dict[str, str] = {}
+MALLOC_FIX_ENV = "PVTBUILD_MALLOC_FIX"  # "0": leave glibc's malloc as the process found it
+# The dask nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers; in glibc that also switches
+# off the adaptive mmap threshold, so torch's large temporaries are mmapped and unmapped on
+# every call (EnCodec ~2x slower). A fixed 32 MiB threshold restores full speed.
+MMAP_THRESHOLD = 32 * 2**20
 ALLOWED_FAILURES = 2  # worker deaths while running one task before the task is given up
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_prepared = False
 
 
 def cores() -> int:
@@ -65,12 +80,42 @@ def worker_env(threads: int) -> dict[str, str]:
 
 
 def dask_settings(threads: int) -> dict[str, Any]:
-    """dask config for clusters we start: worker environment, failure budget, non-daemon workers."""
+    """dask config for clusters we start: worker thread counts and the failure budget."""
     settings: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_env(threads).items()}
     settings["distributed.scheduler.allowed-failures"] = ALLOWED_FAILURES
-    # MIDI parsing runs in a child process (midi.py), which daemonic processes may not have.
-    settings["distributed.worker.daemon"] = False
     return settings
+
+
+def prepare_process() -> bool:
+    """Once per process, before its first task: glibc's mmap threshold, whatever the nanny set.
+
+    `mallopt(M_MMAP_THRESHOLD, 32 MiB)` fixes the threshold (undoing the effect of the
+    nanny's MALLOC_TRIM_THRESHOLD_, see MMAP_THRESHOLD) and `M_TRIM_THRESHOLD` is set to
+    twice that, where glibc's own adaptive rule would put it. A no-op off glibc, when
+    `PVTBUILD_MALLOC_FIX=0`, and after the first call. Returns whether the setting was made.
+    """
+    global _prepared
+    if _prepared:
+        return False
+    _prepared = True
+    if os.environ.get(MALLOC_FIX_ENV, "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS, Windows: other allocators
+            return False
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
+
+
+def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
+    """What a dask worker runs: the process set up once, then the task."""
+    prepare_process()
+    return fn(*args)
 
 
 @dataclass(frozen=True)
@@ -141,7 +186,7 @@ class Executor:
         by_key = {}
         futures = []
         for task in tasks:
-            fut = self.client.submit(task.fn, *task.args, key=task.key, pure=False,
+            fut = self.client.submit(_run_task, task.fn, *task.args, key=task.key, pure=False,
                                      resources=task.resources or None, retries=0)
             by_key[fut.key] = task
             futures.append(fut)

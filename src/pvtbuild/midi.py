@@ -47,16 +47,8 @@ reruns reproduce them exactly.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import multiprocessing.util
-import os
-import select
 import threading
-import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +58,7 @@ from .clip import ClipNotes, ClipSpec
 from .config import InstrumentConfig, SelectConfig
 from .errors import InputError
 from .manifest import file_digest, stable_hash
+from .sandbox import Sandbox, SandboxDied, SandboxTimeout
 
 # Times closer than this (seconds) are the same instant: pretty_midi's times come
 # from tick arithmetic and ClipSpec rounds starts to 6 decimals.
@@ -119,11 +112,12 @@ def md5_file(path: str | Path) -> str:
 
 
 def load_midi(path: str | Path, cfg: SelectConfig) -> ParsedMidi:
-    """Parse a MIDI file in a capped child process.
+    """Parse a MIDI file in a capped child process (`sandbox.py`).
 
     pretty_midi allocates an array of (largest tick) floats and loops in Python
     over beats, so a malformed file can take gigabytes or minutes; parsing
-    therefore happens in a reused worker process limited to
+    therefore happens in a reused child process, started with `subprocess` (so
+    it works in daemonic dask workers too), limited to
     `cfg.parse_memory_mb` of address space and `cfg.parse_timeout` seconds.
     One parse runs at a time per process (a lock), so the timeout measures the
     parse itself, not time spent queued behind other threads.
@@ -167,71 +161,31 @@ def _check_file(path: Path, cfg: SelectConfig) -> None:
         raise InputError("no tracks")
 
 
-# The parser pool: one per process, created lazily, replaced after a timeout or crash.
-_pool: ProcessPoolExecutor | None = None
-_pool_memory_mb = 0
-_pool_lock = threading.Lock()
+# The parser sandbox: one per process, started lazily, replaced after a timeout or crash.
+_sandbox: Sandbox | None = None
+_sandbox_lock = threading.Lock()
 
 
 def _run_in_parser(path: str, cfg: SelectConfig) -> ParsedMidi | str:
-    """Run `_parse_in_child` in the pool; returns the result or a failure reason."""
-    with _pool_lock:
-        pool = _get_pool(cfg.parse_memory_mb)
+    """Run `_parse_in_child` in the sandbox; returns the result or a failure reason."""
+    global _sandbox
+    with _sandbox_lock:
+        if _sandbox is not None and _sandbox.memory_mb != cfg.parse_memory_mb:
+            _sandbox.close()
+            _sandbox = None
+        if _sandbox is None:
+            _sandbox = Sandbox("pvtbuild.midi:_parse_in_child", cfg.parse_memory_mb)
         try:
-            outcome = pool.submit(_parse_in_child, path, cfg.parse_memory_mb).result(timeout=cfg.parse_timeout)
-        except FutureTimeout:
-            _discard_pool()
+            outcome = _sandbox.call(path, cfg.parse_memory_mb, timeout=cfg.parse_timeout)
+        except SandboxTimeout:
             return f"parse timed out after {cfg.parse_timeout:g} s"
-        except BrokenProcessPool:
-            _discard_pool()
+        except SandboxDied:
             return f"parse process died (memory cap {cfg.parse_memory_mb} MB or crash)"
         if isinstance(outcome, _Failure):
             if outcome.recycle:
-                _discard_pool()
+                _sandbox.close()
             return outcome.reason
         return outcome
-
-
-def _get_pool(memory_mb: int) -> ProcessPoolExecutor:
-    global _pool, _pool_memory_mb
-    if _pool is not None and _pool_memory_mb != memory_mb:
-        _discard_pool()
-    if _pool is None:
-        if multiprocessing.current_process().daemon:
-            # A setup bug, not a bad input: dask's nanny starts workers as daemons by default.
-            raise RuntimeError("load_midi needs a child process, but this process is a daemon; "
-                               "run dask workers with distributed.worker.daemon: False")
-        methods = multiprocessing.get_all_start_methods()
-        # Never plain fork: this runs in threaded dask workers.
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_parser,
-                                    initargs=(memory_mb, os.getpid()))
-        _pool_memory_mb = memory_mb
-    return _pool
-
-
-def _discard_pool() -> None:
-    """Kill the parser process (it may be stuck or out of memory) and forget the pool."""
-    global _pool
-    if _pool is None:
-        return
-    processes = getattr(_pool, "_processes", None) or {}  # no public kill API before Python 3.14
-    for proc in list(processes.values()):
-        try:
-            proc.kill()
-        except (OSError, ValueError):
-            pass
-    # Wait for the pool's manager thread: the killed process is dead, so this is quick, and a
-    # manager thread still tearing the broken pool down while the interpreter exits printed
-    # "OSError: [Errno 9] Bad file descriptor" tracebacks at the end of runs.
-    _pool.shutdown(wait=True, cancel_futures=True)
-    _pool = None
-
-
-# A process started by multiprocessing (a dask worker under its nanny) joins its child processes
-# when it exits, before the interpreter's shutdown would stop this pool: without stopping the pool
-# first, such an exit waits on the idle parser until the nanny kills it.
-multiprocessing.util.Finalize(None, _discard_pool, exitpriority=10)
 
 
 @dataclass
@@ -243,7 +197,7 @@ class _Failure:
 
 
 def _parse_in_child(path: str, memory_mb: int) -> ParsedMidi | _Failure:
-    """Body of the child process: parse and summarise; failures become a reason, never a raise."""
+    """Body of the sandboxed child: parse and summarise; failures become a reason, never a raise."""
     try:
         import pretty_midi
 
@@ -257,59 +211,6 @@ def _parse_in_child(path: str, memory_mb: int) -> ParsedMidi | _Failure:
         return _Failure("corrupt: unexpected end of file")
     except Exception as e:  # any parser error means "this file is unusable"
         return _Failure(_reason(e))
-
-
-def _init_parser(memory_mb: int, owner_pid: int) -> None:
-    """Pool initializer: the parser process dies with its owner and cannot exhaust memory."""
-    _exit_with_owner(owner_pid)
-    _limit_address_space(memory_mb)
-
-
-def _exit_with_owner(owner_pid: int) -> None:
-    """Exit this process as soon as the process that owns the pool is gone, however it ended.
-
-    The parser's parent is the forkserver, not the owner, and it waits on a queue
-    whose pipe it holds both ends of, so nothing else tells it that a killed or
-    os._exit()ed owner (a dask worker at cluster shutdown, a run killed with
-    -9) has gone. It would live on, keeping the forkserver alive, and both would
-    hold the owner's stdout open: `pvtbuild ... | tail` would never end.
-    """
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(owner_pid)  # Linux >= 5.3: readable once the owner has exited
-        except (AttributeError, OSError):
-            while _pid_alive(owner_pid):
-                time.sleep(1.0)
-        else:
-            select.select([fd], [], [])
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _limit_address_space(memory_mb: int) -> None:
-    """Cap the parser process's address space, so a runaway allocation raises
-    MemoryError in the child instead of exhausting the machine (RSS limits are not enforced
-    by Linux; RLIMIT_AS is)."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX: run uncapped
-        return
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = memory_mb * 2**20
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _summarise(pm) -> ParsedMidi | _Failure:  # pm: pretty_midi.PrettyMIDI
