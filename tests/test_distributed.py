@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -190,11 +192,12 @@ def stock_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PVTBUILD_", "MALLOC_", "DASK_", "OMP_"))}
 
 
-@pytest.fixture
-def stock_cluster(tmp_path):
+@contextlib.contextmanager
+def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = None) -> Iterator[str]:
     """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` as anyone starts them: stock
-    nannies (daemonic workers, MALLOC_TRIM_THRESHOLD_=65536), no pvtbuild-specific environment.
-    Yields the scheduler address; every process is killed, by session, afterwards."""
+    nannies (daemonic workers, MALLOC_TRIM_THRESHOLD_=65536), no pvtbuild-specific environment
+    (`worker_env`: what a test adds to the workers'). Yields the scheduler address; every process
+    is stopped, by session, afterwards, and none may be left."""
     from distributed import Client
 
     port = free_port()
@@ -207,8 +210,8 @@ def stock_cluster(tmp_path):
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), start_new_session=True))
         procs.append(subprocess.Popen(
             [str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"], cwd=tmp_path,
-            env=stock_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"),
-            start_new_session=True))
+            env={**stock_env(), **(worker_env or {})}, stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=HANG_GUARD)
         yield address
@@ -224,6 +227,12 @@ def stock_cluster(tmp_path):
             proc.wait()
     # dask's own processes and the MIDI parsers they started all left on SIGTERM
     assert not left, f"processes outlived their stopped cluster: {left}"
+
+
+@pytest.fixture
+def stock_cluster(tmp_path):
+    with started_stock_cluster(tmp_path) as address:
+        yield address
 
 
 # --- tests ------------------------------------------------------------------------------
@@ -353,3 +362,21 @@ def test_a_scheduler_address_where_nothing_listens_fails_with_one_line(inputs, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"pvtbuild: error: no dask scheduler answers at {address}: Connection refused"]
     assert not (tmp_path / "out" / "render").exists()
+
+
+def test_a_worker_running_another_pvtbuild_version_is_named_by_the_preflight_and_nothing_is_written(inputs, tmp_path):
+    pipeline, selection, _ = inputs
+    other = tmp_path / "other-version"  # a newer pvtbuild's metadata, found before the installed one
+    (other / "pvtbuild-99.0.dist-info").mkdir(parents=True)
+    (other / "pvtbuild-99.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pvtbuild\nVersion: 99.0\n")
+    out = tmp_path / "out"
+
+    with started_stock_cluster(tmp_path, {"PYTHONPATH": str(other)}) as address:
+        result = run_cli("render", "--pipeline", pipeline, "--midi", selection, "--out", out, "--scheduler", address)
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(
+        r"pvtbuild: error: pre-flight: worker tcp://127\.0\.0\.1:\d+ runs pvtbuild 99\.0, this process \S+ "
+        r"\(and 1 more problem\(s\)\); nothing was run", lines[0]), lines
+    assert not out.exists() or not any(out.iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -213,3 +214,12 @@ def test_in_process_tasks_run_in_order_and_a_user_error_stops_the_run():
         assert [r for _, r in sync.run([Task(f"s-{i}", square, (i,)) for i in range(3)], desc="s")] == [0, 1, 4]
         with pytest.raises(PvtbuildError, match="bad config"):
             list(sync.run([Task("u", user_mistake, (1,))], desc="u"))
+
+
+def test_preflight_names_the_worker_that_cannot_see_a_path_in_one_line(local, tmp_path):
+    local.preflight({"SoundFont": str(tmp_path)}, writable=str(tmp_path / "new" / "build"))  # all fine: no error
+    with pytest.raises(PvtbuildError) as e:
+        local.preflight({"SoundFont": str(tmp_path / "gone.sf2")}, writable=str(tmp_path))
+    assert re.fullmatch(rf"pre-flight: worker tcp://127\.0\.0\.1:\d+ cannot see the SoundFont at {tmp_path}/gone\.sf2 "
+                        r"\(and 1 more problem\(s\)\); nothing was run", str(e.value)), str(e.value)
+    assert "\n" not in str(e.value)

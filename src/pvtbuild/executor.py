@@ -25,7 +25,9 @@ Workers need no pvtbuild-specific environment: a stock `dask worker` will do.
 What a task needs of its process it arranges itself, once per process, before
 the first task runs (`prepare_process`): glibc's mmap threshold (see there).
 Nothing a stage runs needs a `multiprocessing` child either (the MIDI parser
-is started with `subprocess`), so daemonic workers are fine.
+is started with `subprocess`), so daemonic workers are fine. Before any work,
+`Executor.preflight` checks each worker once (versions, paths, a writable
+build directory) and stops with one line naming the worker that differs.
 
 Run as `python -m pvtbuild.executor env THREADS` it prints, as shell `export`
 lines, the thread counts of pvtbuild's own workers; optional elsewhere (a
@@ -42,6 +44,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
@@ -61,6 +64,7 @@ MALLOC_FIX_ENV = "PVTBUILD_MALLOC_FIX"  # "0": leave glibc's malloc as the proce
 # every call (EnCodec ~2x slower). A fixed 32 MiB threshold restores full speed.
 MMAP_THRESHOLD = 32 * 2**20
 ALLOWED_FAILURES = 2  # worker deaths while running one task before the task is given up
+PREFLIGHT_PACKAGES = ("pvtbuild", "torch")  # a worker with other versions would write other bytes
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _prepared = False
@@ -112,6 +116,34 @@ def prepare_process() -> bool:
     return bool(ok)
 
 
+def _package_versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions by distribution name (None: not installed), read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _worker_facts(paths: dict[str, str], writable: str, packages: tuple[str, ...]) -> dict[str, Any]:
+    """Run on each worker by `Executor.preflight`: what it has installed, sees and may write."""
+    target = Path(writable)
+    while not target.exists() and target.parent != target:  # the build directory may not exist yet
+        target = target.parent
+    unwritable = ""
+    if not target.is_dir():
+        unwritable = f"{target} is not a directory"
+    elif not os.access(target, os.W_OK | os.X_OK):
+        unwritable = f"no write permission in {target}"
+    return {"versions": _package_versions(packages),
+            "visible": {what: os.path.exists(path) for what, path in paths.items()},
+            "unwritable": unwritable}
+
+
 def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
     """What a dask worker runs: the process set up once, then the task."""
     prepare_process()
@@ -156,6 +188,32 @@ class Executor:
             for k, v in (w.get("resources") or {}).items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def preflight(self, paths: dict[str, str], writable: str, packages: tuple[str, ...] = PREFLIGHT_PACKAGES) -> None:
+        """Check every worker once, before any work: same package versions as this process,
+        `paths` ({what: absolute path}) visible, `writable` (a directory, or where it will be
+        made) writable. Nothing to check in-process.
+
+        Raises:
+            PvtbuildError: one line naming the first worker and its problem (and how many more).
+        """
+        if self.client is None:
+            return
+        here = _package_versions(packages)
+        facts = self.client.run(_worker_facts, paths, writable, packages)
+        problems = []
+        for worker, got in sorted(facts.items()):
+            for name, version in here.items():
+                if got["versions"].get(name) != version:
+                    problems.append(f"worker {worker} runs {name} {got['versions'].get(name) or '(not installed)'}, "
+                                    f"this process {version or '(not installed)'}")
+            problems += [f"worker {worker} cannot see the {what} at {paths[what]}"
+                         for what, seen in got["visible"].items() if not seen]
+            if got["unwritable"]:
+                problems.append(f"worker {worker} cannot write the build directory {writable}: {got['unwritable']}")
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise PvtbuildError(f"pre-flight: {problems[0]}{more}; nothing was run")
 
     def run(self, tasks: Iterable[Task], desc: str, unit: str = "shard") -> Iterator[tuple[Task, Any]]:
         """Yield (task, result or TaskFailure) as tasks complete, with a progress bar."""

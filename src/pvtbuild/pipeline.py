@@ -84,6 +84,18 @@ def check_render_inputs(cfg: PipelineConfig) -> None:
     render_soundfont(cfg)
 
 
+def preflight(cfg: PipelineConfig, out: Path, ex: Executor, midi: bool = False, soundfont: bool = False) -> None:
+    """Before any work: every worker runs our versions, sees the inputs asked for and may write `out`."""
+    from .render import render_soundfont
+
+    paths = {}
+    if midi:
+        paths["MIDI input"] = str(midi_source(cfg).resolve())
+    if soundfont:
+        paths["SoundFont"] = str(render_soundfont(cfg).resolve())
+    ex.preflight(paths, writable=str(Path(out).resolve()))
+
+
 def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
     from .render import render
 
@@ -98,15 +110,17 @@ def run_select(cfg: PipelineConfig, out: Path) -> tuple[list[ClipSpec], StageSum
 
     if not cfg.midi or not Path(cfg.midi).is_dir():
         raise PvtbuildError(f"--midi {cfg.midi or '(none)'}: select needs a folder of MIDI files")
-    save_build_config(cfg, out)
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex, midi=True)
+        save_build_config(cfg, out)
         return select(Path(cfg.midi), out, cfg, ex)
 
 
 def run_render(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     check_render_inputs(cfg)
-    save_build_config(cfg, out)
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex, midi=True, soundfont=True)
+        save_build_config(cfg, out)
         return _render(cfg, out, ex)
 
 
@@ -127,6 +141,7 @@ def run_encode(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     """The encode stage alone, on the render output already in `out`."""
     _check_encode_inputs(cfg)
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex)
         return [_encode(cfg, out, ex)]
 
 
@@ -135,8 +150,9 @@ def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     check_render_inputs(cfg)
     _check_encode_inputs(cfg)
     check_shard_formats(cfg)
-    save_build_config(cfg, out)
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex, midi=True, soundfont=True)
+        save_build_config(cfg, out)
         summaries = _render(cfg, out, ex)
         summaries.append(_encode(cfg, out, ex))
         if cfg.qa.enabled:
@@ -154,6 +170,7 @@ def _qa(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
 def run_qa(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     """The qa stage alone, on the render output already in `out`."""
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex)
         return [_qa(cfg, out, ex)]
 
 
@@ -178,4 +195,5 @@ def run_shard(cfg: PipelineConfig, out: Path, dataset: Path | None = None,
               formats: tuple[str, ...] | None = None) -> list[StageSummary]:
     """The shard stage alone: the render (and encode) output in `out` into a dataset (default OUT/dataset)."""
     with executor_for(cfg) as ex:
+        preflight(cfg, out, ex)
         return [_shard(cfg, out, dataset or out / DATASET_DIR, ex, formats)]
