@@ -1,4 +1,4 @@
-"""Encode stage cost per clip against the bare model forward, and nnAudio's CQT against librosa's.
+"""Encode stage cost per clip against the bare model forward, and the stage's CQT against librosa's.
 
     python bench/bench_encode.py              # 8 clips of the demo selection, batch size per device
     python bench/bench_encode.py N [BATCH]    # the first N clips of the demo selection, BATCH clips per call
@@ -16,7 +16,7 @@ What is compared, in one process and one run (so machine load hits both alike):
 Both are warmed up first and timed `REPEATS` times, interleaved; the best time of
 each counts. bare/stage time is the stage's efficiency (target >= 0.9).
 
-Also measured, per 8 s clip: nnAudio's CQT (CQT1992v2) at the stage's thread count
+Also measured, per 8 s clip: the stage's CQT (encode/fftcqt.py) at the stage's thread count
 and at every core, against `librosa.cqt` with the same parameters.
 """
 
@@ -87,14 +87,14 @@ def main(argv: list[str]) -> int:
     print(f"  encode stage (read, check, encode, hash, write)       : {1e3 * min(stage_s) / n:7.1f} ms/clip")
     print(f"  ratio bare / stage: {ratio:.2f}  (target >= {TARGET}: {verdict})")
     threads, ours_1, ours_all, theirs = cqt_costs
-    print(f"  CQT per clip: nnAudio {1e3 * ours_1:.1f} ms at {ENCODE_THREADS} thread(s), "
+    print(f"  CQT per clip: stage (fftcqt) {1e3 * ours_1:.1f} ms at {ENCODE_THREADS} thread(s), "
           f"{1e3 * ours_all:.1f} ms at {threads}; librosa {1e3 * theirs:.1f} ms; "
-          f"nnAudio/librosa time {ours_1 / theirs:.2f} ({ours_all / theirs:.2f} at {threads} threads)")
+          f"stage/librosa time {ours_1 / theirs:.2f} ({ours_all / theirs:.2f} at {threads} threads)")
     return 0
 
 
 def _cqt_costs(clip: np.ndarray, cqt: CqtEncoder, cfg) -> tuple[int, float, float, float]:  # type: ignore[no-untyped-def]
-    """Best-of-REPEATS seconds for one clip: nnAudio at ENCODE_THREADS and at all cores, librosa."""
+    """Best-of-REPEATS seconds for one clip: the stage's CQT at ENCODE_THREADS and at all cores, librosa."""
     import librosa
 
     c = cfg.encode.cqt
