@@ -96,3 +96,16 @@ def write_slow_midi(path: Path, events: int = 2_400_000) -> Path:
     body = bytes([0x00, 0x90, 60, 100]) + bytes([0x01, 60, 0, 0x01, 60, 100]) * (events // 2) + b"\x00\xff\x2f\x00"
     path.write_bytes(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 96) + b"MTrk" + struct.pack(">I", len(body)) + body)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): the two
+    cores are shared by everything a test run starts, where two threads stalled tiny models 10-20x, and oneDNN's
+    float results depend on the thread count, which checks that compare floats must fix."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

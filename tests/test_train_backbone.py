@@ -33,13 +33,7 @@ TABLE_4_1 = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CPUs are shared: one torch thread keeps these small models fast and predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(spec: DataSpec, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Controls]:

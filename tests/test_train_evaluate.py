@@ -25,13 +25,7 @@ from test_train_loop import config, quiet
 SR = 24000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """EnCodec's LSTMs run faster on one thread of the 2 shared cores; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

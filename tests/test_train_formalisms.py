@@ -17,13 +17,7 @@ from pvtbuild.train.toys import (ToyMLPConfig, build_toy_mlp, disc_to_points, ne
                                  sliced_wasserstein, swissroll, swissroll_disc)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores are shared by every test run: one thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

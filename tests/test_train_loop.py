@@ -293,15 +293,6 @@ def _mean_loss(cfg, state: dict, dataset: Path, n: int = 6) -> float:
     return total / n
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: oneDNN's float results depend on the thread count, and these checks compare floats."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # (config, batch, steps, lr, required ratio of the loss after to before): the 1024-class DiscDPM costs ~1 s
 # a step here ([B, 16, 600, 1024] logits) and its KL, averaged over 1000 timesteps, moves by ~2 % in 16 steps;
 # EDM's loss moves by ~12 % in 30. Fixed batches, noise and threads make both comparisons deterministic.
@@ -309,7 +300,8 @@ LEARNING = [("edm-encodec-tiny", 2, 30, 1e-3, 0.93), ("discdpm-disc-tiny", 1, 16
 
 
 @pytest.mark.parametrize("name,batch,steps,lr,ratio", LEARNING)
-def test_tiny_real_configs_learn_on_a_real_dataset(name, batch, steps, lr, ratio, dataset, tmp_path, one_thread):
+def test_tiny_real_configs_learn_on_a_real_dataset(name, batch, steps, lr, ratio, dataset, tmp_path,
+                                                  one_torch_thread):
     cfg = config(name, data={"batch_size": batch}, optim={"lr": lr, "warmup_steps": 5}, guidance={"p_feature": 0.0},
                  train={"checkpoint_every": 1})
     run = tmp_path / "run"

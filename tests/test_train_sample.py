@@ -33,13 +33,7 @@ DEMO_FILE = EXAMPLES / "024bdf7815ae8b97ac8cac959cce3c5f.mid"  # shipped demo fi
 FORMATS = {"encodec": "edm-encodec-tiny", "disc": "discdpm-disc-tiny", "cqt": "edm-cqt-tiny"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """EnCodec's LSTMs run faster on one thread of the 2 shared cores; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
