@@ -34,6 +34,7 @@ import importlib
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -158,7 +159,12 @@ def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes:
 
 
 def _child_main(memory_mb: int, owner_pid: int, target: str) -> None:
-    """Serve requests on stdin until EOF (the owner closed the pipe or is gone)."""
+    """Serve requests on stdin until EOF (the owner closed the pipe or is gone).
+
+    Ctrl-C reaches the whole process group; the owner reports it and stops this child,
+    which ignores SIGINT so that it never prints a KeyboardInterrupt of its own.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = os.fdopen(os.dup(0), "rb", buffering=0)
     answers = os.fdopen(os.dup(1), "wb")
     # Nothing the function prints may corrupt the answers, and the child must not hold the
@@ -184,7 +190,10 @@ def _child_main(memory_mb: int, owner_pid: int, target: str) -> None:
             payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         except MemoryError:
             os._exit(3)  # the owner sees the child die: "memory cap or crash"
-        _send(answers, payload)
+        try:
+            _send(answers, payload)
+        except OSError:  # the owner closed its end (it stopped, or gave up on this parse): nothing to tell
+            os._exit(0)
 
 
 def _exit_with_owner(owner_pid: int) -> None:
