@@ -49,7 +49,7 @@ from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write_bytes
 from .stage import (FinishedStage, ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage,
-                    run_stage, write_record)
+                    rendered_rows, run_stage, write_record)
 
 SUMMARY_JSON = "summary.json"
 FAILED = "failed qa"
@@ -104,7 +104,7 @@ def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     records = run_stage(executor, stage_dir, params, rendered.records,
                         lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task, (i, rec, job, str(stage_dir),
                                                                                  str(out / "render"))),
-                        lambda rec, status: [_row(r, params, status, {}) for r in _rendered_rows(rec)], summary)
+                        lambda rec, status: [_row(r, params, status, {}) for r in rendered_rows(rec)], summary)
     report = summarise([r for _, rec in sorted(records.items()) for r in rec.rows])
     atomic_write_bytes(stage_dir / SUMMARY_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
     return summary.finish()
@@ -114,15 +114,15 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
     """Judge the clips of one render shard; writes and returns its qa record."""
     stage = Path(stage_dir)
     if render.params != job.render_params:  # the render task failed: so does this one, to be retried
-        return _write(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}", []))
-    rendered = {r["id"]: r for r in _rendered_rows(render)}
+        return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}", []))
+    rendered = {r["id"]: r for r in rendered_rows(render)}
     if not render.file:
-        return _write(stage, ShardRecord("qa", index, "", "", job.params, []))
+        return write_record(stage, ShardRecord("qa", index, "", "", job.params, []))
     blob = (Path(render_dir) / render.file).read_bytes()
     try:
         check_shard_file(Path(render_dir), render, blob)
     except InputError as e:
-        return _write(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}",
+        return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}",
                                          [_row(r, job.params, f"skipped: {e}; rerun render", {})
                                           for r in rendered.values()]))
     g = job.grid.name
@@ -141,7 +141,7 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
             status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
             info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
             rows.append(_row(row, job.params, status, info))
-    return _write(stage, ShardRecord("qa", index, "", "", job.params, rows))
+    return write_record(stage, ShardRecord("qa", index, "", "", job.params, rows))
 
 
 def judge_clip(audio: np.ndarray, controls: dict[str, np.ndarray], instrument: str, job: QaJob,
@@ -339,19 +339,12 @@ def _rounded(scores: dict[str, float]) -> dict[str, float | None]:
     return {k: _round(scores[k]) for k in SCORE_KEYS}
 
 
-def _rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
-    return [r for r in render.rows if r["stage"] == "render" and r["status"] == "ok"]
-
 
 def _row(render_row: dict[str, Any], params: str, status: str, info: dict[str, Any]) -> dict[str, Any]:
     inputs = {"source": render_row.get("inputs", {}).get("source", ""),
               "audio": render_row.get("outputs", {}).get("audio", "")}
     return ManifestRow(render_row["id"], "qa", status, inputs, params, {}, info).to_dict()
 
-
-def _write(stage: Path, record: ShardRecord) -> ShardRecord:
-    write_record(stage, record)
-    return record
 
 
 def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list[Path]:

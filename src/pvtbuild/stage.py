@@ -67,9 +67,16 @@ def record_path(stage_dir: Path, index: int) -> Path:
     return stage_dir / f"{shard_stem(index)}.json"
 
 
-def write_record(stage_dir: Path, record: ShardRecord) -> None:
+def write_record(stage_dir: Path, record: ShardRecord) -> ShardRecord:
+    """Write a task's record (atomically, last of its outputs) and return it, as tasks return their record."""
     blob = json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":")).encode()
     atomic_write_bytes(record_path(stage_dir, record.index), blob)
+    return record
+
+
+def rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
+    """The render rows of the clips a render shard holds (those rendered ok), in its order."""
+    return [r for r in render.rows if r["stage"] == "render" and r["status"] == "ok"]
 
 
 def read_record(stage_dir: Path, index: int) -> ShardRecord | None:

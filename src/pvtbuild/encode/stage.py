@@ -49,7 +49,7 @@ from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
 from ..stage import (ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage, run_stage,
-                     shard_stem, write_record)
+                     rendered_rows, shard_stem, write_record)
 from .cqt import TRANSFORM, CqtEncoder
 from .device import default_batch_size, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
@@ -172,7 +172,7 @@ def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     records = run_stage(executor, stage_dir, params, rendered.records,
                         lambda i, rec: Task(f"encode-{params[:6]}-{i:05d}", encode_task,
                                             (i, rec, job, str(stage_dir), str(render_dir)), resources),
-                        lambda rec, status: [_row(r, params, status, job) for r in _rendered_rows(rec)], summary)
+                        lambda rec, status: [_row(r, params, status, job) for r in rendered_rows(rec)], summary)
     for i, rec in sorted(records.items()):
         if rec.params.startswith("failed:") and not rec.rows:
             summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
@@ -183,16 +183,16 @@ def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str,
     """Encode one render shard and write its encode shard; a clip that cannot be encoded is a skipped row."""
     stage = Path(stage_dir)
     if render.params != job.render_params:  # the render task failed: mark this one failed too, so it is retried
-        return _write(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}", []))
-    rendered = _rendered_rows(render)
+        return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}", []))
+    rendered = rendered_rows(render)
     if not render.file:
-        return _write(stage, ShardRecord("encode", index, "", "", job.params, []))
+        return write_record(stage, ShardRecord("encode", index, "", "", job.params, []))
     blob = (Path(render_dir) / render.file).read_bytes()
     try:
         check_shard_file(Path(render_dir), render, blob)
     except InputError as e:
         status = f"skipped: {e}; rerun render"
-        return _write(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
+        return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
                                          [_row(r, job.params, status, job) for r in rendered]))
     with np.load(io.BytesIO(blob)) as npz:
         ids, audio = [str(x) for x in npz["id"]], npz["audio"]
@@ -214,7 +214,7 @@ def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str,
         with atomic_write(stage / file, durable=False) as fh:
             np.savez(fh, **arrays)
         sha = sha256_file(stage / file)
-    return _write(stage, ShardRecord("encode", index, file, sha, job.params, rows))
+    return write_record(stage, ShardRecord("encode", index, file, sha, job.params, rows))
 
 
 def encode_clips(audio: np.ndarray, job: EncodeJob) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, str]]:
@@ -300,10 +300,6 @@ def _audio_problem(clip: np.ndarray, n_samples: int) -> str:
     return f"audio has {bad} non-finite samples (NaN/inf)" if bad else ""
 
 
-def _rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
-    """The render rows of the clips the render shard holds (those rendered ok), in its order."""
-    return [r for r in render.rows if r["stage"] == "render" and r["status"] == "ok"]
-
 
 def _row(render_row: dict[str, Any], params: str, status: str, job: EncodeJob,
          outputs: dict[str, str] | None = None) -> dict[str, Any]:
@@ -328,10 +324,6 @@ def _check_cqt_transform(stage_dir: Path, formats: tuple[str, ...]) -> None:
                             f"{TRANSFORM['name']} v{TRANSFORM['version']}; delete that folder to re-encode, "
                             f"or use another --out")
 
-
-def _write(stage: Path, record: ShardRecord) -> ShardRecord:
-    write_record(stage, record)
-    return record
 
 
 def _announce(weights: Weights, requested: str) -> None:
