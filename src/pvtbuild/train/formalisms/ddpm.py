@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from pvtbuild.config import _require
-from pvtbuild.errors import ConfigError
 from pvtbuild.train.guidance import Controls, Net, guided
-from pvtbuild.train.formalisms._common import per_example
+from pvtbuild.train.formalisms._common import per_example, spaced_timesteps, timestep_level
 
 
 @dataclass(frozen=True)
@@ -75,16 +74,11 @@ class DDPM:
 
     def noise_level(self, t: Tensor) -> Tensor:
         """What the net sees for 1-indexed timesteps `t`: ``t * 1000 / T`` (float32)."""
-        return t.float() * (1000.0 / self.T)
+        return timestep_level(t, self.T)
 
     def timesteps_for(self, steps: int) -> Tensor:
-        """The kept 1-indexed timesteps of a `steps`-step sampler, ascending, always 1 and T (int64)."""
-        if not 1 <= steps <= self.T:
-            raise ConfigError(f"steps: must be within 1..{self.T} for this DDPM, got {steps}")
-        if steps == 1:
-            return torch.tensor([self.T])
-        stride = (self.T - 1) / (steps - 1)
-        return torch.tensor([round(i * stride) + 1 for i in range(steps)], dtype=torch.long)
+        """The sampler's 1-indexed timesteps, evenly spaced, ascending, always 1 and T (int64)."""
+        return spaced_timesteps(self.T, steps, "DDPM")
 
     def respaced(self, steps: int) -> tuple[Tensor, Tensor, Tensor]:
         """(kept timesteps, their betas, their alpha-bars) for a `steps`-step chain (float64).

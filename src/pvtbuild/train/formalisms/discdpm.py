@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pvtbuild.config import _require
-from pvtbuild.errors import ConfigError
 from pvtbuild.train.guidance import Controls, Net, guided
+from pvtbuild.train.formalisms._common import spaced_timesteps, timestep_level
 from pvtbuild.train.formalisms.ddpm import beta_schedule
 
 
@@ -73,16 +73,12 @@ class DiscDPM:
         return self._tables[device]
 
     def noise_level(self, t: Tensor) -> Tensor:
-        return t.float() * (1000.0 / self.T)
+        """What the net sees for 1-indexed timesteps `t`: ``t * 1000 / T`` (float32)."""
+        return timestep_level(t, self.T)
 
     def timesteps_for(self, steps: int) -> Tensor:
-        """The sampler's 1-indexed timesteps, ascending, always 1 and T (int64)."""
-        if not 1 <= steps <= self.T:
-            raise ConfigError(f"steps: must be within 1..{self.T} for this DiscDPM, got {steps}")
-        if steps == 1:
-            return torch.tensor([self.T])
-        stride = (self.T - 1) / (steps - 1)
-        return torch.tensor([round(i * stride) + 1 for i in range(steps)], dtype=torch.long)
+        """The sampler's 1-indexed timesteps, evenly spaced, ascending, always 1 and T (int64)."""
+        return spaced_timesteps(self.T, steps, "DiscDPM")
 
     # --- the process --------------------------------------------------------------------
 
