@@ -33,11 +33,12 @@ CUDA_BATCH_SIZE = 32
 ENCODE_THREADS = 1
 
 
-def pick_device(spec: str = "auto") -> torch.device:
-    """Turn `encode.device` (`auto`, `cpu`, `cuda`, `cuda:N`) into a torch device.
+def pick_device(spec: str = "auto", key: str = "encode.device") -> torch.device:
+    """Turn a device option (`auto`, `cpu`, `cuda`, `cuda:N`) into a torch device.
 
     Args:
         spec: `auto` picks CUDA when torch sees a GPU, else the CPU.
+        key: the config key or option the errors name.
 
     Raises:
         ConfigError: CUDA asked for but absent, or an unknown spec.
@@ -49,13 +50,13 @@ def pick_device(spec: str = "auto") -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         index = spec.partition(":")[2]
         if index and not index.isdigit():
-            raise ConfigError(f"encode.device: {spec!r} is not cuda:N with N a GPU index")
+            raise ConfigError(f"{key}: {spec!r} is not cuda:N with N a GPU index")
         if not torch.cuda.is_available():
-            raise ConfigError(f"encode.device: {spec} asked for, but torch sees no CUDA GPU (use auto or cpu)")
+            raise ConfigError(f"{key}: {spec} asked for, but torch sees no CUDA GPU (use auto or cpu)")
         if index and int(index) >= torch.cuda.device_count():
-            raise ConfigError(f"encode.device: {spec} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+            raise ConfigError(f"{key}: {spec} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
         return torch.device(spec)
-    raise ConfigError(f"encode.device: must be auto, cpu or cuda[:N], got {spec!r}")
+    raise ConfigError(f"{key}: must be auto, cpu or cuda[:N], got {spec!r}")
 
 
 def default_batch_size(device: torch.device) -> int:

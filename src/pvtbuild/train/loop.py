@@ -32,6 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..errors import ConfigError, InputError, PvtbuildError
+from ..encode.device import pick_device as encode_device
 from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -218,18 +219,14 @@ def lr_factor(cfg: OptimConfig) -> Any:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto`: this process's GPU when torch sees one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PvtbuildError(f"--device {name}: torch sees no CUDA device here; use --device cpu or auto")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-        torch.cuda.set_device(torch.device(name))
-    elif name != "cpu":
-        raise PvtbuildError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device(name)
+    """The encode stage's device rule (`auto`: CUDA when torch sees it), with plain `cuda` meaning this
+    process's GPU under torchrun (LOCAL_RANK), made the current CUDA device."""
+    device = encode_device(name, key="--device")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 # --- pieces -------------------------------------------------------------------------------
