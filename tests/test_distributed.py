@@ -274,6 +274,34 @@ def test_render_piped_into_another_command_reaches_eof_and_leaves_no_process(inp
     assert stage_files(tmp_path / "out" / "render") == stage_files(reference / "render")
 
 
+def test_run_streams_encode_and_qa_into_render_on_a_cluster_and_builds_the_staged_bytes(inputs, stock_cluster,
+                                                                                        tmp_path):
+    from distributed import Client, get_task_stream
+
+    _, selection, _ = inputs
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE + "shard:\n  formats: [audio, encodec]\n")
+    staged, streamed = tmp_path / "staged", tmp_path / "streamed"
+    for args in (("render", "--pipeline", pipeline, "--midi", selection), ("encode",), ("qa",), ("shard",)):
+        done = run_cli(*args, "--out", staged, "--scheduler", "sync")
+        assert done.returncode == 0, done.stderr
+
+    with Client(stock_cluster, timeout="60s") as client, get_task_stream(client) as stream:
+        result = run_cli("run", pipeline, "--midi", selection, "--out", streamed, "--scheduler", stock_cluster)
+
+    assert result.returncode == 0, result.stderr
+    spans = {t["key"]: [(s["start"], s["stop"]) for s in t["startstops"] if s["action"] == "compute"][0]
+             for t in stream.data}
+    render_ends = [stop for key, (_, stop) in spans.items() if key.startswith("render-")]
+    later_starts = [start for key, (start, _) in spans.items() if key.startswith(("encode-", "qa-"))]
+    assert len(render_ends) == N_CLIPS and len(later_starts) == 2 * N_CLIPS  # one clip per shard
+    assert min(later_starts) < max(render_ends), "no encode or qa task started before rendering ended"
+    for stage in ("render", "encode", "qa"):
+        assert stage_files(streamed / stage) == stage_files(staged / stage), stage
+    dataset = [json.loads((run / DATASET_JSON).read_text()) for run in (staged, streamed)]
+    assert shard_digests(dataset[1]) == shard_digests(dataset[0]) != []
+
+
 def run_killing_a_worker(stage_dir: Path, worker_pid_file: Path, *args: str | Path) -> None:
     """Run the CLI, kill -9 one worker (its whole process group: nanny too) once a shard is done; it must succeed."""
     proc = start_cli(*args)

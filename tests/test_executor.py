@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pvtbuild.errors import PvtbuildError
-from pvtbuild.executor import (ALLOWED_FAILURES, WORKER_ENV, Executor, Task, TaskFailure, cores, dask_settings,
+from pvtbuild.executor import (ALLOWED_FAILURES, WORKER_ENV, After, Executor, Task, TaskFailure, cores, dask_settings,
                                open_executor, prepare_process)
 from pvtbuild.stage import ShardRecord, StageSummary, read_manifest, run_stage, write_record
 
@@ -51,6 +51,16 @@ def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
     record = ShardRecord("demo", index, "", "", "p", rows)
     write_record(Path(stage_dir), record)
     return record
+
+
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+def write_into(index: int, items: list[int], folder: str) -> ShardRecord:
+    """A task whose output folder is not one: every input fails the same way, the environment's."""
+    (Path(folder) / f"shard-{index}.npz").write_bytes(b"")
+    raise AssertionError("unreachable")
 
 
 def attempts(log: Path) -> list[int]:
@@ -223,3 +233,33 @@ def test_preflight_names_the_worker_that_cannot_see_a_path_in_one_line(local, tm
     assert re.fullmatch(rf"pre-flight: worker tcp://127\.0\.0\.1:\d+ cannot see the SoundFont at {tmp_path}/gone\.sf2 "
                         r"\(and 1 more problem\(s\)\); nothing was run", str(e.value)), str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["in-process", "local cluster"])
+def test_a_task_taking_another_tasks_result_gets_it_and_fails_when_that_task_failed(where, local, tmp_path):
+    ex = local if where == "local cluster" else Executor(None, "in-process")
+    log = tmp_path / "attempts"
+    tasks = [Task("a", square, (3,)), Task("b", total, ([After("a"), 1],)), Task("c", square, (After("b"),)),
+             Task("bad", attempt, (str(log), 3)), Task("after-bad", square, (After("bad"),))]
+
+    results = {t.key: r for t, r in ex.run(tasks, desc="chain")}
+
+    assert (results["a"], results["b"], results["c"]) == (9, 10, 100)
+    assert results["bad"] == results["after-bad"] == TaskFailure("ValueError: poisoned input 3")
+    assert attempts(log) == [3]
+
+
+def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_records_nothing(local, tmp_path):
+    """Every clip skipped with one reason, and the run going on, was how a broken worker setup looked."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the tasks expect their folder")
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    failed = lambda group, status: [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p",
+                                      "outputs": {}, "info": {}} for x in group]
+    make = lambda i, group: Task(f"env-{i}", write_into, (i, group, str(blocked)))
+
+    with pytest.raises(PvtbuildError, match=r"^demo: its first 3 tasks all failed the same way, which is the "
+                                            r"environment, not the input: NotADirectoryError: .*rerun when"):
+        run_stage(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, failed, StageSummary("demo"))
+    assert list(stage_dir.iterdir()) == []  # no skipped rows: a rerun after the fix does every shard

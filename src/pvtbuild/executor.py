@@ -144,10 +144,45 @@ def _worker_facts(paths: dict[str, str], writable: str, packages: tuple[str, ...
             "unwritable": unwritable}
 
 
+def _afters(args: Any) -> Iterator[After]:
+    """The `After`s among a task's arguments (top level, or in a list / tuple argument)."""
+    for arg in args:
+        if isinstance(arg, After):
+            yield arg
+        elif isinstance(arg, (list, tuple)):
+            yield from (a for a in arg if isinstance(a, After))
+
+
+def _resolve(args: tuple[Any, ...], lookup: Callable[[str], Any]) -> tuple[Any, ...]:
+    """The task's arguments with each `After` replaced by `lookup(key)` (a result, or a dask future)."""
+    def one(arg: Any) -> Any:
+        if isinstance(arg, After):
+            return lookup(arg.key)
+        if isinstance(arg, (list, tuple)) and any(isinstance(a, After) for a in arg):
+            return [lookup(a.key) if isinstance(a, After) else a for a in arg]
+        return arg
+
+    return tuple(one(arg) for arg in args)
+
+
 def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
     """What a dask worker runs: the process set up once, then the task."""
     prepare_process()
     return fn(*args)
+
+
+@dataclass(frozen=True)
+class After:
+    """A task argument that stands for the result of another task of the same `Executor.run`.
+
+    This is how stages stream into each other: an encode task takes `After(render task key)`
+    in place of the render shard's record, and starts as soon as that render task has
+    finished (on a cluster: while other render tasks still run). It may appear as an argument
+    or inside a list / tuple argument. When the task it names failed, the task taking it
+    fails with the same reason, without running.
+    """
+
+    key: str
 
 
 @dataclass(frozen=True)
@@ -156,6 +191,7 @@ class Task:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     resources: dict[str, float] = field(default_factory=dict)
+    group: str = ""  # the progress bar it counts in (a stage name); "" for the run's `desc`
 
 
 @dataclass(frozen=True)
@@ -216,39 +252,58 @@ class Executor:
             raise PvtbuildError(f"pre-flight: {problems[0]}{more}; nothing was run")
 
     def run(self, tasks: Iterable[Task], desc: str, unit: str = "shard") -> Iterator[tuple[Task, Any]]:
-        """Yield (task, result or TaskFailure) as tasks complete, with a progress bar."""
+        """Yield (task, result or TaskFailure) as tasks complete, with a progress bar per task group.
+
+        A task may take the results of tasks listed before it (`After`); on a cluster it
+        starts as soon as they exist, in-process it runs after them in list order.
+        """
         tasks = list(tasks)
-        bar = tqdm(total=len(tasks), desc=desc, unit=unit, dynamic_ncols=True, disable=not tasks)
+        bars = {}
+        for task in tasks:
+            bars.setdefault(task.group, 0)
+            bars[task.group] += 1
+        bars = {group: tqdm(total=n, desc=group or desc, unit=unit, dynamic_ncols=True)
+                for group, n in bars.items()}
         try:
             results = self._run_sync(tasks) if self.client is None else self._run_dask(tasks)
             for task, result in results:
-                bar.update(1)
+                bars[task.group].update(1)
                 yield task, result
         finally:
-            bar.close()
+            for bar in bars.values():
+                bar.close()
 
     def _run_sync(self, tasks: list[Task]) -> Iterator[tuple[Task, Any]]:
+        done: dict[str, Any] = {}
         for task in tasks:
-            try:
-                yield task, task.fn(*task.args)
-            except PvtbuildError:
-                raise
-            except Exception as e:  # a bug or a poisoned input: record it, go on
-                log.debug("task %s failed:\n%s", task.key, traceback.format_exc())
-                yield task, TaskFailure(_one_line(e))
+            failed = next((done[a.key] for a in _afters(task.args) if isinstance(done[a.key], TaskFailure)), None)
+            if failed is not None:
+                result = failed
+            else:
+                try:
+                    result = task.fn(*_resolve(task.args, done.__getitem__))
+                except PvtbuildError:
+                    raise
+                except Exception as e:  # a bug or a poisoned input: record it, go on
+                    log.debug("task %s failed:\n%s", task.key, traceback.format_exc())
+                    result = TaskFailure(_one_line(e))
+            done[task.key] = result
+            yield task, result
 
     def _run_dask(self, tasks: list[Task]) -> Iterator[tuple[Task, Any]]:
         from distributed import as_completed
 
         self._check_resources(tasks)
         by_key = {}
-        futures = []
+        futures: dict[str, Any] = {}
+        # Submitted in list order: among tasks that are ready, dask runs the earlier submitted
+        # first, so a stage's task whose input has just been made goes before the next input.
         for task in tasks:
-            fut = self.client.submit(_run_task, task.fn, *task.args, key=task.key, pure=False,
-                                     resources=task.resources or None, retries=0)
+            fut = self.client.submit(_run_task, task.fn, *_resolve(task.args, futures.__getitem__), key=task.key,
+                                     pure=False, resources=task.resources or None, retries=0)
             by_key[fut.key] = task
-            futures.append(fut)
-        for fut in as_completed(futures):
+            futures[task.key] = fut
+        for fut in as_completed(list(futures.values())):
             task = by_key[fut.key]
             if fut.status == "finished":
                 yield task, fut.result()
@@ -259,7 +314,7 @@ class Executor:
                 if isinstance(exc, PvtbuildError):
                     raise exc
                 yield task, TaskFailure(_failure_reason(exc))
-            fut.release()
+            fut.release()  # the scheduler keeps it while a task that takes it still waits
 
     def _check_resources(self, tasks: list[Task]) -> None:
         """Stop with one line instead of waiting forever for a resource no worker has."""

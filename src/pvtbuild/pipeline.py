@@ -21,14 +21,15 @@ from .config import PipelineConfig, config_from_dict, load_pipeline
 from .errors import ConfigError, PvtbuildError
 from .executor import Executor, open_executor
 from .manifest import atomic_write_bytes
-from .stage import StageSummary
+from .stage import StageSummary, run_stages
 
 BUILD_CONFIG = "pipeline.json"
 DATASET_DIR = "dataset"  # where the shard stage writes unless told otherwise
 
 
 def executor_for(cfg: PipelineConfig):
-    return open_executor(cfg.exec.scheduler, cfg.exec.jobs, cfg.exec.threads_per_job)
+    return open_executor(cfg.exec.scheduler, cfg.exec.jobs, cfg.exec.threads_per_job,
+                         wait_for_workers=cfg.exec.wait_for_workers)
 
 
 def save_build_config(cfg: PipelineConfig, out: Path) -> None:
@@ -146,19 +147,38 @@ def run_encode(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
 
 
 def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
-    """Every stage, in order, each resuming what an earlier run finished."""
+    """Every stage, each resuming what an earlier run finished: select, then render, encode and qa
+    streaming into each other (`stream_stages`), then shard."""
     check_render_inputs(cfg)
     _check_encode_inputs(cfg)
     check_shard_formats(cfg)
     with executor_for(cfg) as ex:
         preflight(cfg, out, ex, midi=True, soundfont=True)
         save_build_config(cfg, out)
-        summaries = _render(cfg, out, ex)
-        summaries.append(_encode(cfg, out, ex))
-        if cfg.qa.enabled:
-            summaries.append(_qa(cfg, out, ex))
+        clips, summaries = selected_clips(cfg, out, ex)
+        summaries += stream_stages(clips, cfg, out, ex)
         summaries.append(_shard(cfg, out, out / DATASET_DIR, ex))
     return summaries
+
+
+def stream_stages(clips: list[ClipSpec], cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
+    """Render, encode and qa as one stream of tasks: the encode and qa tasks of render shard i
+    start as soon as shard i is rendered, while other workers render on (CPU workers render
+    while GPU workers encode), so the three take about as long as the slowest, not the sum.
+
+    Each stage plans as its stage command would (the same shards, parameters, records and
+    resume), except that a render shard not rendered yet is the render task's `After`.
+    The shard stage needs every clip (it splits and packs them), so it comes after.
+    """
+    from .encode.stage import plan_encode
+    from .qa import plan_qa
+    from .render import plan_render
+
+    render = plan_render(clips, out, cfg)
+    runs = [render, plan_encode(out, cfg, ex, render.upstream())]
+    if cfg.qa.enabled:
+        runs.append(plan_qa(out, cfg, render.upstream()))
+    return run_stages(ex, runs)
 
 
 def _qa(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:

@@ -48,8 +48,8 @@ from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write_bytes
-from .stage import (FinishedStage, ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage,
-                    rendered_rows, run_stage, write_record)
+from .stage import (FinishedStage, ShardRecord, StageRun, StageSummary, check_shard_file, claim_stage_dir, each_shard,
+                    plan_stage, read_finished_stage, rendered_rows, run_stages, write_record)
 
 SUMMARY_JSON = "summary.json"
 FAILED = "failed qa"
@@ -85,13 +85,19 @@ def tolerances(qa: QaConfig, instrument: str) -> Tolerances:
 
 def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     """Judge every clip of OUT/render into OUT/qa; shards judged by an earlier run with the same settings are kept."""
+    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
+    return run_stages(executor, [plan_qa(out, cfg, rendered)])[0]
+
+
+def plan_qa(out: Path, cfg: PipelineConfig, rendered: FinishedStage) -> StageRun:
+    """The qa stage's run over `rendered`: finished render shards, or (streaming) render tasks of this run."""
     out = Path(out)
-    rendered = read_finished_stage(out, "render", "pvtbuild render")
     grid = qa_grid(cfg)
     params = config_hash({"qa": {k: v for k, v in asdict(cfg.qa).items() if k not in ("enabled", "drop_failing")},
                           "grid": grid.name, "render": rendered.params})
     stage_dir = out / "qa"
-    claim_stage_dir(stage_dir, "qa", params, config_hash([rendered.params, rendered.inputs]))
+    inputs = config_hash([rendered.params, rendered.inputs])
+    claim_stage_dir(stage_dir, "qa", params, inputs)
     timbre = None
     if cfg.qa.timbre:
         try:
@@ -100,14 +106,16 @@ def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
             raise PvtbuildError(f"qa.timbre renders reference notes with the build's SoundFont, which failed: {e}; "
                                 "make it available, or judge without the timbre check (qa.timbre: false)") from None
     job = QaJob(cfg.qa, grid, cfg.render.sample_rate, params, rendered.params, timbre)
-    summary = StageSummary("qa", done="passed")
-    records = run_stage(executor, stage_dir, params, rendered.records,
-                        lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task, (i, rec, job, str(stage_dir),
-                                                                                 str(out / "render"))),
-                        lambda rec, status: [_row(r, params, status, {}) for r in rendered_rows(rec)], summary)
-    report = summarise([r for _, rec in sorted(records.items()) for r in rec.rows])
-    atomic_write_bytes(stage_dir / SUMMARY_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
-    return summary.finish()
+
+    def write_summary(records: dict[int, ShardRecord]) -> None:
+        report = summarise([r for _, rec in sorted(records.items()) for r in rec.rows])
+        atomic_write_bytes(stage_dir / SUMMARY_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
+
+    return plan_stage(stage_dir, params, rendered.records,
+                      each_shard(lambda i, rec: Task(f"qa-{params[:6]}-{i:05d}", qa_task,
+                                                     (i, rec, job, str(stage_dir), str(out / "render")))),
+                      lambda rec, status: [_row(r, params, status, {}) for r in rendered_rows(rec)],
+                      StageSummary("qa", done="passed"), inputs=inputs, on_finish=write_summary)
 
 
 def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_dir: str) -> ShardRecord:

@@ -30,7 +30,8 @@ from .config import PipelineConfig, config_hash
 from .errors import ConfigError, InputError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write, sha256_bytes, sha256_file, stable_hash
-from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, run_stage, shard_stem, write_record
+from .stage import (ShardRecord, StageRun, StageSummary, chunk, claim_stage_dir, each_shard, plan_stage, run_stages,
+                    shard_stem, write_record)
 
 # A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont
 # lacks, or "ghost" tracks of velocity-1 notes (real in Lakh: RMS ~1e-5, inaudible). Real clips
@@ -54,21 +55,27 @@ def render_soundfont(cfg: PipelineConfig) -> Path:
 
 def render(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     """Render every clip into shards under OUT/render; shards finished by an earlier run are kept."""
+    return run_stages(executor, [plan_render(clips, out, cfg)])[0]
+
+
+def plan_render(clips: list[ClipSpec], out: Path, cfg: PipelineConfig) -> StageRun:
+    """The render stage's run: `render.clips_per_shard` clips per shard, one task per shard not finished yet."""
     from .select import notes_files
     from .soundfonts import soundfont_sha256
 
     soundfont = render_soundfont(cfg)
     params = render_params(cfg, soundfont_sha256(soundfont))
     stage_dir = out / "render"
-    claim_stage_dir(stage_dir, "render", params, stable_hash([c.clip_id for c in clips]))
-    summary = StageSummary("render")
+    inputs = stable_hash([c.clip_id for c in clips])
+    claim_stage_dir(stage_dir, "render", params, inputs)
     stored = notes_files(out, cfg)
-    run_stage(executor, stage_dir, params, chunk(clips, cfg.render.clips_per_shard),
-              lambda i, group: Task(f"render-{params[:6]}-{i:05d}", render_task,
-                                    (i, group, cfg, str(soundfont), str(stage_dir),
-                                     sorted({stored[c.clip_id] for c in group if c.clip_id in stored}))),
-              lambda group, status: [_row(s, params, status) for s in group], summary)
-    return summary.finish()
+    return plan_stage(stage_dir, params, chunk(clips, cfg.render.clips_per_shard),
+                      each_shard(lambda i, group: Task(
+                          f"render-{params[:6]}-{i:05d}", render_task,
+                          (i, group, cfg, str(soundfont), str(stage_dir),
+                           sorted({stored[c.clip_id] for c in group if c.clip_id in stored})))),
+                      lambda group, status: [_row(s, params, status) for s in group], StageSummary("render"),
+                      inputs=inputs)
 
 
 def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfont: str, stage_dir: str,

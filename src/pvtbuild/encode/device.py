@@ -1,13 +1,20 @@
 """Where the encoders run: device choice, batch size and torch threads.
 
 GPU support is deliberately small: `auto` takes CUDA when torch sees it, and
-nothing else here differs between devices except the default batch size. The
-thread count of the encoders is fixed (`ENCODE_THREADS`), because it changes
-their float results.
+nothing else here differs between devices except the default batch size and
+`deterministic_cuda`. The thread count of the encoders is fixed (`ENCODE_THREADS`),
+because it changes their float results.
+
+What still differs between devices: CPU and CUDA round differently (latents and CQT
+differ in the last bits; EnCodec codes almost never), so each encode row records the
+device that computed it. On CUDA, with TF32 off and deterministic algorithms, a rerun
+on the same GPU model, torch and batch gives the same bytes; another GPU model or
+batch size may not (cuDNN picks its convolution algorithms per shape and GPU).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -57,6 +64,22 @@ def pick_device(spec: str = "auto", key: str = "encode.device") -> torch.device:
             raise ConfigError(f"{key}: {spec} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
         return torch.device(spec)
     raise ConfigError(f"{key}: must be auto, cpu or cuda[:N], got {spec!r}")
+
+
+def deterministic_cuda() -> None:
+    """Make CUDA results repeatable in this process: full fp32 matmuls and convolutions
+    (no TF32, whose 10-bit mantissa changes latents far beyond rounding), no cuDNN
+    autotuning, and torch's deterministic algorithms where it has them (a warning where not).
+
+    Process-wide, and to be called before the first CUDA kernel (cuBLAS reads its
+    workspace setting when it starts); pick_device's callers that run on CUDA do.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def default_batch_size(device: torch.device) -> int:

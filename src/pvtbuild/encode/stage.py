@@ -23,9 +23,15 @@ version (`cqt.TRANSFORM`) and the render parameters, so a build directory never 
 arrays made two ways; one whose encoder.json names another CQT transform (or none:
 nnAudio, before `TRANSFORM` was recorded) is refused with a line saying so. The batch
 size and the device are not part of it: they change latents only by float rounding
-(codes not at all; the CQT on CPU not at all either, it goes clip by clip).
-The torch thread count would too, so it is fixed (`device.ENCODE_THREADS`): outputs
-are byte-identical whatever --jobs.
+(codes not at all; the CQT on CPU not at all either, it goes clip by clip), so each
+row's `info.device` says which device computed it (`device.py` says what differs).
+The torch thread count would change them too, so it is fixed (`device.ENCODE_THREADS`):
+outputs are byte-identical whatever --jobs.
+
+A task encodes one render shard on CPU; on a GPU, enough consecutive render shards to
+fill a batch (`shards_per_task`), each still written as its own encode shard. Within
+`pvtbuild run`, an encode task takes its render shards' records as `After`s of the
+render tasks, so it starts as soon as they are rendered (see stage.run_stages).
 
 Render shards whose task failed have no clips to encode; their encode record is
 marked failed, so the next run (after render redid them) encodes them.
@@ -48,10 +54,10 @@ from ..config import CqtConfig, PipelineConfig, config_hash
 from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
-from ..stage import (ShardRecord, StageSummary, check_shard_file, claim_stage_dir, read_finished_stage, run_stage,
-                     rendered_rows, shard_stem, write_record)
+from ..stage import (FinishedStage, ShardRecord, StageRun, StageSummary, check_shard_file, claim_stage_dir, plan_stage,
+                     read_finished_stage, rendered_rows, run_stages, shard_stem, write_record)
 from .cqt import TRANSFORM, CqtEncoder
-from .device import default_batch_size, encode_threads, pick_device
+from .device import default_batch_size, deterministic_cuda, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
 
 ENCODED_FORMATS = ("cqt", "encodec", "disc")  # what this stage computes, in storage order
@@ -154,57 +160,117 @@ def task_resources(device: str, advertised: dict[str, float]) -> dict[str, float
     return {"GPU": 1} if wants_cuda and advertised.get("GPU", 0) > 0 else {}
 
 
+def shards_per_task(cfg: PipelineConfig, resources: dict[str, float], local: bool) -> int:
+    """Render shards per encode task: 1 on CPU; on a GPU enough for a whole batch (`encode.batch_size`,
+    else 32), since a render shard may hold fewer clips than a GPU batch wants.
+
+    The GPU is known to be there when tasks ask workers for one, or when the workers are
+    local and this process sees CUDA. Grouping never changes which arrays a shard gets,
+    only how many shards one call encodes.
+    """
+    on_gpu = resources.get("GPU", 0) > 0 or (local and pick_device(cfg.encode.device).type == "cuda")
+    if not on_gpu:
+        return 1
+    batch = cfg.encode.batch_size or default_batch_size(torch.device("cuda"))
+    return max(1, -(-batch // cfg.render.clips_per_shard))
+
+
 def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
     """Encode every render shard of OUT/render into OUT/encode; shards finished by an earlier run are kept."""
+    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
+    return run_stages(executor, [plan_encode(out, cfg, executor, rendered)])[0]
+
+
+def plan_encode(out: Path, cfg: PipelineConfig, executor: Executor, rendered: FinishedStage) -> StageRun:
+    """The encode stage's run over `rendered`: finished render shards, or (streaming) render tasks of this run."""
     render_dir, stage_dir = Path(out) / "render", Path(out) / "encode"
     weights = check_encode_config(cfg)
     resources = task_resources(cfg.encode.device, executor.worker_resources())
-    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
     params = encode_params(cfg, weights, rendered.params)
     _check_cqt_transform(stage_dir, encode_formats(cfg))
-    claim_stage_dir(stage_dir, "encode", params, config_hash([rendered.params, rendered.inputs]))
+    inputs = config_hash([rendered.params, rendered.inputs])
+    claim_stage_dir(stage_dir, "encode", params, inputs)
     atomic_write_bytes(stage_dir / ENCODER_JSON, json.dumps(encoder_info(cfg, weights), indent=1).encode())
     _announce(weights, cfg.encode.weights)
     job = EncodeJob(encode_formats(cfg), weights, cfg.encode.cqt, cfg.encode.encodec.bandwidth,
                     cfg.render.sample_rate, cfg.clip_samples, cfg.encode.device, cfg.encode.batch_size,
                     params, rendered.params)
     summary = StageSummary("encode")
-    records = run_stage(executor, stage_dir, params, rendered.records,
-                        lambda i, rec: Task(f"encode-{params[:6]}-{i:05d}", encode_task,
-                                            (i, rec, job, str(stage_dir), str(render_dir)), resources),
-                        lambda rec, status: [_row(r, params, status, job) for r in rendered_rows(rec)], summary)
-    for i, rec in sorted(records.items()):
-        if rec.params.startswith("failed:") and not rec.rows:
-            summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
-    return summary.finish()
+
+    def note_failed_renders(records: dict[int, ShardRecord]) -> None:
+        for i, rec in sorted(records.items()):
+            if rec.params.startswith("failed:") and not rec.rows:
+                summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
+
+    local = cfg.exec.scheduler in (None, "sync")
+    return plan_stage(stage_dir, params, rendered.records,
+                      lambda indices, recs: Task(f"encode-{params[:6]}-{indices[0]:05d}", encode_task,
+                                                 (indices, recs, job, str(stage_dir), str(render_dir)), resources),
+                      lambda rec, status: [_row(r, params, status, job) for r in rendered_rows(rec)], summary,
+                      inputs=inputs, per_task=shards_per_task(cfg, resources, local), on_finish=note_failed_renders)
 
 
-def encode_task(index: int, render: ShardRecord, job: EncodeJob, stage_dir: str, render_dir: str) -> ShardRecord:
-    """Encode one render shard and write its encode shard; a clip that cannot be encoded is a skipped row."""
+def encode_task(indices: list[int], renders: list[ShardRecord], job: EncodeJob, stage_dir: str,
+                render_dir: str) -> list[ShardRecord]:
+    """Encode render shards (several per call on a GPU, so its batches fill) into one encode shard each.
+
+    A clip that cannot be encoded is a skipped row; the clips of all shards go through the
+    encoders together, in shard order, `batch_size` at a time.
+    """
     stage = Path(stage_dir)
+    done: dict[int, ShardRecord] = {}
+    loaded: list[tuple[int, list[dict[str, Any]], list[str], np.ndarray]] = []  # index, its rows, ids, audio
+    for index, render in zip(indices, renders):
+        got = _read_render_shard(index, render, job, stage, Path(render_dir))
+        if isinstance(got, ShardRecord):
+            done[index] = got
+        else:
+            loaded.append((index, *got))
+    if loaded:
+        audio = np.concatenate([clips for *_, clips in loaded])
+        encoded, problems = encode_clips(audio, job)
+        device = str(pick_device(job.device).type)
+        start = 0
+        for index, rendered, ids, clips in loaded:
+            span = range(start, start + len(ids))
+            start += len(ids)
+            done[index] = _write_encoded(stage, index, rendered, ids, {f: {n - span.start: a for n, a in got.items()
+                                                                         if n in span} for f, got in encoded.items()},
+                                         {n - span.start: p for n, p in problems.items() if n in span}, job, device)
+    return [done[i] for i in indices]
+
+
+def _read_render_shard(index: int, render: ShardRecord, job: EncodeJob, stage: Path,
+                       render_dir: Path) -> ShardRecord | tuple[list[dict[str, Any]], list[str], np.ndarray]:
+    """A render shard's (rows, clip ids, audio), or the encode record already final without encoding."""
     if render.params != job.render_params:  # the render task failed: mark this one failed too, so it is retried
         return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}", []))
     rendered = rendered_rows(render)
     if not render.file:
         return write_record(stage, ShardRecord("encode", index, "", "", job.params, []))
-    blob = (Path(render_dir) / render.file).read_bytes()
+    blob = (render_dir / render.file).read_bytes()
     try:
-        check_shard_file(Path(render_dir), render, blob)
+        check_shard_file(render_dir, render, blob)
     except InputError as e:
         status = f"skipped: {e}; rerun render"
         return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
-                                         [_row(r, job.params, status, job) for r in rendered]))
+                                               [_row(r, job.params, status, job) for r in rendered]))
     with np.load(io.BytesIO(blob)) as npz:
-        ids, audio = [str(x) for x in npz["id"]], npz["audio"]
+        return rendered, [str(x) for x in npz["id"]], npz["audio"]
+
+
+def _write_encoded(stage: Path, index: int, rendered: list[dict[str, Any]], ids: list[str],
+                   encoded: dict[str, dict[int, np.ndarray]], problems: dict[int, str], job: EncodeJob,
+                   device: str) -> ShardRecord:
+    """Write one encode shard (its clips that encoded ok, in render order) and its record."""
     sources = {r["id"]: r for r in rendered}
-    encoded, problems = encode_clips(audio, job)
     rows = []
     for n, cid in enumerate(ids):
         if n in problems:
-            rows.append(_row(sources.get(cid, {"id": cid}), job.params, f"skipped: {problems[n]}", job))
+            rows.append(_row(sources.get(cid, {"id": cid}), job.params, f"skipped: {problems[n]}", job, device=device))
         else:
             outputs = {f: sha256_bytes(encoded[f][n].tobytes()) for f in job.formats}
-            rows.append(_row(sources.get(cid, {"id": cid}), job.params, "ok", job, outputs))
+            rows.append(_row(sources.get(cid, {"id": cid}), job.params, "ok", job, outputs, device))
     keep = [n for n in range(len(ids)) if n not in problems]
     file, sha = "", ""
     if keep:
@@ -251,6 +317,8 @@ def encode_clips(audio: np.ndarray, job: EncodeJob) -> tuple[dict[str, dict[int,
 def _encoders(job: EncodeJob) -> tuple[CqtEncoder | None, EncodecEncoder | None, torch.device]:
     """This worker's encoders, built once per process and reused across tasks (see cqt.py, encodec.py)."""
     device = pick_device(job.device)
+    if device.type == "cuda":
+        deterministic_cuda()
     cqt = CqtEncoder(job.cqt, job.sample_rate, device) if "cqt" in job.formats else None
     codec = None
     if job.weights.kind is not None:
@@ -302,11 +370,12 @@ def _audio_problem(clip: np.ndarray, n_samples: int) -> str:
 
 
 def _row(render_row: dict[str, Any], params: str, status: str, job: EncodeJob,
-         outputs: dict[str, str] | None = None) -> dict[str, Any]:
+         outputs: dict[str, str] | None = None, device: str | None = None) -> dict[str, Any]:
+    """An encode manifest row; `device` ("cpu", "cuda") is the one that computed its arrays (they differ by it)."""
     inputs = {"source": render_row.get("inputs", {}).get("source", ""),
               "audio": render_row.get("outputs", {}).get("audio", "")}
-    return ManifestRow(render_row["id"], "encode", status, inputs, params, outputs or {},
-                       {"weights": job.weights.kind}).to_dict()
+    info = {"weights": job.weights.kind} if device is None else {"weights": job.weights.kind, "device": device}
+    return ManifestRow(render_row["id"], "encode", status, inputs, params, outputs or {}, info).to_dict()
 
 
 def _check_cqt_transform(stage_dir: Path, formats: tuple[str, ...]) -> None:
