@@ -101,6 +101,7 @@ def test_a_grid_built_by_hand_without_a_config_has_no_sampling_times():
     ("render.silence_rms", 1.0, "must be within [0, 1), got 1.0"),
     ("render.voices", 0, "must be within 1..65535, got 0"),
     ("exec.select_files_per_task", 0, "must be >= 1, got 0"),
+    ("exec.wait_for_workers", -1, "must be >= 0, got -1"),
 ])
 def test_silence_rms_voices_and_select_files_per_task_are_checked_at_load_naming_the_key(key, value, message):
     section, leaf = key.split(".")

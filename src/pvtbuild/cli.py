@@ -30,7 +30,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, default=None, help="Global seed (pipeline: seed)."),
         click.option("--jobs", type=int, default=None, help="Worker processes (pipeline: exec.jobs)."),
         click.option("--scheduler", default=None,
-                     help="Absent: local dask cluster; 'sync': in-process; tcp://HOST:PORT: a dask cluster."),
+                     help="Absent: local dask cluster; 'sync': in-process; tcp://HOST:PORT or tls://HOST:PORT: "
+                          "a dask cluster (TLS certificates from dask config)."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -305,14 +305,20 @@ class QaConfig:
 @dataclass(frozen=True)
 class ExecConfig:
     jobs: int = 2
-    scheduler: str | None = None  # None: local dask cluster; "sync": in-process; "tcp://host:port"
+    # None: local dask cluster; "sync": in-process; "tcp://host:port" or "tls://host:port" (certificates
+    # from dask config: distributed.comm.tls.*, see docs/cluster.md)
+    scheduler: str | None = None
     threads_per_job: int = 0  # torch threads per worker; 0: cores // jobs
     # MIDI files per select task (and select shard): how the work is split, not what comes out
     # (select keys each task by its files' md5s, so a change only regroups them)
     select_files_per_task: int = 16
+    # Seconds a scheduler by address may have no worker before the run stops and says so (0: a
+    # worker must be there at once); an adaptive cluster that starts workers on demand may set it long.
+    wait_for_workers: float = 60.0
 
     def check(self, key: str) -> None:
         _require(self.jobs >= 1, f"{key}.jobs", f"must be >= 1, got {self.jobs}")
+        _require(self.wait_for_workers >= 0, f"{key}.wait_for_workers", f"must be >= 0, got {self.wait_for_workers:g}")
         _require(self.threads_per_job >= 0, f"{key}.threads_per_job", f"must be >= 0, got {self.threads_per_job}")
         _require(self.select_files_per_task >= 1, f"{key}.select_files_per_task",
                  f"must be >= 1, got {self.select_files_per_task}")

@@ -8,7 +8,12 @@ stopping the run. Three modes, one interface:
 
 - `scheduler="sync"`: in this process, one task after another (tests, debugging);
 - `scheduler=None`: a local dask cluster of `jobs` worker processes (default);
-- `scheduler="tcp://host:port"`: an existing `dask scheduler` and its workers.
+- `scheduler="tcp://host:port"`: an existing `dask scheduler` and its workers;
+- `scheduler="tls://host:port"`: the same over TLS, with this client's certificates from dask's
+  config (`distributed.comm.tls.*`, or `DASK_DISTRIBUTED__COMM__TLS__*`; see docs/cluster.md).
+
+A cluster by address with no worker is waited for `wait_for_workers` seconds (`exec.wait_for_workers`),
+then the run stops with one line saying so.
 
 Workers build their own FluidSynth and torch objects lazily (see synth.py and
 encode/); nothing unpicklable crosses the wire.
@@ -329,8 +334,10 @@ class Executor:
 
 @contextmanager
 def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
-                  quiet: bool = False) -> Iterator[Executor]:
-    """Start (or connect to) what runs the tasks; close what we started on exit."""
+                  quiet: bool = False, wait_for_workers: float = 60.0) -> Iterator[Executor]:
+    """Start (or connect to) what runs the tasks; close what we started on exit.
+
+    A scheduler by address must have a worker within `wait_for_workers` seconds (0: at once)."""
     threads = threads_per_job or max(1, cores() // max(1, jobs))
     if scheduler == "sync":
         yield Executor(None, "in-process")
@@ -342,18 +349,17 @@ def open_executor(scheduler: str | None, jobs: int, threads_per_job: int = 0,
         if scheduler is None:
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                    dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                                   silence_logs=logging.CRITICAL)
+                                   silence_logs=logging.CRITICAL, security=_local_security())
             client = Client(cluster)
             label = f"local dask cluster, {jobs} worker(s) of 1 task, {threads} OpenMP/torch thread(s) each"
         else:
             _check_reachable(scheduler)
             cluster = None
-            try:
-                client = Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError) as e:
-                raise PvtbuildError(f"cannot connect to dask scheduler {scheduler}: {_one_line(e)}") from None
+            client = _connect(scheduler)
             label = f"dask cluster at {scheduler}"
         try:
+            if cluster is None:
+                _wait_for_workers(client, scheduler, wait_for_workers)
             ex = Executor(client, label, _dashboard(client))
             if not quiet:
                 tqdm.write(f"executor: {label}; dashboard {ex.dashboard}")
@@ -386,7 +392,8 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
     """Fail in seconds, with one line, when nothing listens at the scheduler address."""
     url = urlparse(address if "://" in address else f"tcp://{address}")
     if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
-        raise PvtbuildError(f"--scheduler {address!r}: expected tcp://HOST:PORT, 'sync', or nothing for a local cluster")
+        raise PvtbuildError(f"--scheduler {address!r}: expected tcp://HOST:PORT, 'sync', or nothing for a local cluster "
+                            "(tls://HOST:PORT for a TLS scheduler)")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -396,6 +403,112 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
             if time.monotonic() > deadline:
                 raise PvtbuildError(f"no dask scheduler answers at {address}: {e.strerror or e}") from None
             time.sleep(0.2)
+
+
+# dask config keys of this client's TLS settings (and their environment variables, DASK_ + the key in
+# capitals with __ for each dot and _ for each dash)
+TLS_KEYS = {"ca_file": "distributed.comm.tls.ca-file", "client_cert": "distributed.comm.tls.client.cert",
+            "client_key": "distributed.comm.tls.client.key"}
+_TLS_HOW = ("set distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and distributed.comm.tls.client.key "
+            "in dask config (e.g. ~/.config/dask/distributed.yaml) or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (see docs/cluster.md)")
+
+
+def _local_security() -> Any:
+    """None (dask config as it is) or, where dask config requires encryption but names no scheduler
+    certificate, temporary certificates for the local cluster (dask makes them with `cryptography`)."""
+    from distributed.security import Security
+
+    security = Security()
+    if not security.require_encryption or security.tls_scheduler_cert:
+        return None
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise PvtbuildError("dask config requires encryption (distributed.comm.require-encryption): a local cluster "
+                            "then needs `pip install cryptography` to make its temporary certificates; or require "
+                            "it only for runs with --scheduler tls://...") from None
+
+
+def _connect(address: str) -> Any:
+    """A dask Client of the scheduler at `address` (tls://: with dask config's certificates), or one line why not."""
+    from distributed import Client
+    from distributed.security import Security
+
+    security = Security()  # dask config: distributed.comm.tls.*, distributed.comm.require-encryption
+    if address.startswith("tls://"):
+        _check_client_tls(address, security)
+    elif security.require_encryption:
+        raise PvtbuildError(f"dask scheduler {address}: dask config requires encryption "
+                            f"(distributed.comm.require-encryption), so connect with tls://{address.split('://')[-1]}")
+    try:
+        return Client(address, timeout="10s", security=security)
+    except (OSError, TimeoutError) as e:
+        raise PvtbuildError(_connect_failure(address, e)) from None
+
+
+def _check_client_tls(address: str, security: Any) -> None:
+    """One line instead of dask's TypeError or a nameless FileNotFoundError: what of the client's TLS is missing."""
+    missing = [TLS_KEYS[name] for name in ("ca_file", "client_cert") if not getattr(security, f"tls_{name}")]
+    if missing:
+        what = "CA certificate" if missing == [TLS_KEYS["ca_file"]] else "client certificate"
+        raise PvtbuildError(f"TLS scheduler {address}: no {what} configured ({' and '.join(missing)} unset); {_TLS_HOW}")
+    for name, key in TLS_KEYS.items():
+        value = getattr(security, f"tls_{name}")
+        if value and "\n" not in value and not os.path.isfile(value):  # a value with newlines is the PEM itself
+            raise PvtbuildError(f"TLS scheduler {address}: {key} is {value}, which is not a file")
+    try:
+        security.get_connection_args("client")
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError: a key that does not fit its certificate, ...
+        raise PvtbuildError(f"TLS scheduler {address}: cannot use this client's certificates "
+                            f"({', '.join(TLS_KEYS.values())}): {_one_line(e)}") from None
+
+
+def _connect_failure(address: str, exc: BaseException) -> str:
+    """Why a connection to a listening scheduler failed, in one line: TLS on one side only, or a certificate."""
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    reason = _one_line(exc)
+    # probed only after a refusal: a ClientHello makes a plain dask scheduler log an error
+    if url.scheme == "tcp" and not isinstance(exc, TimeoutError) and _speaks_tls(url.hostname, url.port):
+        return (f"dask scheduler {address} speaks TLS: connect with tls://{url.netloc}, "
+                f"with this client's certificates in dask config; {_TLS_HOW}")
+    if url.scheme == "tls":
+        if not any(word in reason for word in ("SSL", "certificate")) and not _speaks_tls(url.hostname, url.port):
+            return f"dask scheduler {address} does not speak TLS: connect with tcp://{url.netloc} ({reason})"
+        return (f"TLS scheduler {address} and this client do not accept each other's certificates "
+                f"(the scheduler's must be signed by {TLS_KEYS['ca_file']}, this client's "
+                f"{TLS_KEYS['client_cert']} by the CA the scheduler trusts): {reason}")
+    return f"cannot connect to dask scheduler {address}: {reason}"
+
+
+def _speaks_tls(host: str | None, port: int | None, timeout: float = 3.0) -> bool:
+    """Whether a TLS handshake (no certificate checks) gets an answer in TLS from host:port."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw):
+            return True
+    except ssl.SSLError as e:  # an alert (no client certificate, ...) is TLS too; WRONG_VERSION_NUMBER is not
+        return "alert" in str(e).lower()
+    except OSError:
+        return False
+
+
+def _wait_for_workers(client: Any, address: str, seconds: float) -> None:
+    """Return once the scheduler has a worker; after `seconds` without one, stop with one line."""
+    if client.scheduler_info().get("workers"):
+        return
+    try:
+        if seconds <= 0:
+            raise TimeoutError
+        client.wait_for_workers(1, timeout=seconds)
+    except TimeoutError:
+        flags = " --tls-ca-file CA --tls-cert CERT --tls-key KEY" if address.startswith("tls://") else ""
+        raise PvtbuildError(f"dask scheduler {address}: no worker connected within {seconds:g} s "
+                            f"(exec.wait_for_workers); start workers with `dask worker {address}{flags}`") from None
 
 
 def _dashboard(client: Any) -> str:
