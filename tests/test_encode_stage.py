@@ -21,9 +21,9 @@ from pvtbuild.encode import encodec as enc_mod
 from pvtbuild.encode.cqt import CqtEncoder
 from pvtbuild.encode.device import ENCODE_THREADS, encode_threads
 from pvtbuild.encode.encodec import build_random_model, load_encodec
-from pvtbuild.encode.stage import encode, task_resources
+from pvtbuild.encode.stage import encode, shards_per_task, task_resources
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.executor import open_executor
+from pvtbuild.executor import Executor, dask_settings, open_executor
 from pvtbuild.manifest import sha256_bytes, sha256_file
 from pvtbuild.pipeline import build_config, run_all, run_encode, run_render
 from pvtbuild.stage import read_record, write_record
@@ -312,6 +312,49 @@ def test_tasks_ask_for_a_gpu_only_when_encoding_on_cuda_on_a_cluster_that_has_gp
     assert task_resources("auto", {}) == {}
 
 
+def test_an_encode_task_on_a_gpu_takes_enough_render_shards_for_a_batch_and_one_on_a_cpu(tmp_path):
+    cfg = pipeline_config(tmp_path, **{"render.clips_per_shard": 8, "encode.batch_size": 0})
+    assert shards_per_task(cfg, {"GPU": 1}, local=False) == 4  # CUDA's default batch of 32
+    assert shards_per_task(replace_batch(cfg, 20), {"GPU": 1}, local=False) == 3
+    assert shards_per_task(cfg, {}, local=False) == 1  # a cluster without GPU workers
+    assert shards_per_task(cfg, {}, local=True) == 1  # local, and this process sees no CUDA
+
+
+def replace_batch(cfg: PipelineConfig, batch: int) -> PipelineConfig:
+    return config_from_dict(cfg.to_dict(), **{"encode.batch_size": batch})
+
+
+def test_the_gpu_worker_gets_every_encode_task_each_a_batch_of_render_shards(encoded, tmp_path):
+    """One worker advertises a GPU. It is a dask resource label on a CPU worker (this machine has
+    no GPU), so what is tested is the scheduling and grouping, and that grouping only changes
+    float rounding: the 2 render shards (3 + 1 clips) go to one task, batch 4."""
+    import dask
+    from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
+
+    out = copy_build(encoded, tmp_path / "build")
+    shutil.rmtree(out / "encode")
+    cfg = build_config(out, None, **{"encode.batch_size": 4})
+    workers = {"cpu": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1"}},
+               "gpu": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1}}}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    with dask.config.set(dask_settings(1)), SpecCluster(workers, scheduler, silence_logs=True) as cluster, \
+            Client(cluster) as client:
+        gpu = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "gpu")
+        with get_task_stream(client) as stream:
+            summary = encode(out, cfg, Executor(client, "cpu + gpu"))
+
+    assert summary.ok == N_CLIPS
+    ran = [(t["key"], t["worker"]) for t in stream.data if str(t["key"]).startswith("encode-")]
+    assert len(ran) == 1 and ran[0][1] == gpu, ran
+    for i in (0, 1):
+        a, b = npz(encoded / "encode" / f"shard-{i:05d}.npz"), npz(out / "encode" / f"shard-{i:05d}.npz")
+        np.testing.assert_array_equal(a["id"], b["id"])  # one encode shard per render shard, as on a CPU
+        np.testing.assert_array_equal(a["disc"], b["disc"])
+        for f in ("encodec", "cqt"):
+            np.testing.assert_allclose(b[f], a[f], rtol=1e-5, atol=1e-5 * np.abs(a[f]).max())
+        assert {r["info"]["device"] for r in read_record(out / "encode", i).rows} == {"cpu"}
+
+
 # --- helpers ----------------------------------------------------------------------------
 
 
@@ -330,3 +373,16 @@ def _poison(out: Path, index: int, change) -> None:
 
 def _manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "encode" / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_encoding_on_cuda_turns_tf32_and_nondeterministic_algorithms_off():
+    """Checked in a child process: the settings are process-wide (a worker's), not for this test run."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom pvtbuild.encode.device import deterministic_cuda\ndeterministic_cuda()\n"
+            "import os\nb = torch.backends\nprint(b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark,"
+            " b.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), os.environ['CUBLAS_WORKSPACE_CONFIG'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "False", "True", "True", ":4096:8"]
