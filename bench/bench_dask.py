@@ -1,25 +1,35 @@
-"""Render + encode throughput on dask: 1 worker vs 2 workers, with vs without the malloc fix.
+"""pvtbuild on stock dask clusters: 1 vs 2 workers, staged vs streamed stages, with vs without the malloc fix.
 
     python bench/bench_dask.py          # the demo selection (manifests/demo.jsonl, 21 clips)
     python bench/bench_dask.py ROUNDS   # repeat every setup ROUNDS times (default 2), best counts
 
-Setups, each on a fresh build folder, interleaved round by round so that load from
-other jobs on the machine hits them alike:
+Every cluster is started as anyone starts one: `dask scheduler --host 127.0.0.1` and
+`dask worker ADDRESS --nworkers N --nthreads 1` in an environment without anything pvtbuild
+or dask-specific (stock nannies: daemonic workers, MALLOC_TRIM_THRESHOLD_=65536,
+OMP_NUM_THREADS=1). Setups, each on its own cluster, interleaved round by round so that load
+from other jobs on the machine hits them alike:
 
-- in-process: `scheduler: sync`, torch's default threads (the baseline);
-- 1 worker: a local dask cluster of one worker process with all cores' threads;
-- 2 workers: two worker processes, cores / 2 threads each (pvtbuild's default);
-- 2 workers, no malloc fix: the same with dask's default worker environment (the nanny's
-  MALLOC_TRIM_THRESHOLD_=65536, pvtbuild's run-time mallopt switched off; see executor.py).
+- 1 worker, 2 workers: the ratio is the scaling target (>= 1.8 on 2 cores);
+- 2 workers, no malloc fix: workers started with PVTBUILD_MALLOC_FIX=0, so pvtbuild leaves
+  the nanny's malloc setting alone (executor.prepare_process); the EnCodec per-clip cost
+  with / without is the fix's worth;
+- 1 worker + 1 "GPU" worker: the second worker advertises `--resources GPU=1`, so every
+  encode task goes to it and render tasks to both. It is a CPU standing in for a GPU pool
+  (this machine has none): the case streaming is for, where encode has workers of its own.
+  `encode.batch_size: 1` (a CPU's best), so that each of its tasks takes one render shard.
 
-Each setup runs the demo pipeline's render and encode stages (every format, random EnCodec
-weights) with one clip per shard, so two workers have enough tasks to share. Every setup is
-warmed up first on WARMUP clips in another folder (imports, the SoundFont, the MIDI-parser
-process and the encoders are loaded once per worker and reused, so in a 50 000-clip build they
-cost nothing per clip); clips/s counts the stage time of the timed run after it. Cluster
-start-up and warm-up are printed apart. Ratios are against numbers measured in this same run: 2 workers / 1 worker (target
->= 1.8 on 2 cores) and with / without the fix. At the end, an estimate of the full 50 000-clip
-PVT build from the measured per-clip costs.
+Each setup builds the demo clips (one clip per render shard, so two workers have tasks to
+share; every format, random EnCodec weights, QA on) twice in fresh folders after a warm-up on
+WARMUP clips (imports, the SoundFont, the MIDI parser and the encoders load once per worker
+and are reused, so in a 50 000-clip build they cost nothing per clip):
+
+- staged: render, then encode, then qa, each stage's tasks all done before the next starts
+  (what the stage commands do); its time is the sum of the three stage times;
+- streamed: the three as `pvtbuild run` runs them (pipeline.stream_stages): encode and qa of
+  render shard i start as soon as it exists. Its wall time is printed against the staged
+  sum and against the slowest stage alone (the least streaming could reach).
+
+The shard stage (TFRecord packing) comes after both and is not timed here (bench_read.py).
 """
 
 from __future__ import annotations
@@ -27,141 +37,172 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
+from typing import Iterator
 
-from pvtbuild import executor as executor_module
 from pvtbuild.clip import ClipSpec
-from pvtbuild.config import ExecConfig, PipelineConfig, load_pipeline
+from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.encode.stage import encode
-from pvtbuild.executor import Executor, cores, open_executor
-from pvtbuild.pipeline import save_build_config, selected_clips
+from pvtbuild.executor import MALLOC_FIX_ENV, Executor, cores, open_executor
+from pvtbuild.pipeline import save_build_config, selected_clips, stream_stages
+from pvtbuild.qa import qa
 from pvtbuild.render import render
-from pvtbuild.shard import shard
-from pvtbuild.stage import StageSummary
 
 REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 TARGET_SPEEDUP = 1.8
 WARMUP = 4  # clips: at least one render and one encode task per worker
-FULL_BUILD = 50_000
-CLUSTER_CORES = 32  # CPU cores of the hypothetical cluster in the estimate
-ASSUMED_GPU_CLIPS_S = 100  # EnCodec + CQT of 8 s clips per GPU at batch 32: an assumption (~60x one core here)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Setup:
     name: str
-    scheduler: str | None
-    jobs: int
-    malloc_fix: bool = True
+    workers: int
+    worker_env: tuple[tuple[str, str], ...] = ()
+    gpu_worker: bool = False  # one more worker, advertising GPU=1
 
 
 @dataclass
 class Timing:
     clips: int
     startup: float
-    warmup: float
     render: float
     encode: float
-    shard: float  # TFRecord writing: not in the ratios (the baseline was render + encode), in the estimate
+    qa: float
+    streamed: float  # wall time of the three streamed
 
     @property
-    def total(self) -> float:
-        return self.render + self.encode
+    def staged(self) -> float:
+        return self.render + self.encode + self.qa
 
-    def rate(self, seconds: float) -> float:
-        return self.clips / seconds if seconds > 0 else 0.0
+    @property
+    def slowest(self) -> float:
+        return max(self.render, self.encode, self.qa)
 
 
 SETUPS = [
-    Setup("in-process", "sync", 1),
-    Setup("1 worker", None, 1),
-    Setup("2 workers", None, 2),
-    Setup("2 workers, no malloc fix", None, 2, malloc_fix=False),
+    Setup("1 worker", 1),
+    Setup("2 workers", 2),
+    Setup("2 workers, no malloc fix", 2, ((MALLOC_FIX_ENV, "0"),)),
+    Setup("1 worker + 1 'GPU' worker", 1, gpu_worker=True),
 ]
 
 
 def main(argv: list[str]) -> int:
     rounds = int(argv[1]) if len(argv) > 1 else 2
-    cfg = load_pipeline(REPO / "pipelines" / "demo.yaml", **{"render.clips_per_shard": 1, "encode.weights": "random"})
-    print(f"demo selection, {cores()} cores, {rounds} round(s); render + encode ({', '.join(cfg.encode.formats)}, "
-          f"random EnCodec weights), 1 clip per shard", flush=True)
+    cfg = load_pipeline(REPO / "pipelines" / "demo.yaml", **{"render.clips_per_shard": 1, "encode.weights": "random",
+                                                            "encode.batch_size": 1, "qa.enabled": True})
+    print(f"demo selection, {cores()} cores, {rounds} round(s); stock dask workers (--nthreads 1); render + encode "
+          f"({', '.join(cfg.encode.formats)}, random EnCodec weights) + qa, 1 clip per render shard", flush=True)
     best: dict[str, Timing] = {}
     for r in range(rounds):
         for setup in SETUPS:
             t = run_setup(setup, cfg)
-            print(f"  round {r + 1} {setup.name:26s} render {t.rate(t.render):6.2f} clips/s  encode "
-                  f"{t.rate(t.encode):5.2f} clips/s  both {t.rate(t.total):5.2f} clips/s  (start-up {t.startup:.1f} s, warm-up {t.warmup:.1f} s)",
-                  flush=True)
-            if setup.name not in best or t.total < best[setup.name].total:
+            print(f"  round {r + 1} {setup.name:26s} staged: render {t.render:5.1f} s, encode {t.encode:5.1f} s, "
+                  f"qa {t.qa:4.1f} s, sum {t.staged:5.1f} s;  streamed {t.streamed:5.1f} s  "
+                  f"(cluster start {t.startup:.1f} s)", flush=True)
+            if setup.name not in best or t.staged + t.streamed < best[setup.name].staged + best[setup.name].streamed:
                 best[setup.name] = t
     report(best)
     return 0
 
 
 def run_setup(setup: Setup, cfg: PipelineConfig) -> Timing:
-    """Render and encode the demo clips with one setup, in a fresh build folder."""
-    cfg = dataclasses.replace(cfg, exec=ExecConfig(jobs=setup.jobs, scheduler=setup.scheduler))
-    fix = contextlib.nullcontext() if setup.malloc_fix else mock.patch.dict(executor_module.WORKER_ENV, {executor_module.MALLOC_FIX_ENV: "0"})
-    with tempfile.TemporaryDirectory() as tmp, fix, contextlib.redirect_stderr(io.StringIO()):
-        out = Path(tmp)
+    """Warm up, then build the demo clips staged and streamed, on a fresh stock cluster."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+        tmp = Path(tmp)
         t0 = time.monotonic()
-        with open_executor(cfg.exec.scheduler, cfg.exec.jobs, quiet=True) as ex:
+        with stock_cluster(tmp / "cluster", setup) as address, \
+                open_executor(address, 1, quiet=True, wait_for_workers=120) as ex:
             startup = time.monotonic() - t0
-            clips, _ = selected_clips(cfg, out, ex)
+            clips, _ = selected_clips(cfg, tmp / "selection", ex)
+            staged(clips[:WARMUP], tmp / "warm-up", cfg, ex)
+            stages = staged(clips, tmp / "staged", cfg, ex)
             t0 = time.monotonic()
-            build(clips[:WARMUP], out / "warm-up", cfg, ex)
-            warmup = time.monotonic() - t0
-            rendered, encoded, sharded = build(clips, out / "timed", cfg, ex)
-    if sharded.ok != len(clips):
-        raise SystemExit(f"{setup.name}: only {sharded.ok} of {len(clips)} clips made it into the dataset")
-    return Timing(len(clips), startup, warmup, rendered.seconds, encoded.seconds, sharded.seconds)
+            save_build_config(cfg, tmp / "streamed")
+            summaries = stream_stages(clips, cfg, tmp / "streamed", ex)
+            streamed = time.monotonic() - t0
+    for summary in [*stages.values(), *summaries]:
+        if summary.stage != "qa" and summary.ok != len(clips):
+            raise SystemExit(f"{setup.name}: {summary.stage} made {summary.ok} of {len(clips)} clips")
+    return Timing(len(clips), startup, stages["render"].seconds, stages["encode"].seconds, stages["qa"].seconds,
+                  streamed)
 
 
-def build(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, ex: Executor
-          ) -> tuple[StageSummary, StageSummary, StageSummary]:
-    """The render, encode and shard stages of `clips` into the build folder `out`."""
+def staged(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, ex: Executor) -> dict:
+    """Render, then encode, then qa `clips` into `out`; each stage's summary (with its time)."""
     save_build_config(cfg, out)
-    return render(clips, out, cfg, ex), encode(out, cfg, ex), shard(out, out / "dataset", cfg, ex)
+    return {"render": render(clips, out, cfg, ex), "encode": encode(out, cfg, ex), "qa": qa(out, cfg, ex)}
+
+
+@contextlib.contextmanager
+def stock_cluster(folder: Path, setup: Setup) -> Iterator[str]:
+    """A `dask scheduler` and `dask worker --nworkers N --nthreads 1` (plus a GPU-labelled one)
+    on 127.0.0.1, started as anyone starts them; stopped, by session, afterwards."""
+    folder.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PVTBUILD_", "MALLOC_", "DASK_", "OMP_"))}
+    procs = [spawn([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                    "127.0.0.1:0", "--scheduler-file", folder / "scheduler.json"], env, folder / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "scheduler.json").is_file():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise SystemExit(f"the dask scheduler did not start; see {folder / 'scheduler.log'}")
+            time.sleep(0.1)
+        address = json.loads((folder / "scheduler.json").read_text())["address"]
+        worker_env = {**env, **dict(setup.worker_env)}
+        procs.append(spawn([BIN / "dask", "worker", address, "--nworkers", str(setup.workers), "--nthreads", "1"],
+                           worker_env, folder / "workers.log"))
+        if setup.gpu_worker:
+            procs.append(spawn([BIN / "dask", "worker", address, "--nthreads", "1", "--resources", "GPU=1"],
+                               worker_env, folder / "gpu-worker.log"))
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(setup.workers + setup.gpu_worker, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):  # workers first
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def spawn(cmd: list, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                            start_new_session=True)
 
 
 def report(best: dict[str, Timing]) -> None:
-    base, one, two, nofix = (best[s.name] for s in SETUPS)
-    print("\nbest of the rounds, clips/s (render + encode):")
+    one, two, nofix, gpu = (best[s.name] for s in SETUPS)
+    print("\nbest of the rounds (render + encode + qa of the demo clips):")
+    print(f"  {'setup':26s} {'staged sum':>10s} {'slowest stage':>13s} {'streamed':>9s}  streamed / staged")
     for name, t in best.items():
-        print(f"  {name:26s} {t.rate(t.total):5.2f}   ({t.total / base.total:4.2f}x the in-process time)")
-    speedup = one.total / two.total
-    print(f"2 workers / 1 worker:            {speedup:.2f}x  (target >= {TARGET_SPEEDUP}: "
-          f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
-    print(f"2 workers with / without fix:    {nofix.total / two.total:.2f}x  "
-          f"(encode alone: {nofix.encode / two.encode:.2f}x)")
-    print(f"2 workers / in-process:          {base.total / two.total:.2f}x")
-    estimate(two)
-
-
-def estimate(two: Timing) -> None:
-    """The full build from the 2-worker run's per-clip costs (core-seconds per clip, stage by stage).
-
-    Stages run one after the other, so times add up. On GPU workers only encode moves; its
-    rate there (ASSUMED_GPU_CLIPS_S per GPU) is an assumption, not measured on this CPU-only machine.
-    """
-    n = cores()
-    cost = {stage: seconds * n / two.clips for stage, seconds in
-            (("render", two.render), ("encode", two.encode), ("shard", two.shard))}
-    hours = FULL_BUILD * sum(cost.values()) / n / 3600
-    print(f"\nestimate, {FULL_BUILD} clips (selection from MIDI files not included): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in cost.items()) + f" core-s per clip")
-    print(f"  this machine ({n} cores, CPU only): {hours:.1f} h")
-    cpu_part = FULL_BUILD * (cost["render"] + cost["shard"]) / CLUSTER_CORES
-    for gpus in (1, 4, 8):
-        gpu_part = FULL_BUILD / (gpus * ASSUMED_GPU_CLIPS_S)
-        print(f"  {CLUSTER_CORES} CPU cores + {gpus} GPU worker(s) at an assumed {ASSUMED_GPU_CLIPS_S} clips/s each: "
-              f"render + shard {cpu_part / 60:.0f} min + encode {gpu_part / 60:.0f} min = "
-              f"{(cpu_part + gpu_part) / 3600:.2f} h")
+        print(f"  {name:26s} {t.staged:8.1f} s {t.slowest:11.1f} s {t.streamed:7.1f} s  {t.streamed / t.staged:5.2f}x")
+    for label, key in (("staged", "staged"), ("streamed", "streamed")):
+        speedup = getattr(one, key) / getattr(two, key)
+        print(f"2 workers / 1 worker, {label + ':':10s} {speedup:.2f}x  (target >= {TARGET_SPEEDUP}: "
+              f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
+    print(f"EnCodec + CQT per clip in a stock worker (encode stage, 2 workers x 1 core): "
+          f"{nofix.encode * 2 / nofix.clips:.2f} s without pvtbuild's malloc fix, "
+          f"{two.encode * 2 / two.clips:.2f} s with it ({nofix.encode / two.encode:.2f}x)")
+    print(f"1 CPU + 1 'GPU' worker: streamed {gpu.streamed:.1f} s against staged {gpu.staged:.1f} s "
+          f"({gpu.staged / gpu.streamed:.2f}x faster) and the slowest stage alone {gpu.slowest:.1f} s")
 
 
 if __name__ == "__main__":
