@@ -274,20 +274,37 @@ def test_render_piped_into_another_command_reaches_eof_and_leaves_no_process(inp
     assert stage_files(tmp_path / "out" / "render") == stage_files(reference / "render")
 
 
-def test_run_streams_encode_and_qa_into_render_on_a_cluster_and_builds_the_staged_bytes(inputs, stock_cluster,
+@pytest.fixture(scope="module")
+def staged(inputs, tmp_path_factory) -> tuple[Path, Path]:
+    """(pipeline that shards what it encodes, a build of it made stage command by stage command, in-process)."""
+    _, selection, _ = inputs
+    base = tmp_path_factory.mktemp("staged")
+    pipeline = base / "pipeline.yaml"
+    pipeline.write_text(PIPELINE + "shard:\n  formats: [audio, encodec]\n")
+    build = base / "build"
+    for args in (("render", "--pipeline", pipeline, "--midi", selection), ("encode",), ("qa",), ("shard",)):
+        done = run_cli(*args, "--out", build, "--scheduler", "sync")
+        assert done.returncode == 0, done.stderr
+    return pipeline, build
+
+
+def check_build(build: Path, reference: Path) -> None:
+    """The same render, encode and qa files and the same dataset shards as the reference build."""
+    for stage in ("render", "encode", "qa"):
+        assert stage_files(build / stage) == stage_files(reference / stage), stage
+    dataset = [json.loads((b / DATASET_JSON).read_text()) for b in (reference, build)]
+    assert shard_digests(dataset[1]) == shard_digests(dataset[0]) != []
+
+
+def test_run_streams_encode_and_qa_into_render_on_a_cluster_and_builds_the_staged_bytes(inputs, staged, stock_cluster,
                                                                                         tmp_path):
     from distributed import Client, get_task_stream
 
     _, selection, _ = inputs
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE + "shard:\n  formats: [audio, encodec]\n")
-    staged, streamed = tmp_path / "staged", tmp_path / "streamed"
-    for args in (("render", "--pipeline", pipeline, "--midi", selection), ("encode",), ("qa",), ("shard",)):
-        done = run_cli(*args, "--out", staged, "--scheduler", "sync")
-        assert done.returncode == 0, done.stderr
+    pipeline, reference = staged
 
     with Client(stock_cluster, timeout="60s") as client, get_task_stream(client) as stream:
-        result = run_cli("run", pipeline, "--midi", selection, "--out", streamed, "--scheduler", stock_cluster)
+        result = run_cli("run", pipeline, "--midi", selection, "--out", tmp_path / "out", "--scheduler", stock_cluster)
 
     assert result.returncode == 0, result.stderr
     spans = {t["key"]: [(s["start"], s["stop"]) for s in t["startstops"] if s["action"] == "compute"][0]
@@ -296,10 +313,31 @@ def test_run_streams_encode_and_qa_into_render_on_a_cluster_and_builds_the_stage
     later_starts = [start for key, (start, _) in spans.items() if key.startswith(("encode-", "qa-"))]
     assert len(render_ends) == N_CLIPS and len(later_starts) == 2 * N_CLIPS  # one clip per shard
     assert min(later_starts) < max(render_ends), "no encode or qa task started before rendering ended"
-    for stage in ("render", "encode", "qa"):
-        assert stage_files(streamed / stage) == stage_files(staged / stage), stage
-    dataset = [json.loads((run / DATASET_JSON).read_text()) for run in (staged, streamed)]
-    assert shard_digests(dataset[1]) == shard_digests(dataset[0]) != []
+    check_build(tmp_path / "out", reference)
+
+
+def test_a_streamed_run_killed_mid_encode_resumes_and_ends_with_the_staged_bytes(inputs, staged, tmp_path):
+    _, selection, _ = inputs
+    pipeline, reference = staged
+    out = tmp_path / "out"
+    args = ("run", pipeline, "--midi", selection, "--out", out, "--jobs", "2")
+    proc = start_cli(*args)
+    try:
+        wait_for_records(out / "encode", 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD)
+        assert wait_until_gone(proc.pid) == [], "the killed run's workers outlived it"
+    finally:
+        kill_session(proc)
+    encoded = [i for i in range(N_CLIPS) if read_record(out / "encode", i)]
+    assert 2 <= len(encoded) < N_CLIPS, f"{len(encoded)} encode shards finished: the kill was not mid-run"
+    assert not (out / "dataset").exists()
+
+    rerun = run_cli(*args)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(rf"encode: {N_CLIPS - len(encoded)} clips written, {len(encoded)} already done", rerun.stderr)
+    check_build(out, reference)
 
 
 def run_killing_a_worker(stage_dir: Path, worker_pid_file: Path, *args: str | Path) -> None:
