@@ -2,14 +2,17 @@
 
     python bench/bench_qa.py [N_FILES [ROUNDS]]   # the first N_FILES (default 20) of tests/data/midi/lakh-sample
 
-Renders the clips (render stage, in-process), then times `qa.judge_clip` (analysis + scoring on the
-qa grid with the timbre check, without the YIN sample) on every rendered clip, inside `analysis.one_blas_thread` as the
-qa stage runs it (once per shard); prints ms per clip of each and the ratio (target <= 0.25), for
-ROUNDS (default 3) alternating rounds, and the median ratio.
+Renders the clips (render stage, in-process), then times what the qa task runs on each render
+shard: `qa.judge_clips` on all of the shard's clips at once (batched analysis + per-clip scores on
+the qa grid, with the timbre check, without the YIN sample), inside `analysis.one_blas_thread` as
+the task runs it; prints ms per clip of each and the ratio (target <= 0.25), for ROUNDS (default 3)
+alternating rounds, and the median ratio. Also printed, for information: the whole `qa.qa_task`
+per clip (the same, plus reading and sha256-checking the shard file and writing the qa record).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -24,10 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     from dataclasses import replace
 
+    from pvtbuild.analysis import one_blas_thread
     from pvtbuild.config import load_pipeline
     from pvtbuild.pipeline import run_render
-    from pvtbuild.analysis import one_blas_thread
-    from pvtbuild.qa import QaJob, judge_clip, qa_grid, timbre_references
+    from pvtbuild.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references
+    from pvtbuild.stage import ShardRecord
 
     n_files = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(REPO / "tests/data/midi/lakh-sample"),
@@ -37,7 +41,6 @@ def main() -> None:
     t0 = time.perf_counter()
     timbre = timbre_references(cfg)
     print(f"timbre references (once per qa stage run): {time.perf_counter() - t0:.2f} s")
-    job = QaJob(replace(cfg.qa, yin_share=0.0), grid, cfg.render.sample_rate, "", "", timbre)
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -48,24 +51,39 @@ def main() -> None:
             summary = run_render(cfg, out / "warm")[-1]
             render_s = time.perf_counter() - t0
             n = summary.ok
-            clips = []
-            for f in sorted((out / "warm" / "render").glob("shard-*.npz")):
+            render_dir = out / "warm" / "render"
+            shards = []
+            for f in sorted(render_dir.glob("shard-*.npz")):
+                rec = ShardRecord.from_dict(json.loads(f.with_suffix(".json").read_text()))
+                inst = {row["id"]: row["inputs"].get("instrument", "") for row in rec.rows}
                 with np.load(f) as d:
-                    for k in range(len(d["id"])):
-                        clips.append((d["audio"][k], {c: d[f"{c}_{grid.name}"][k]
-                                                      for c in ("voiced", "pitch", "chroma", "velocity")}))
-            judge_clip(clips[0][0], clips[0][1], "piano", job)  # warm-up (template built once)
+                    ids = [str(x) for x in d["id"]]
+                    shards.append((rec, d["audio"], {c: d[f"{c}_{grid.name}"] for c in ("voiced", "pitch", "chroma",
+                                                                                         "velocity")},
+                                   [inst.get(i, "") for i in ids]))
+            job = QaJob(replace(cfg.qa, yin_share=0.0), grid, cfg.render.sample_rate, "bench",
+                        shards[0][0].params, timbre)
+            judge_clips(shards[0][1][:1], {k: v[:1] for k, v in shards[0][2].items()}, shards[0][3][:1], job)  # warm-up
+            clips = sum(len(s[1]) for s in shards)
             t0 = time.perf_counter()
-            with one_blas_thread():  # as the qa stage runs it, once per shard
-                for audio, controls in clips:
-                    judge_clip(audio, controls, "piano", job)
+            for _, audio, controls, instruments in shards:
+                with one_blas_thread():  # as the qa task runs it, once per shard
+                    judge_clips(audio, controls, instruments, job)
             qa_s = time.perf_counter() - t0
-            r_ms, q_ms = 1000 * render_s / max(n, 1), 1000 * qa_s / max(len(clips), 1)
+            qa_dir = out / "warm" / f"qa-{r}"
+            qa_dir.mkdir()
+            t0 = time.perf_counter()
+            for i, (rec, *_) in enumerate(shards):
+                qa_task(i, rec, job, str(qa_dir), str(render_dir))
+            task_s = time.perf_counter() - t0
+            r_ms, q_ms = 1000 * render_s / max(n, 1), 1000 * qa_s / max(clips, 1)
             ratios.append(q_ms / r_ms)
             print(f"round {r}: render {n} clips, {r_ms:.2f} ms/clip (stage, in-process); "
-                  f"qa {len(clips)} clips, {q_ms:.2f} ms/clip (analysis + scores on {grid.name}); "
-                  f"qa / render = {q_ms / r_ms:.3f}")
+                  f"qa {clips} clips in {len(shards)} shards, {q_ms:.2f} ms/clip (judge_clips per shard, on "
+                  f"{grid.name}); qa / render = {q_ms / r_ms:.3f}; whole qa_task {1000 * task_s / max(clips, 1):.2f} "
+                  f"ms/clip")
     print(f"qa / render = {float(np.median(ratios)):.3f} (median of {rounds} rounds; target <= 0.25)")
+
 
 if __name__ == "__main__":
     main()

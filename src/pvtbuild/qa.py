@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, check_pitch_yin, one_blas_thread,
-                       pitch_yin, timbre_distances)
+from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, analyse_batch, check_pitch_yin,
+                       one_blas_thread, pitch_yin, timbre_distances)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
@@ -139,39 +139,59 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
         audio = npz["audio"]
         controls = {name: npz[f"{name}_{g}"] for name in ("voiced", "pitch", "chroma", "velocity")}
     rows = []
+    given = [rendered.get(cid, {"id": cid, "inputs": {}}) for cid in ids]
+    instruments = [row.get("inputs", {}).get("instrument", "") for row in given]
     with one_blas_thread():  # once per shard (see analysis.one_blas_thread)
-        for n, cid in enumerate(ids):
-            row = rendered.get(cid, {"id": cid, "inputs": {}})
-            instrument = row.get("inputs", {}).get("instrument", "")
-            clip_controls = {name: a[n] for name, a in controls.items()}
-            scores, extra = judge_clip(audio[n], clip_controls, instrument, job, cid)
-            reasons = failure_reasons(scores, job.qa)
-            status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
-            info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
-            rows.append(_row(row, job.params, status, info))
+        judged = judge_clips(audio, controls, instruments, job, ids)
+    for row, instrument, (scores, extra) in zip(given, instruments, judged):
+        reasons = failure_reasons(scores, job.qa)
+        status = "ok" if not reasons else f"skipped: {FAILED}: {', '.join(reasons)}"
+        info = {"instrument": instrument, "reasons": reasons, **_rounded(scores), **extra}
+        rows.append(_row(row, job.params, status, info))
     return write_record(stage, ShardRecord("qa", index, "", "", job.params, rows))
 
 
 def judge_clip(audio: np.ndarray, controls: dict[str, np.ndarray], instrument: str, job: QaJob,
                clip_id: str = "") -> tuple[dict[str, float], dict[str, Any]]:
     """Scores of one clip on the job's grid, and the YIN cross-check when the clip is in its sample."""
+    return judge_clips(np.asarray(audio)[None], {k: np.asarray(v)[None] for k, v in controls.items()}, [instrument],
+                       job, [clip_id])[0]
+
+
+def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments: list[str], job: QaJob,
+                clip_ids: list[str] | None = None) -> list[tuple[dict[str, float], dict[str, Any]]]:
+    """`judge_clip` on B clips at once (one render shard): audio [B, N], controls [B, T] each; one answer per clip.
+
+    The analysis runs on the whole batch (`analysis.analyse_batch`), the scoring per clip.
+    """
     grid = job.grid
     expected = np.where(controls["voiced"] > 0.5, controls["pitch"] * 127.0, np.nan)
-    est = analyse(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
-                  params=analysis_params(job.qa))
-    scores = adherence(est, controls, tolerances(job.qa, instrument), rate=grid.rate)
-    extra: dict[str, Any] = {}
-    if job.timbre and instrument in job.timbre:
-        scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, controls, instrument, job)
-        extra["timbre_margin"] = _round(scores["timbre_margin"])
-    if clip_id and _in_sample(clip_id, job.qa.yin_share):
-        from .analysis import _near_changes
+    ests = analyse_batch(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
+                         params=analysis_params(job.qa))
+    out = []
+    for n, (est, instrument) in enumerate(zip(ests, instruments)):
+        clip_controls = {name: a[n] for name, a in controls.items()}
+        clip_id = clip_ids[n] if clip_ids else ""
+        scores = adherence(est, clip_controls, tolerances(job.qa, instrument), rate=grid.rate)
+        extra: dict[str, Any] = {}
+        if job.timbre and instrument in job.timbre:
+            scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, clip_controls, instrument, job)
+            extra["timbre_margin"] = _round(scores["timbre_margin"])
+        if clip_id and _in_sample(clip_id, job.qa.yin_share):
+            extra["yin_agreement"] = _yin_agreement(audio[n], est, clip_controls, job)
+        out.append((scores, extra))
+    return out
 
-        yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
-        held = controls["voiced"] > 0.5
-        inner = held & ~_near_changes(held, np.rint(controls["pitch"] * 127.0), job.qa.onset_frames)
-        extra["yin_agreement"] = _round(check_pitch_yin(est, yin, inner))
-    return scores, extra
+
+def _yin_agreement(audio: np.ndarray, est, controls: dict[str, np.ndarray], job: QaJob) -> float | None:
+    """The YIN cross-check of one clip: share of its held frames (away from label changes) where YIN agrees."""
+    from .analysis import _near_changes
+
+    grid = job.grid
+    yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
+    held = controls["voiced"] > 0.5
+    inner = held & ~_near_changes(held, np.rint(controls["pitch"] * 127.0), job.qa.onset_frames)
+    return _round(check_pitch_yin(est, yin, inner))
 
 
 def timbre_margin(est, controls: dict[str, np.ndarray], instrument: str, job: QaJob) -> tuple[float, str | None]:
