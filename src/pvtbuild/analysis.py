@@ -53,13 +53,18 @@ magnitude STFT taken only at the grid's frame times. Measured on the 2-core dev 
 shared with other jobs (`bench/bench_qa.py`, 95 Lakh clips, 600 frames each):
 `analyse_batch` ~2.0 ms per 8 s clip, of which the 512-point rffts ~0.6-0.9 ms, the
 decimation ~0.25, windowing, magnitudes and log ~0.3, the template product ~0.2; the qa
-stage's scoring (`adherence`, timbre) adds ~0.7 ms, so `qa.judge_clips` takes ~2.7 ms per
-clip against ~4.1 ms for the per-clip path it replaced (0.2-0.3 x the render stage's time,
-with the load). What made it cheaper: clip by clip, the heavy arrays (decimated audio,
+stage's scoring (`adherence`, timbre) adds ~0.6 ms, so `qa.judge_clips` takes ~2.6-3.3 ms
+per clip against ~4.1 ms for the per-clip path it replaced: 0.22-0.31 x the render stage's
+time in bench_qa's rounds, median ~0.27, above the 0.25 target while other jobs load the
+machine (the YIN cross-check on `qa.yin_share` of the clips adds ~0.4 ms per clip on
+average, not counted there). What made it cheaper: clip by clip, the heavy arrays (decimated audio,
 [600, 206] log spectrum, [600, 61] scores) live in buffers reused from clip to clip, so they
 stay in cache and no large array is allocated per clip (fresh pages cost ~0.5 ms per clip in
 page faults on this VM); the per-frame decisions (voicing, onsets) run on the whole batch; and
-the scoring avoids numpy's slow small-array wrappers (np.mean, np.median, np.add.at):
+the scoring avoids numpy's slow small-array wrappers (np.mean, np.median, np.add.at) and
+prepares the timbre references once per references mapping. What is left is per-frame
+numpy work (rffts, window, magnitudes, log, template product): a much smaller budget needs
+fewer or shorter frames, i.e. a different estimator:
 
 - Audio is low-passed ([1,3,3,1]/8, -21 dB at 8.5 kHz) and decimated to 12 kHz
   (24 kHz input; other rates are resampled), then a 512-point Hann window
@@ -306,22 +311,22 @@ def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndar
     its level). `references` maps an instrument to (pitches [P] MIDI, profiles [P, H]) measured
     the same way on notes of that instrument (the qa stage renders them from the SoundFont);
     each frame is compared with the reference at the nearest pitch (pitches ascending). `frames`: a [T] bool mask
-    of the frames to use (default: every voiced frame).
+    of the frames to use (default: every voiced frame). `references` must not change once passed:
+    its prepared form is kept for the next call with the same mapping (the qa stage's every clip).
     """
     use = est.voiced if frames is None else (frames & est.voiced)
     h = est.harmonics[use] if len(est.harmonics) else np.zeros((0, TIMBRE_HARMONICS))
     ok = np.isfinite(h).all(axis=1)
     shape, pitch = _shape(h[ok]), est.pitch[use][ok]
-    out = {}
-    for name, (ref_pitch, ref_profile) in references.items():
-        if len(shape) < min_frames or not len(ref_pitch):
-            out[name] = float("nan")
-            continue
-        ref_pitch = np.asarray(ref_pitch, dtype=np.float64)  # ascending
-        # the nearest reference pitch (the lower one on a tie): how many midpoints lie below the pitch
-        nearest = np.searchsorted(0.5 * (ref_pitch[1:] + ref_pitch[:-1]), pitch, side="left")
-        diff = shape - _shape(np.asarray(ref_profile, dtype=np.float32))[nearest]
-        out[name] = float(np.einsum("ij,ij->", diff, diff) / diff.size)
+    names, midpoints, profiles = _timbre_tables(references)
+    out = {name: float("nan") for name in references}
+    if len(shape) < min_frames or not names:
+        return out
+    # each instrument's nearest reference pitch (the lower one on a tie): how many midpoints lie below
+    nearest = np.stack([np.searchsorted(m, pitch, side="left") + offset for m, offset in midpoints])
+    diff = profiles[nearest] - shape  # [instruments, frames, H]
+    for name, d in zip(names, np.einsum("ifh,ifh->i", diff, diff) / shape.size):
+        out[name] = float(d)
     return out
 
 
@@ -523,19 +528,51 @@ def _limit_to_expected(scores: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     """[T, TIMBRE_HARMONICS] the log spectrum at harmonics 1..H of each frame's pitch (linear between bins)."""
+    bins = s.shape[1]
     out = np.full((len(s), TIMBRE_HARMONICS), np.nan, dtype=np.float32)
     rows = np.flatnonzero(np.isfinite(pitch))
     if not len(rows):
         return out
-    f0 = 440.0 * 2 ** ((pitch[rows] - 69) / 12)
-    b = f0[:, None] * np.arange(1, TIMBRE_HARMONICS + 1)[None, :] / (ANALYSIS_SR / WINDOW)
-    inside = b < s.shape[1] - 1
-    lo = np.minimum(np.floor(b).astype(np.int64), s.shape[1] - 2)
+    b = np.exp2((pitch[rows] - 69) / 12)[:, None] * _HARMONIC_BINS  # [rows, H] fractional bins
+    lo = b.astype(np.int64)  # floor (b > 0)
+    np.minimum(lo, bins - 2, out=lo)
     frac = (b - lo).astype(np.float32)
-    r = rows[:, None]
-    vals = s[r, lo] * (1 - frac) + s[r, lo + 1] * frac
-    out[rows] = np.where(inside, vals, np.nan)
+    at = lo + (rows * bins)[:, None]  # flat indices into s
+    flat = s.reshape(-1)
+    below, above = flat.take(at), flat.take(at + 1)
+    vals = below * (1 - frac) + above * frac
+    vals[b >= bins - 1] = np.nan
+    out[rows] = vals
     return out
+
+
+_HARMONIC_BINS = 440.0 * np.arange(1, TIMBRE_HARMONICS + 1) / (ANALYSIS_SR / WINDOW)  # bins of harmonics of A4
+
+
+_TIMBRE_TABLES: tuple[object, tuple] | None = None
+
+
+def _timbre_tables(references: Mapping[str, tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[list[str], list[tuple[np.ndarray, int]], np.ndarray]:
+    """(instruments with references, (pitch midpoints, first row) of each, their shaped profiles stacked [rows, H]).
+
+    Remembered for the last `references` object seen (the qa stage passes the same one for every
+    clip, and never changes it), so each clip only looks them up.
+    """
+    global _TIMBRE_TABLES
+    if _TIMBRE_TABLES is None or _TIMBRE_TABLES[0] is not references:
+        names, midpoints, profiles, row = [], [], [], 0
+        for name, (ref_pitch, ref_profile) in references.items():
+            if not len(ref_pitch):
+                continue
+            p = np.asarray(ref_pitch, dtype=np.float64)  # ascending
+            names.append(name)
+            midpoints.append((0.5 * (p[1:] + p[:-1]), row))
+            profiles.append(_shape(np.asarray(ref_profile, dtype=np.float32).reshape(len(p), -1)))
+            row += len(p)
+        stacked = np.concatenate(profiles) if profiles else np.zeros((0, TIMBRE_HARMONICS), dtype=np.float32)
+        _TIMBRE_TABLES = (references, (names, midpoints, stacked))
+    return _TIMBRE_TABLES[1]
 
 
 def _shape(h: np.ndarray) -> np.ndarray:
