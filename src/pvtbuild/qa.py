@@ -1,10 +1,10 @@
 """The qa stage: does every rendered clip's audio agree with its controls? Judged from the audio alone.
 
 Reads the render shards of a build (`OUT/render`), analyses each clip's audio on one
-control grid (`qa.grid`, default the coarsest) with `analysis.analyse`, scores it
-against that grid's stored controls with `analysis.adherence`, and names what is
-wrong with the clips that fail (`failure_reasons`, thresholds in the `qa` config
-section). The MIDI is never read: the controls are the claim, the audio the evidence.
+control grid (`qa.grid`, default the coarsest; a shard's clips in one `analysis.analyse_batch`
+call, `judge_clips`), scores it against that grid's stored controls with `analysis.adherence`,
+and names what is wrong with the clips that fail (`failure_reasons`, thresholds in the `qa`
+config section). The MIDI is never read: the controls are the claim, the audio the evidence.
 
 Output, per render shard i, `OUT/qa/shard-{i:05d}.json` (a `ShardRecord` with no
 data file) holding one manifest row per clip rendered ok:
