@@ -22,11 +22,9 @@ from typing import Iterator
 
 import pytest
 
-from test_distributed import (BIN, DEMO_MANIFEST, HANG_GUARD, free_port, kill_session, run_cli, stage_files,
-                              stock_env, wait_until_gone)
-from pvtbuild.config import load_pipeline
+from test_distributed import (BIN, HANG_GUARD, demo_inputs, free_port, kill_session, run_cli, stage_files, stock_env,
+                              wait_until_gone)
 from pvtbuild.executor import Task, open_executor
-from pvtbuild.pipeline import run_render
 
 N_CLIPS = 4
 PIPELINE = """\
@@ -158,17 +156,7 @@ def tls_cluster(certs, tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(pipeline, selection manifest of N_CLIPS demo clips, reference render made in-process)."""
-    base = tmp_path_factory.mktemp("tls-inputs")
-    pipeline = base / "pipeline.yaml"
-    pipeline.write_text(PIPELINE)
-    rows = [json.loads(line) for line in DEMO_MANIFEST.read_text().splitlines()][:N_CLIPS]
-    for r in rows:
-        r["source"] = str((DEMO_MANIFEST.parent / r["source"]).resolve())
-    selection = base / "selection.jsonl"
-    selection.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reference = base / "reference"
-    run_render(load_pipeline(pipeline, midi=str(selection), **{"exec.scheduler": "sync"}), reference)
-    return pipeline, selection, reference
+    return demo_inputs(tmp_path_factory.mktemp("tls-inputs"), PIPELINE, N_CLIPS)
 
 
 @pytest.fixture

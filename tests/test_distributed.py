@@ -145,13 +145,11 @@ def check_stage(stage_dir: Path, reference: Path) -> None:
 # --- fixtures ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(pipeline, selection manifest of N_CLIPS demo clips, reference build rendered in-process)."""
-    base = tmp_path_factory.mktemp("dist")
+def demo_inputs(base: Path, pipeline_text: str, n_clips: int) -> tuple[Path, Path, Path]:
+    """(pipeline, selection manifest of the first `n_clips` demo clips, reference build rendered in-process)."""
     pipeline = base / "pipeline.yaml"
-    pipeline.write_text(PIPELINE)
-    rows = [json.loads(line) for line in DEMO_MANIFEST.read_text().splitlines()][:N_CLIPS]
+    pipeline.write_text(pipeline_text)
+    rows = [json.loads(line) for line in DEMO_MANIFEST.read_text().splitlines()][:n_clips]
     for r in rows:
         r["source"] = str((DEMO_MANIFEST.parent / r["source"]).resolve())
     selection = base / "selection.jsonl"
@@ -159,6 +157,12 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
     reference = base / "reference"
     run_render(load_pipeline(pipeline, midi=str(selection), **{"exec.scheduler": "sync"}), reference)
     return pipeline, selection, reference
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(pipeline, selection manifest of N_CLIPS demo clips, reference build rendered in-process)."""
+    return demo_inputs(tmp_path_factory.mktemp("dist"), PIPELINE, N_CLIPS)
 
 
 @pytest.fixture

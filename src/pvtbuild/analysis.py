@@ -197,7 +197,9 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     harmonics = np.empty((b, t, TIMBRE_HARMONICS), dtype=np.float32)
     rise = np.empty((max(t - 1, 0), N_BINS), dtype=np.float32)
     padded = None
-    with one_blas_thread():
+    from .encode.device import encode_threads  # torch (the rffts) on one thread, as BLAS: see _log_spectrum
+
+    with one_blas_thread(), encode_threads():
         for k in range(b):
             padded = _to_analysis_rate(audio[k], sample_rate, pad=WINDOW, out=padded)
             loudness[k] = _log_spectrum(padded, times, s)
@@ -464,7 +466,7 @@ def _log_spectrum(padded: np.ndarray, times: np.ndarray, out: np.ndarray) -> np.
     peak magnitude, 1e-7). A regular grid is read through a strided view (no gather), in blocks of
     `_BLOCK` frames so that frames, spectrum and magnitudes stay in cache.
     """
-    import scipy.fft
+    import torch
 
     half = WINDOW // 2
     centres = np.rint(times * ANALYSIS_SR).astype(np.int64) + WINDOW
@@ -481,7 +483,9 @@ def _log_spectrum(padded: np.ndarray, times: np.ndarray, out: np.ndarray) -> np.
     for i in range(0, n, _BLOCK):
         w = np.multiply(frames[i:i + _BLOCK], _HANN, out=work[:min(_BLOCK, n - i)])
         np.einsum("ij,ij->i", w, w, out=energy[i:i + _BLOCK])
-        np.abs(scipy.fft.rfft(w, axis=1)[:, :N_BINS], out=out[i:i + _BLOCK])
+        # torch's rfft: ~3x scipy's on one thread (0.26 vs 0.8 ms for 600 frames here); numpy's
+        # complex abs and log1p are faster than torch's (same results, to float32 rounding)
+        np.abs(torch.fft.rfft(torch.from_numpy(w), dim=1).numpy()[:, :N_BINS], out=out[i:i + _BLOCK])
     floor = max(float(out.max(initial=0.0)) * 1e-4, 1e-7)
     np.divide(out, np.float32(floor), out=out)
     np.log1p(out, out=out)

@@ -443,7 +443,7 @@ def _connect(address: str) -> Any:
                             f"(distributed.comm.require-encryption), so connect with tls://{address.split('://')[-1]}")
     try:
         return Client(address, timeout="10s", security=security)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:  # ValueError: tornado, when a plain server answers a TLS hello
         raise PvtbuildError(_connect_failure(address, e)) from None
 
 
