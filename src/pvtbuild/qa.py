@@ -120,6 +120,8 @@ def plan_qa(out: Path, cfg: PipelineConfig, rendered: FinishedStage) -> StageRun
 
 def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_dir: str) -> ShardRecord:
     """Judge the clips of one render shard; writes and returns its qa record."""
+    if job.qa.yin_share > 0:
+        _warm_yin()
     stage = Path(stage_dir)
     if render.params != job.render_params:  # the render task failed: so does this one, to be retried
         return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}", []))
@@ -181,6 +183,19 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
             extra["yin_agreement"] = _yin_agreement(audio[n], est, clip_controls, job)
         out.append((scores, extra))
     return out
+
+
+_YIN_WARM = False
+
+
+def _warm_yin() -> None:
+    """librosa's YIN costs ~1.9 s on its first call in a process (lazy imports, numba compiling),
+    then ~10 ms: pay it on a worker's first qa task, not at whichever task a sampled clip first
+    falls in (so task times, and a benchmark's warm-up, see it where it belongs)."""
+    global _YIN_WARM
+    if not _YIN_WARM:
+        pitch_yin(np.zeros(4800, dtype=np.float32), 24000, 75.0, 4)
+        _YIN_WARM = True
 
 
 def _yin_agreement(audio: np.ndarray, est, controls: dict[str, np.ndarray], job: QaJob) -> float | None:
