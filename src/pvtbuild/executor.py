@@ -473,7 +473,7 @@ def _connect_failure(address: str, exc: BaseException) -> str:
         return (f"dask scheduler {address} speaks TLS: connect with tls://{url.netloc}, "
                 f"with this client's certificates in dask config; {_TLS_HOW}")
     if url.scheme == "tls":
-        if not any(word in reason for word in ("SSL", "certificate")) and not _speaks_tls(url.hostname, url.port):
+        if not _speaks_tls(url.hostname, url.port):  # not by the reason's words: "cannot convert to SSL" is either
             return f"dask scheduler {address} does not speak TLS: connect with tcp://{url.netloc} ({reason})"
         return (f"TLS scheduler {address} and this client do not accept each other's certificates "
                 f"(the scheduler's must be signed by {TLS_KEYS['ca_file']}, this client's "
