@@ -32,7 +32,6 @@ when another instrument's profile fits better than its own by more than
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from collections import Counter, defaultdict
@@ -48,8 +47,8 @@ from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write_bytes
-from .stage import (FinishedStage, ShardRecord, StageRun, StageSummary, check_shard_file, claim_stage_dir, each_shard,
-                    plan_stage, read_finished_stage, rendered_rows, run_stages, write_record)
+from .stage import (FinishedStage, ShardRecord, StageRun, StageSummary, claim_stage_dir, each_shard, plan_stage,
+                    read_finished_stage, read_shard_arrays, rendered_rows, run_stages, write_record)
 
 SUMMARY_JSON = "summary.json"
 FAILED = "failed qa"
@@ -128,18 +127,17 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
     rendered = {r["id"]: r for r in rendered_rows(render)}
     if not render.file:
         return write_record(stage, ShardRecord("qa", index, "", "", job.params, []))
-    blob = (Path(render_dir) / render.file).read_bytes()
+    g = job.grid.name
+    names = ("voiced", "pitch", "chroma", "velocity")
     try:
-        check_shard_file(Path(render_dir), render, blob)
+        arrays = read_shard_arrays(Path(render_dir), render, ("id", "audio", *(f"{name}_{g}" for name in names)))
     except InputError as e:
         return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}",
                                          [_row(r, job.params, f"skipped: {e}; rerun render", {})
                                           for r in rendered.values()]))
-    g = job.grid.name
-    with np.load(io.BytesIO(blob)) as npz:
-        ids = [str(x) for x in npz["id"]]
-        audio = npz["audio"]
-        controls = {name: npz[f"{name}_{g}"] for name in ("voiced", "pitch", "chroma", "velocity")}
+    ids = [str(x) for x in arrays["id"]]
+    audio = arrays["audio"]
+    controls = {name: arrays[f"{name}_{g}"] for name in names}
     rows = []
     given = [rendered.get(cid, {"id": cid, "inputs": {}}) for cid in ids]
     instruments = [row.get("inputs", {}).get("instrument", "") for row in given]

@@ -35,8 +35,6 @@ import hashlib
 from collections import Counter
 import json
 import math
-import struct
-import zipfile
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +49,7 @@ from .dataset.tfrecord import SPLITS, num_shards
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
+from .npz import NpzRows
 from .stage import ShardRecord, StageSummary, chunk, claim_stage_dir, read_finished_stage, run_stage, write_record
 
 ENCODED = ("cqt", "encodec", "disc")
@@ -192,62 +191,6 @@ def clip_arrays(clip: ShardClip, shapes: dict[str, tuple[Any, tuple[int, ...]]],
         source = clip.encode_file if name in ENCODED else clip.render_file
         arrays[name] = reader(source).row(name, clip.clip_id).reshape(shape)
     return arrays
-
-
-class NpzRows:
-    """Single rows of the arrays of an uncompressed .npz (as np.savez writes), read without loading the rest.
-
-    A render shard holds 32 clips; a dataset shard takes a few clips from many
-    render shards (its clips are shuffled), so reading whole arrays would read
-    the build many times over. Rows are found by the ``id`` array.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        with zipfile.ZipFile(self.path) as zf:
-            self._members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
-        self._headers: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
-        ids = self._read("id", 0, self.header("id")[2][0])
-        self._row_of = {str(i): n for n, i in enumerate(ids)}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._members)
-
-    def header(self, name: str) -> tuple[int, np.dtype, tuple[int, ...]]:
-        """(data offset in the file, dtype, shape) of one member array."""
-        if name not in self._headers:
-            info = self._members.get(name)
-            if info is None:
-                raise InputError(f"{self.path}: holds no array {name!r} (has {', '.join(self._members)})")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise InputError(f"{self.path}: {name} is compressed; pvtbuild stages write uncompressed .npz")
-            with open(self.path, "rb") as fh:
-                fh.seek(info.header_offset + 26)
-                name_len, extra_len = struct.unpack("<HH", fh.read(4))
-                fh.seek(info.header_offset + 30 + name_len + extra_len)
-                version = np.lib.format.read_magic(fh)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read_header(fh)
-                if fortran:
-                    raise InputError(f"{self.path}: {name} is stored in Fortran order")
-                self._headers[name] = (fh.tell(), dtype, tuple(shape))
-        return self._headers[name]
-
-    def row(self, name: str, clip_id: str) -> np.ndarray:
-        if clip_id not in self._row_of:
-            raise InputError(f"{self.path}: no clip {clip_id}")
-        return self._read(name, self._row_of[clip_id], 1)[0]
-
-    def _read(self, name: str, first: int, n: int) -> np.ndarray:
-        offset, dtype, shape = self.header(name)
-        per_row = dtype.itemsize * math.prod(shape[1:])
-        with open(self.path, "rb") as fh:
-            fh.seek(offset + first * per_row)
-            data = fh.read(n * per_row)
-        if len(data) != n * per_row:
-            raise InputError(f"{self.path}: truncated ({name} ends early)")
-        return np.frombuffer(data, dtype=dtype).reshape((n,) + shape[1:])
 
 
 # --- inputs: what render and encode finished --------------------------------------------------

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from .errors import InputError, PvtbuildError
 from .executor import After, Executor, Task, TaskFailure
 from .manifest import (ManifestRow, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_bytes, sha256_file,
@@ -108,6 +110,23 @@ def check_shard_file(stage_dir: Path, rec: ShardRecord, data: bytes | None = Non
     if sha != rec.sha256:
         raise InputError(f"{path}: damaged, its sha256 is not the one its record "
                          f"{record_path(stage_dir, rec.index).name} holds")
+
+
+def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays `names` of `rec`'s shard file, read once and checked against its sha256 first
+    (the encode and qa tasks, on a render shard): read-only views into the file's bytes.
+
+    Raises:
+        InputError: one line naming the file: missing, damaged (`check_shard_file`) or unreadable.
+    """
+    from .npz import npz_arrays
+
+    path = Path(stage_dir) / rec.file
+    if not path.is_file():
+        check_shard_file(stage_dir, rec)  # raises: missing
+    blob = path.read_bytes()
+    check_shard_file(stage_dir, rec, blob)
+    return npz_arrays(blob, names, path)
 
 
 def finished_record(stage_dir: Path, index: int, params: str, inputs: str = "") -> ShardRecord | None:

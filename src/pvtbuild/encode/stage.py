@@ -39,7 +39,6 @@ marked failed, so the next run (after render redid them) encodes them.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -54,8 +53,8 @@ from ..config import CqtConfig, PipelineConfig, config_hash
 from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
-from ..stage import (FinishedStage, ShardRecord, StageRun, StageSummary, check_shard_file, claim_stage_dir, plan_stage,
-                     read_finished_stage, rendered_rows, run_stages, shard_stem, write_record)
+from ..stage import (FinishedStage, ShardRecord, StageRun, StageSummary, claim_stage_dir, plan_stage, read_finished_stage,
+                     read_shard_arrays, rendered_rows, run_stages, shard_stem, write_record)
 from .cqt import TRANSFORM, CqtEncoder
 from .device import default_batch_size, deterministic_cuda, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
@@ -248,15 +247,13 @@ def _read_render_shard(index: int, render: ShardRecord, job: EncodeJob, stage: P
     rendered = rendered_rows(render)
     if not render.file:
         return write_record(stage, ShardRecord("encode", index, "", "", job.params, []))
-    blob = (render_dir / render.file).read_bytes()
     try:
-        check_shard_file(render_dir, render, blob)
+        arrays = read_shard_arrays(render_dir, render, ("id", "audio"))
     except InputError as e:
         status = f"skipped: {e}; rerun render"
         return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
                                                [_row(r, job.params, status, job) for r in rendered]))
-    with np.load(io.BytesIO(blob)) as npz:
-        return rendered, [str(x) for x in npz["id"]], npz["audio"]
+    return rendered, [str(x) for x in arrays["id"]], arrays["audio"]
 
 
 def _write_encoded(stage: Path, index: int, rendered: list[dict[str, Any]], ids: list[str],

@@ -1,0 +1,111 @@
+"""Uncompressed .npz files (what every stage writes with `np.savez`), read by their members' offsets.
+
+`np.load` reads a whole member, copies it and checks its zip CRC. Two readers want less:
+- `NpzRows`: single rows of members, without loading the rest (the shard stage gathers a few
+  clips from each of many render shards);
+- `npz_arrays`: the members of a file already read and sha256-checked (`stage.read_shard_arrays`,
+  the encode and qa tasks), as read-only views into its bytes: no copy, and no zip CRC on top of
+  the sha256 (at qa's ~3 ms per clip, CRC and copies were another ~1 ms).
+Both find a member's data from its local zip header and its .npy header (`member_header`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zipfile
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+
+def member_header(fh: BinaryIO, info: zipfile.ZipInfo, path: str | Path) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(offset of the array's data in the file, dtype, shape) of one stored (uncompressed) member."""
+    name = info.filename[:-4]
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise InputError(f"{path}: {name} is compressed; pvtbuild stages write uncompressed .npz")
+    fh.seek(info.header_offset + 26)
+    name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)
+    if fortran:
+        raise InputError(f"{path}: {name} is stored in Fortran order")
+    return fh.tell(), dtype, tuple(shape)
+
+
+def npz_arrays(blob: bytes, names: Iterable[str], path: str | Path) -> dict[str, np.ndarray]:
+    """The members `names` of the .npz whose bytes are `blob`, as read-only views into it.
+
+    Raises:
+        InputError: one line naming `path`: not a zip, a member missing, compressed or cut short.
+    """
+    fh = io.BytesIO(blob)
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+    except zipfile.BadZipFile as e:
+        raise InputError(f"{path}: not a readable .npz ({e})") from None
+    arrays = {}
+    for name in names:
+        offset, dtype, shape = member_header(fh, _member(members, name, path), path)
+        count = math.prod(shape)
+        if offset + count * dtype.itemsize > len(blob):
+            raise InputError(f"{path}: truncated ({name} ends early)")
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return arrays
+
+
+def _member(members: dict[str, zipfile.ZipInfo], name: str, path: str | Path) -> zipfile.ZipInfo:
+    if name not in members:
+        raise InputError(f"{path}: holds no array {name!r} (has {', '.join(members)})")
+    return members[name]
+
+
+class NpzRows:
+    """Single rows of the arrays of an uncompressed .npz (as np.savez writes), read without loading the rest.
+
+    A render shard holds 32 clips; a dataset shard takes a few clips from many
+    render shards (its clips are shuffled), so reading whole arrays would read
+    the build many times over. Rows are found by the ``id`` array.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with zipfile.ZipFile(self.path) as zf:
+            self._members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+        self._headers: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        ids = self._read("id", 0, self.header("id")[2][0])
+        self._row_of = {str(i): n for n, i in enumerate(ids)}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def header(self, name: str) -> tuple[int, np.dtype, tuple[int, ...]]:
+        """(data offset in the file, dtype, shape) of one member array."""
+        if name not in self._headers:
+            info = _member(self._members, name, self.path)
+            with open(self.path, "rb") as fh:
+                self._headers[name] = member_header(fh, info, self.path)
+        return self._headers[name]
+
+    def row(self, name: str, clip_id: str) -> np.ndarray:
+        if clip_id not in self._row_of:
+            raise InputError(f"{self.path}: no clip {clip_id}")
+        return self._read(name, self._row_of[clip_id], 1)[0]
+
+    def _read(self, name: str, first: int, n: int) -> np.ndarray:
+        offset, dtype, shape = self.header(name)
+        per_row = dtype.itemsize * math.prod(shape[1:])
+        with open(self.path, "rb") as fh:
+            fh.seek(offset + first * per_row)
+            data = fh.read(n * per_row)
+        if len(data) != n * per_row:
+            raise InputError(f"{self.path}: truncated ({name} ends early)")
+        return np.frombuffer(data, dtype=dtype).reshape((n,) + shape[1:])
