@@ -12,7 +12,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -22,8 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from test_distributed import (BIN, HANG_GUARD, demo_inputs, free_port, kill_session, run_cli, stage_files, stock_env,
-                              wait_until_gone)
+from test_distributed import (BIN, HANG_GUARD, demo_inputs, free_port, run_cli, stage_files, stock_env,
+                              stopped_afterwards)
 from pvtbuild.executor import Task, open_executor
 
 N_CLIPS = 4
@@ -97,8 +96,7 @@ def tls_flags(certs: Path, name: str) -> list[str]:
 def started(tmp_path: Path, scheduler_args: list[str], worker_args: list[str] | None) -> Iterator[list]:
     """A `dask scheduler` (and a `dask worker` with `worker_args`, unless None) in their own sessions, stock
     environment; all of them stopped, by session, afterwards."""
-    procs: list[subprocess.Popen] = []
-    try:
+    with stopped_afterwards() as procs:
         procs.append(subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
              *scheduler_args], cwd=tmp_path, env=stock_env(), stdout=subprocess.DEVNULL,
@@ -109,17 +107,6 @@ def started(tmp_path: Path, scheduler_args: list[str], worker_args: list[str] | 
                 cwd=tmp_path, env=stock_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"),
                 start_new_session=True))
         yield procs
-    finally:
-        for proc in reversed(procs):  # workers first
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        left = {}
-        for proc in reversed(procs):
-            if left_over := wait_until_gone(proc.pid, bound=30.0):
-                left[proc.args[1]] = left_over
-                kill_session(proc)
-            proc.wait()
-    assert not left, f"processes outlived their stopped cluster: {left}"
 
 
 def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:

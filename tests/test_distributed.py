@@ -197,6 +197,28 @@ def stock_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def stopped_afterwards() -> Iterator[list[subprocess.Popen]]:
+    """Yields a list for the block to add the processes it starts, each in its own session; afterwards
+    each session gets SIGTERM (last started first: workers before their scheduler), and no process of
+    any may be left."""
+    procs: list[subprocess.Popen] = []
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        left = {}
+        for proc in reversed(procs):
+            if left_over := wait_until_gone(proc.pid, bound=30.0):
+                left[proc.args[1]] = left_over
+                kill_session(proc)
+            proc.wait()
+    # dask's own processes and the MIDI parsers they started all left on SIGTERM
+    assert not left, f"processes outlived their stopped cluster: {left}"
+
+
+@contextlib.contextmanager
 def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = None) -> Iterator[str]:
     """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` as anyone starts them: stock
     nannies (daemonic workers, MALLOC_TRIM_THRESHOLD_=65536), no pvtbuild-specific environment
@@ -206,8 +228,7 @@ def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = No
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    procs = []
-    try:
+    with stopped_afterwards() as procs:
         procs.append(subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
              "--dashboard-address", "127.0.0.1:0"], cwd=tmp_path, env=stock_env(),
@@ -219,18 +240,6 @@ def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = No
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=HANG_GUARD)
         yield address
-    finally:
-        for proc in reversed(procs):  # workers first
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        left = {}
-        for proc in reversed(procs):
-            if left_over := wait_until_gone(proc.pid, bound=30.0):
-                left[proc.args[1]] = left_over
-                kill_session(proc)
-            proc.wait()
-    # dask's own processes and the MIDI parsers they started all left on SIGTERM
-    assert not left, f"processes outlived their stopped cluster: {left}"
 
 
 @pytest.fixture
