@@ -53,6 +53,12 @@ def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
     return record
 
 
+def dies_mid_write(index: int, items: list[int], stage_dir: str) -> ShardRecord:
+    """Leave what a worker killed inside `atomic_write` leaves (its temporary), then finish as the rerun would."""
+    (Path(stage_dir) / f".shard-{index:05d}.npz.x1y2.tmp").write_bytes(b"PK half a shard")
+    return shard_task(index, items, stage_dir)
+
+
 def total(numbers: list[int]) -> int:
     return sum(numbers)
 
@@ -263,3 +269,12 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
                                             r"environment, not the input: NotADirectoryError: .*rerun when"):
         run_stage(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, failed, StageSummary("demo"))
     assert list(stage_dir.iterdir()) == []  # no skipped rows: a rerun after the fix does every shard
+
+
+def test_a_temporary_that_a_killed_worker_left_is_gone_when_the_stage_finishes(tmp_path):
+    failed = lambda group, status: []
+    make = lambda i, group: Task(f"demo-{i}", dies_mid_write, (i, group, str(tmp_path)))
+
+    run_stage(Executor(None, "in-process"), tmp_path, "p", [[1], [2]], make, failed, StageSummary("demo"))
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "shard-00000.json", "shard-00001.json"]

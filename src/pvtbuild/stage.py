@@ -310,8 +310,13 @@ class StageRun:
         self.summary.failed_shards.append(f"{task.key}: {status}")
 
     def finish(self) -> "StageSummary":
-        """Write the manifest of every shard and run the stage's own closing step."""
+        """Write the manifest of every shard and run the stage's own closing step.
+
+        Every task has answered by now, so a temporary still in the folder is what a worker
+        killed mid-write left (its task ran again elsewhere): removed here, not at the next run.
+        """
         self._release_early()
+        remove_stale_temporaries(self.stage_dir)
         write_manifest(self.stage_dir, self.records.values())
         if self.on_finish is not None:
             self.on_finish(self.records)
