@@ -44,11 +44,11 @@ import numpy as np
 from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, analyse_batch, check_pitch_yin,
                        one_blas_thread, pitch_yin, timbre_distances)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
-from .errors import InputError, PvtbuildError
+from .errors import PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, atomic_write_bytes
 from .stage import (FinishedStage, ShardRecord, StageRun, StageSummary, claim_stage_dir, each_shard, plan_stage,
-                    read_finished_stage, read_shard_arrays, rendered_rows, run_stages, write_record)
+                    read_finished_stage, read_render_input, rendered_rows, run_stages, write_record)
 
 SUMMARY_JSON = "summary.json"
 FAILED = "failed qa"
@@ -122,19 +122,14 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
     if job.qa.yin_share > 0:
         _warm_yin()
     stage = Path(stage_dir)
-    if render.params != job.render_params:  # the render task failed: so does this one, to be retried
-        return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}", []))
-    rendered = {r["id"]: r for r in rendered_rows(render)}
-    if not render.file:
-        return write_record(stage, ShardRecord("qa", index, "", "", job.params, []))
     g = job.grid.name
     names = ("voiced", "pitch", "chroma", "velocity")
-    try:
-        arrays = read_shard_arrays(Path(render_dir), render, ("id", "audio", *(f"{name}_{g}" for name in names)))
-    except InputError as e:
-        return write_record(stage, ShardRecord("qa", index, "", "", f"failed:{job.params}",
-                                         [_row(r, job.params, f"skipped: {e}; rerun render", {})
-                                          for r in rendered.values()]))
+    arrays = read_render_input("qa", index, render, job.render_params, job.params, Path(render_dir), stage,
+                               ("id", "audio", *(f"{name}_{g}" for name in names)),
+                               lambda row, status: _row(row, job.params, status, {}))
+    if isinstance(arrays, ShardRecord):
+        return arrays
+    rendered = {r["id"]: r for r in rendered_rows(render)}
     ids = [str(x) for x in arrays["id"]]
     audio = arrays["audio"]
     controls = {name: arrays[f"{name}_{g}"] for name in names}

@@ -129,6 +129,28 @@ def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -
     return npz_arrays(blob, names, path)
 
 
+def read_render_input(stage: str, index: int, render: ShardRecord, render_params: str, params: str,
+                      render_dir: Path, stage_dir: Path, names: Iterable[str],
+                      skipped_row: Callable[[dict[str, Any], str], dict[str, Any]]) -> dict[str, np.ndarray] | ShardRecord:
+    """What a task of a stage fed by render shard `index` (encode, qa) reads: the arrays `names`
+    (`read_shard_arrays`), or, when there is nothing to read, the task's final record, written:
+
+    - the render task failed (its params are not `render_params`): failed, so it is retried with it;
+    - the render shard holds no clip: empty;
+    - its file is missing or damaged: failed, one `skipped_row(render row, status)` per clip.
+    """
+    if render.params != render_params:
+        return write_record(stage_dir, ShardRecord(stage, index, "", "", f"failed:{params}", []))
+    if not render.file:
+        return write_record(stage_dir, ShardRecord(stage, index, "", "", params, []))
+    try:
+        return read_shard_arrays(render_dir, render, names)
+    except InputError as e:
+        status = f"skipped: {e}; rerun render"
+        return write_record(stage_dir, ShardRecord(stage, index, "", "", f"failed:{params}",
+                                                   [skipped_row(r, status) for r in rendered_rows(render)]))
+
+
 def finished_record(stage_dir: Path, index: int, params: str, inputs: str = "") -> ShardRecord | None:
     """The shard's record if the shard is complete, intact and made from `inputs`, else None (it must be redone)."""
     rec = read_record(stage_dir, index)

@@ -104,10 +104,7 @@ class FftCqt:
         """
         if x.ndim != 2 or x.shape[1] != self.n_samples:
             raise ValueError(f"expected [B, {self.n_samples}] audio, got {list(x.shape)}")
-        x = x.to(self.device, torch.float32)
-        if self.device.type == "cpu" and x.shape[0] > 1:
-            return torch.cat([self._transform(x[i:i + 1]) for i in range(x.shape[0])])
-        return self._transform(x)
+        return self._clip_by_clip_on_cpu(self._transform, x.to(self.device, torch.float32))
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         padded = torch.nn.functional.pad(x[:, None], (self.pad, self.pad), mode="reflect")[:, 0]
@@ -135,10 +132,13 @@ class FftCqt:
         """
         if y.ndim != 3 or tuple(y.shape[1:]) != (self.params.n_bins, self.frames):
             raise ValueError(f"expected [B, {self.params.n_bins}, {self.frames}] CQT, got {list(y.shape)}")
-        y = y.to(self.device, torch.complex64)
-        if self.device.type == "cpu" and y.shape[0] > 1:
-            return torch.cat([self._adjoint(y[i:i + 1]) for i in range(y.shape[0])])
-        return self._adjoint(y)
+        return self._clip_by_clip_on_cpu(self._adjoint, y.to(self.device, torch.complex64))
+
+    def _clip_by_clip_on_cpu(self, step, batch: torch.Tensor) -> torch.Tensor:
+        """`step` on the batch at once on CUDA; on CPU one clip at a time (see `__call__`), concatenated."""
+        if self.device.type == "cpu" and batch.shape[0] > 1:
+            return torch.cat([step(batch[i:i + 1]) for i in range(batch.shape[0])])
+        return step(batch)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         batch, n_spectrum = y.shape[0], self.fft_size // 2 + 1

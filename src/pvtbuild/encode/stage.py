@@ -54,7 +54,7 @@ from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
 from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
 from ..stage import (FinishedStage, ShardRecord, StageRun, StageSummary, claim_stage_dir, plan_stage, read_finished_stage,
-                     read_shard_arrays, rendered_rows, run_stages, shard_stem, write_record)
+                     read_render_input, rendered_rows, run_stages, shard_stem, write_record)
 from .cqt import TRANSFORM, CqtEncoder
 from .device import default_batch_size, deterministic_cuda, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
@@ -220,11 +220,12 @@ def encode_task(indices: list[int], renders: list[ShardRecord], job: EncodeJob, 
     done: dict[int, ShardRecord] = {}
     loaded: list[tuple[int, list[dict[str, Any]], list[str], np.ndarray]] = []  # index, its rows, ids, audio
     for index, render in zip(indices, renders):
-        got = _read_render_shard(index, render, job, stage, Path(render_dir))
+        got = read_render_input("encode", index, render, job.render_params, job.params, Path(render_dir), stage,
+                                ("id", "audio"), lambda row, status: _row(row, job.params, status, job))
         if isinstance(got, ShardRecord):
             done[index] = got
         else:
-            loaded.append((index, *got))
+            loaded.append((index, rendered_rows(render), [str(x) for x in got["id"]], got["audio"]))
     if loaded:
         audio = np.concatenate([clips for *_, clips in loaded])
         encoded, problems = encode_clips(audio, job)
@@ -237,23 +238,6 @@ def encode_task(indices: list[int], renders: list[ShardRecord], job: EncodeJob, 
                                                                          if n in span} for f, got in encoded.items()},
                                          {n - span.start: p for n, p in problems.items() if n in span}, job, device)
     return [done[i] for i in indices]
-
-
-def _read_render_shard(index: int, render: ShardRecord, job: EncodeJob, stage: Path,
-                       render_dir: Path) -> ShardRecord | tuple[list[dict[str, Any]], list[str], np.ndarray]:
-    """A render shard's (rows, clip ids, audio), or the encode record already final without encoding."""
-    if render.params != job.render_params:  # the render task failed: mark this one failed too, so it is retried
-        return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}", []))
-    rendered = rendered_rows(render)
-    if not render.file:
-        return write_record(stage, ShardRecord("encode", index, "", "", job.params, []))
-    try:
-        arrays = read_shard_arrays(render_dir, render, ("id", "audio"))
-    except InputError as e:
-        status = f"skipped: {e}; rerun render"
-        return write_record(stage, ShardRecord("encode", index, "", "", f"failed:{job.params}",
-                                               [_row(r, job.params, status, job) for r in rendered]))
-    return rendered, [str(x) for x in arrays["id"]], arrays["audio"]
 
 
 def _write_encoded(stage: Path, index: int, rendered: list[dict[str, Any]], ids: list[str],
