@@ -196,16 +196,22 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     harm = np.empty((b, t), dtype=np.float32)
     harmonics = np.empty((b, t, TIMBRE_HARMONICS), dtype=np.float32)
     rise = np.empty((max(t - 1, 0), N_BINS), dtype=np.float32)
-    padded = None
+    padded = framed = None
+    if expected is not None:  # candidates more than 13 semitones from a frame's expected pitch are out
+        expected = np.where(expected > 0, expected, np.nan)
+        far = np.empty(scores.shape, dtype=bool)
     from .encode.device import encode_threads  # torch (the rffts) on one thread, as BLAS: see _log_spectrum
 
     with one_blas_thread(), encode_threads():
         for k in range(b):
-            padded = _to_analysis_rate(audio[k], sample_rate, pad=WINDOW, out=padded)
-            loudness[k] = _log_spectrum(padded, times, s)
+            clip = _to_analysis_rate(audio[k], sample_rate, pad=WINDOW, out=padded)
+            if clip is not padded:  # a new buffer (the first clip, another rate): frame it
+                padded, framed = clip, _frames(clip, times)
+            loudness[k] = _log_spectrum(framed, s)
             np.matmul(s, _template(), out=scores)
             if expected is not None:
-                _limit_to_expected(scores, expected[k])
+                np.greater(np.abs(_CANDIDATES - expected[k][:, None]), 13, out=far)  # nan: False, no limit
+                np.copyto(scores, -np.inf, where=far)
             best = scores.argmax(axis=1)
             harm[k] = scores[rows, best]
             pitch[k] = MIDI_MIN + best + _parabola(scores, best)
@@ -458,26 +464,33 @@ _HANN_POWER = float(np.dot(_HANN.astype(np.float64), _HANN))
 _BLOCK = 200  # frames per rfft block in _log_spectrum
 
 
-def _log_spectrum(padded: np.ndarray, times: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """log1p(|rfft| / floor) of a Hann window centred on each time (bins up to ~MAX_FREQ) into `out`
-    [T, N_BINS]; returns each frame's loudness in dBFS [T].
+def _frames(padded: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[T, WINDOW] the samples of the window centred on each time, from `padded` (the clip at ANALYSIS_SR
+    with WINDOW zeros each side).
 
-    `padded`: the clip at ANALYSIS_SR with WINDOW zeros each side. floor = max(1e-4 x the clip's
-    peak magnitude, 1e-7). A regular grid is read through a strided view (no gather), in blocks of
-    `_BLOCK` frames so that frames, spectrum and magnitudes stay in cache.
+    A regular grid is a strided view (no gather), so it is made once per buffer and sees each
+    clip written into that buffer; an irregular one is a gathered copy (then the buffer must not be reused).
     """
-    import torch
-
     half = WINDOW // 2
     centres = np.rint(times * ANALYSIS_SR).astype(np.int64) + WINDOW
     n = len(centres)
     step = np.diff(centres)
     if n > 1 and step[0] > 0 and np.all(step == step[0]) and centres[0] >= half and centres[-1] + half <= len(padded):
-        frames = np.lib.stride_tricks.as_strided(padded[centres[0] - half:], (n, WINDOW),
-                                                 (int(step[0]) * padded.strides[0], padded.strides[0]),
-                                                 writeable=False)
-    else:
-        frames = padded[centres[:, None] - half + np.arange(WINDOW)[None, :]]
+        return np.lib.stride_tricks.as_strided(padded[centres[0] - half:], (n, WINDOW),
+                                               (int(step[0]) * padded.strides[0], padded.strides[0]), writeable=False)
+    return padded[centres[:, None] - half + np.arange(WINDOW)[None, :]]
+
+
+def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """log1p(|rfft| / floor) of each Hann-windowed frame of `frames` [T, WINDOW] (bins up to ~MAX_FREQ)
+    into `out` [T, N_BINS]; returns each frame's loudness in dBFS [T].
+
+    floor = max(1e-4 x the clip's peak magnitude, 1e-7). Taken in blocks of `_BLOCK` frames so that
+    frames, spectrum and magnitudes stay in cache.
+    """
+    import torch
+
+    n = len(frames)
     energy = np.empty(n, dtype=np.float32)
     work = np.empty((min(n, _BLOCK), WINDOW), dtype=np.float32)
     for i in range(0, n, _BLOCK):
@@ -516,18 +529,7 @@ def _template() -> np.ndarray:
     return _TEMPLATE
 
 
-def _limit_to_expected(scores: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """-inf (in place) at the candidates more than 13 semitones from each frame's expected pitch."""
-    ok = np.isfinite(expected) & (expected > 0)
-    if not ok.any():
-        return scores
-    cands = np.arange(MIDI_MIN, MIDI_MAX + 1, dtype=np.float32)[None, :]
-    rows = np.flatnonzero(ok)
-    far = np.abs(cands - expected[rows, None].astype(np.float32)) > 13
-    sub = scores[rows]
-    sub[far] = -np.inf
-    scores[rows] = sub
-    return scores
+_CANDIDATES = np.arange(MIDI_MIN, MIDI_MAX + 1, dtype=np.float64)[None, :]  # pitch candidates, MIDI
 
 
 def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
@@ -677,9 +679,15 @@ def _rank(a: np.ndarray) -> np.ndarray:
     n = len(a)
     order = np.argsort(a, kind="stable")
     s = a[order]
-    starts = np.concatenate([[0], np.flatnonzero(s[1:] != s[:-1]) + 1])
-    ends = np.append(starts[1:], n)
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
     ranks = np.empty(n, dtype=np.float64)
+    if new.all():  # no ties (loudness, mostly)
+        ranks[order] = np.arange(1.0, n + 1.0)
+        return ranks
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return ranks
 

@@ -29,9 +29,9 @@ from .clip import ClipNotes, ClipSpec, unpack_notes
 from .config import PipelineConfig, config_hash
 from .errors import ConfigError, InputError
 from .executor import Executor, Task
-from .manifest import ManifestRow, atomic_write, sha256_bytes, sha256_file, stable_hash
+from .manifest import ManifestRow, sha256_bytes, stable_hash
 from .stage import (ShardRecord, StageRun, StageSummary, chunk, claim_stage_dir, each_shard, plan_stage, run_stages,
-                    shard_stem, write_record)
+                    write_record, write_shard_file)
 
 # A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont
 # lacks, or "ghost" tracks of velocity-1 notes (real in Lakh: RMS ~1e-5, inaudible). Real clips
@@ -107,10 +107,7 @@ def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfon
     stage = Path(stage_dir)
     file, sha = "", ""
     if ok:
-        file = f"{shard_stem(index)}.npz"
-        with atomic_write(stage / file, durable=False) as fh:
-            np.savez(fh, **_stack(ok, audio[:len(ok)]))
-        sha = sha256_file(stage / file)
+        file, sha = write_shard_file(stage, index, _stack(ok, audio[:len(ok)]))
     record = ShardRecord("render", index, file, sha, params, rows)
     write_record(stage, record)
     return record

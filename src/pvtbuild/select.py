@@ -24,15 +24,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from .clip import ClipSpec, pack_notes
 from .config import PipelineConfig, config_hash
 from .errors import InputError, PvtbuildError
 from .executor import Executor, Task
-from .manifest import ManifestRow, atomic_write, read_jsonl, sha256_file, stable_hash, write_jsonl
+from .manifest import ManifestRow, read_jsonl, stable_hash, write_jsonl
 from .stage import (ShardRecord, StageSummary, check_shard_file, chunk, claim_stage_dir, read_record, run_stage,
-                    shard_stem, write_manifest, write_record)
+                    shard_stem, write_manifest, write_record, write_shard_file)
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
 SELECTION_NAME = "selection.jsonl"
@@ -112,10 +110,7 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
     stage = Path(stage_dir)
     file, sha = "", ""
     if notes:
-        file = f"{shard_stem(index)}.npz"
-        with atomic_write(stage / file, durable=False) as fh:
-            np.savez(fh, **pack_notes(notes))
-        sha = sha256_file(stage / file)
+        file, sha = write_shard_file(stage, index, pack_notes(notes))
     record = ShardRecord("select", index, file, sha, params, rows, inputs=_group_key(keys))
     write_record(stage, record)
     return record

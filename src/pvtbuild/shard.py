@@ -46,7 +46,7 @@ from .clip import ClipSpec
 from .config import PipelineConfig, config_hash
 from .dataset import ShardInfo, meta_schema, serialize_example, shard_name, write_dataset_json, write_shapes, write_shard
 from .dataset.tfrecord import SPLITS, num_shards
-from .errors import InputError, PvtbuildError
+from .errors import PvtbuildError
 from .executor import Executor, Task
 from .manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
 from .npz import NpzRows

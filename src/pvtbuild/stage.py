@@ -19,6 +19,7 @@ each render shard, shard for every render and encode shard before it packs any.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,10 +32,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import written_shards
 from .errors import InputError, PvtbuildError
 from .executor import After, Executor, Task, TaskFailure
-from .manifest import (ManifestRow, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_bytes, sha256_file,
-                       skip_reason, write_jsonl)
+from .manifest import (ManifestRow, atomic_write, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_bytes,
+                       sha256_file, skip_reason, write_jsonl)
 
 
 @dataclass
@@ -122,11 +124,33 @@ def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -
     from .npz import npz_arrays
 
     path = Path(stage_dir) / rec.file
-    if not path.is_file():
-        check_shard_file(stage_dir, rec)  # raises: missing
-    blob = path.read_bytes()
-    check_shard_file(stage_dir, rec, blob)
+    blob = written_shards.lookup(path, rec.sha256)  # this process wrote it a moment ago (a streamed build)
+    if blob is None:
+        if not path.is_file():
+            check_shard_file(stage_dir, rec)  # raises: missing
+        blob = path.read_bytes()
+        check_shard_file(stage_dir, rec, blob)
     return npz_arrays(blob, names, path)
+
+
+def write_shard_file(stage_dir: Path, index: int, arrays: dict[str, np.ndarray]) -> tuple[str, str]:
+    """Write a task's shard file (uncompressed `np.savez`, atomically); returns (its name, its sha256)
+    for the task's `ShardRecord`.
+
+    The bytes are made and hashed in memory, written once (no fsync: the record, written durably
+    after, holds the sha256 that a resume checks), and kept in `written_shards` for the tasks
+    of later stages that read this shard next in this process.
+    """
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blob = buf.getvalue()
+    del buf
+    file = f"{shard_stem(index)}.npz"
+    sha = sha256_bytes(blob)
+    with atomic_write(Path(stage_dir) / file, durable=False) as fh:
+        fh.write(blob)
+    written_shards.keep(Path(stage_dir) / file, sha, blob)
+    return file, sha
 
 
 def read_render_input(stage: str, index: int, render: ShardRecord, render_params: str, params: str,

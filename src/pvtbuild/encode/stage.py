@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 from ..config import CqtConfig, PipelineConfig, config_hash
 from ..errors import ConfigError, InputError, PvtbuildError
 from ..executor import Executor, Task
-from ..manifest import ManifestRow, atomic_write, atomic_write_bytes, sha256_bytes, sha256_file
+from ..manifest import ManifestRow, atomic_write_bytes, sha256_bytes, sha256_file
 from ..stage import (FinishedStage, ShardRecord, StageRun, StageSummary, claim_stage_dir, plan_stage, read_finished_stage,
-                     read_render_input, rendered_rows, run_stages, shard_stem, write_record)
+                     read_render_input, rendered_rows, run_stages, shard_stem, write_record, write_shard_file)
 from .cqt import TRANSFORM, CqtEncoder
 from .device import default_batch_size, deterministic_cuda, encode_threads, pick_device
 from .encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
@@ -255,12 +255,9 @@ def _write_encoded(stage: Path, index: int, rendered: list[dict[str, Any]], ids:
     keep = [n for n in range(len(ids)) if n not in problems]
     file, sha = "", ""
     if keep:
-        file = f"{shard_stem(index)}.npz"
         arrays = {"id": np.array([ids[n] for n in keep])}
         arrays.update({f: np.stack([encoded[f][n] for n in keep]) for f in job.formats})
-        with atomic_write(stage / file, durable=False) as fh:
-            np.savez(fh, **arrays)
-        sha = sha256_file(stage / file)
+        file, sha = write_shard_file(stage, index, arrays)
     return write_record(stage, ShardRecord("encode", index, file, sha, job.params, rows))
 
 
