@@ -32,6 +32,8 @@ Public API (stable; other modules depend on these names)
   voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
   A control that is -1 (unconditional, from the trainer or a generator) makes the
   metrics needing it nan; metrics with no frame to score are nan too.
+- `adherence_batch(ests, controls [B, T] each, tolerances per clip)` -> one dict per clip: `adherence`
+  on the clips of a render shard at once (the qa stage; `adherence` calls it with one clip).
 
 Voicing: what "voiced" means and the tolerances
 -----------------------------------------------
@@ -100,7 +102,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -239,76 +241,145 @@ def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerance
         controls: stored control arrays ([T] each): `voiced`, `pitch`, `chroma`, `velocity`
             (any may be missing or -1: the metrics needing it are nan).
         tolerances: frames and seconds left out around label changes.
-        rate: the grid's rate (Hz); default: from `est.times`.
+        rate: the grid's rate (Hz); unused (the grid is `est.times`), kept for callers that pass it.
     """
-    n = len(est.voiced)
-    rate = rate or (1.0 / float(np.median(np.diff(est.times))) if n > 1 else 1.0)
-    out = {k: float("nan") for k in SCORE_KEYS}
-    finite_db = est.loudness[np.isfinite(est.loudness)]
-    out["peak_db"] = float(finite_db.max()) if len(finite_db) else float("nan")
-    label_voiced = _control(controls, "voiced", n)
-    label_pitch = _control(controls, "pitch", n)
-    label_chroma = _control(controls, "chroma", n)
-    velocity = _control(controls, "velocity", n)
-    if label_voiced is None:  # without a voicing label, take the pitch label's (0 = none)
-        label_voiced = None if label_pitch is None else (label_pitch > 0).astype(np.float32)
-    if label_voiced is None:
-        return out
-    lv = label_voiced > 0.5
-    midi = np.rint(label_pitch * 127) if label_pitch is not None else None
-    pc = (midi % 12) if midi is not None else (np.rint(label_chroma * 11) if label_chroma is not None else None)
-    near_change = _near_changes(lv, midi if midi is not None else pc, tolerances.onset_frames)
-    after_release = _after_offsets(lv, est.times, tolerances.release_s)
-    scored_voicing = ~near_change & ~after_release
-    out["frames_scored"] = float(scored_voicing.sum())
-    if scored_voicing.any():
-        out["voiced_agreement"] = _share(est.voiced[scored_voicing] == lv[scored_voicing])
-        quiet = scored_voicing & ~lv
-        held = scored_voicing & lv
-        out["sound_beyond_label"] = _share(est.voiced[quiet]) if quiet.any() else 0.0
-        out["label_beyond_sound"] = _share(~est.voiced[held]) if held.any() else 0.0
-    inner = lv & ~near_change
-    if inner.any():
-        out["harmonicity"] = _median(est.harmonicity[inner])
-    both = inner & est.voiced
-    if both.any() and pc is not None:
-        est_midi = np.rint(est.pitch[both])
-        right_pc = est_midi % 12 == pc[both]
-        out["chroma_accuracy"] = _share(right_pc)
-        if midi is not None:
-            exact = est_midi == midi[both]
-            out["pitch_accuracy"] = _share(exact)
-            out["octave_accuracy"] = _share(exact[right_pc]) if right_pc.any() else float("nan")
-    if velocity is not None:
-        use = inner & np.isfinite(est.loudness) & (est.loudness > -120)
-        v, db = velocity[use], est.loudness[use]
-        if len(v) >= 3 and v.max() > v.min() and db.max() > db.min():
-            out["loudness_velocity_spearman"] = _spearman(db, v)
-    notes = _segments(lv, midi if midi is not None else pc)
-    out["notes"] = float(len(notes))
-    if len(notes):  # a note is missing when under half its core (onset_frames in from each end, >= 4 frames) sounds
-        lo, hi = notes[:, 0] + tolerances.onset_frames, notes[:, 1] - tolerances.onset_frames
-        sounding = np.concatenate([[0], np.cumsum(est.voiced)])
+    return adherence_batch([est], {k: np.asarray(v).reshape(1, -1) for k, v in controls.items()}, [tolerances])[0]
+
+
+def adherence_batch(ests: Sequence[FrameEstimates], controls: Mapping[str, np.ndarray],
+                    tolerances: Sequence[Tolerances], rate: float | None = None) -> list[dict[str, float]]:
+    """`adherence` of B clips on one grid at once (the qa stage: a render shard): one dict per clip.
+
+    Args:
+        ests: B estimates of T frames each.
+        controls: control arrays [B, T] each (as `adherence`; a clip whose row holds a -1 is
+            unconditional for that control).
+        tolerances: one per clip.
+
+    Clips whose controls are present alike are scored together, frame masks and counts as array
+    operations over the batch (the per-clip cost was mostly numpy's per-call overhead); each clip's
+    scores are those `adherence` gives it alone.
+    """
+    b = len(ests)
+    if not b:
+        return []
+    n = len(ests[0].voiced)
+    if any(len(e.voiced) != n for e in ests) or len(tolerances) != b:
+        raise ValueError("adherence_batch takes estimates of one length and one Tolerances per clip")
+    out = [{k: float("nan") for k in SCORE_KEYS} for _ in range(b)]
+    loudness = np.stack([e.loudness for e in ests])
+    finite = np.isfinite(loudness)
+    peak = np.where(finite, loudness, -np.inf).max(axis=1) if n else np.zeros(b)
+    for k in np.flatnonzero(finite.any(axis=1)):
+        out[k]["peak_db"] = float(peak[k])
+    labels: dict[str, np.ndarray] = {}
+    given = np.zeros((b, len(_CONTROLS)), dtype=bool)  # per clip: the control is there and not -1
+    for j, name in enumerate(_CONTROLS):
+        if name in controls:
+            a = np.asarray(controls[name], dtype=np.float64).reshape(b, -1)
+            if a.shape[1] != n:
+                raise ValueError(f"control {name!r} has {a.shape[1]} frames, the estimates {n}")
+            labels[name] = a
+            given[:, j] = ~(a < 0).any(axis=1)
+    patterns, group = np.unique(given, axis=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        rows = np.flatnonzero(group.reshape(-1) == g)
+        have = {name: labels[name][rows] for name, ok in zip(_CONTROLS, pattern) if ok}
+        _score_group(out, rows, [ests[k] for k in rows], have, [tolerances[k] for k in rows])
+    return out
+
+
+_CONTROLS = ("voiced", "pitch", "chroma", "velocity")
+
+
+def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[FrameEstimates],
+                 labels: dict[str, np.ndarray], tolerances: list[Tolerances]) -> None:
+    """`adherence_batch` on clips with the same controls given (`labels`: name -> [G, T]); fills out[rows[i]]."""
+    if "voiced" in labels:
+        lv = labels["voiced"] > 0.5
+    elif "pitch" in labels:  # without a voicing label, take the pitch label's (0 = none)
+        lv = labels["pitch"] > 0
+    else:
+        return
+    g, n = lv.shape
+    times = ests[0].times
+    voiced = np.stack([e.voiced for e in ests])
+    midi = np.rint(labels["pitch"] * 127) if "pitch" in labels else None
+    pc = (midi % 12) if midi is not None else (np.rint(labels["chroma"] * 11) if "chroma" in labels else None)
+    key = midi if midi is not None else pc
+    near = _near_changes(lv, key, np.array([t.onset_frames for t in tolerances]))
+    after = _after_offsets(lv, times, np.array([t.release_s for t in tolerances]))
+    scored = ~near & ~after
+    n_scored = scored.sum(axis=1)
+    quiet, held = scored & ~lv, scored & lv
+    n_quiet, n_held = quiet.sum(axis=1), held.sum(axis=1)
+    agree = np.count_nonzero(scored & (voiced == lv), axis=1)
+    beyond_label = np.count_nonzero(quiet & voiced, axis=1)
+    beyond_sound = np.count_nonzero(held & ~voiced, axis=1)
+    inner = lv & ~near
+    n_inner = inner.sum(axis=1)
+    harmonicity = _row_medians(np.stack([e.harmonicity for e in ests]), inner, n_inner)
+    both = inner & voiced
+    n_both = both.sum(axis=1)
+    if pc is not None:
+        with np.errstate(invalid="ignore"):
+            est_midi = np.rint(np.stack([e.pitch for e in ests]))
+            right_pc = both & (est_midi % 12 == pc)
+        n_right = right_pc.sum(axis=1)
+        n_exact = np.count_nonzero(both & (est_midi == midi), axis=1) if midi is not None else None
+    rho = _row_spearman(np.stack([e.loudness for e in ests]), labels["velocity"], inner) \
+        if "velocity" in labels else None
+    for i, k in enumerate(rows):
+        o = out[k]
+        o["frames_scored"] = float(n_scored[i])
+        if n_scored[i]:
+            o["voiced_agreement"] = int(agree[i]) / int(n_scored[i])
+            o["sound_beyond_label"] = int(beyond_label[i]) / int(n_quiet[i]) if n_quiet[i] else 0.0
+            o["label_beyond_sound"] = int(beyond_sound[i]) / int(n_held[i]) if n_held[i] else 0.0
+        if n_inner[i]:
+            o["harmonicity"] = float(harmonicity[i])
+        if n_both[i] and pc is not None:
+            o["chroma_accuracy"] = int(n_right[i]) / int(n_both[i])
+            if n_exact is not None:
+                o["pitch_accuracy"] = int(n_exact[i]) / int(n_both[i])
+                o["octave_accuracy"] = int(n_exact[i]) / int(n_right[i]) if n_right[i] else float("nan")
+        if rho is not None:
+            o["loudness_velocity_spearman"] = float(rho[i])
+    _score_notes(out, rows, ests, lv, voiced, key, tolerances)
+
+
+def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[FrameEstimates], lv: np.ndarray,
+                 voiced: np.ndarray, key: np.ndarray | None, tolerances: list[Tolerances]) -> None:
+    """The per-note scores (notes, missing notes, onsets, label lag) of a group of clips."""
+    g, n = lv.shape
+    times = ests[0].times
+    sounding = np.zeros((g, n + 1), dtype=np.int64)
+    np.cumsum(voiced, axis=1, out=sounding[:, 1:])
+    for i, k in enumerate(rows):
+        o, tol = out[k], tolerances[i]
+        notes = _segments(lv[i], None if key is None else key[i])
+        o["notes"] = float(len(notes))
+        # a note is missing when under half its core (onset_frames in from each end, >= 4 frames) sounds
+        lo, hi = notes[:, 0] + tol.onset_frames, notes[:, 1] - tol.onset_frames
         core = hi - lo
         lo = np.minimum(lo, n)
         hi = np.minimum(np.maximum(hi, lo), n)
-        out["missing_notes"] = float(np.count_nonzero((core >= 4) & (2 * (sounding[hi] - sounding[lo]) < core)))
-    else:
-        out["missing_notes"] = 0.0
-    first = notes[:, 0]  # the notes that start from silence
-    starts = est.times[first[(first > 0) & ~lv[np.maximum(first - 1, 0)]]]
-    if len(starts):
-        offs = _nearest_offset(starts, est.onsets)
+        s = sounding[i]
+        o["missing_notes"] = float(np.count_nonzero((core >= 4) & (2 * (s[hi] - s[lo]) < core)))
+        first = notes[:, 0]  # the notes that start from silence
+        starts = times[first[(first > 0) & ~lv[i][np.maximum(first - 1, 0)]]]
+        if not len(starts):
+            continue
+        offs = _nearest_offset(starts, ests[i].onsets)
         dist = np.abs(offs)
-        found = offs[dist <= tolerances.onset_search_s]
-        out["onset_match"] = float(len(found) / len(starts))
+        found = offs[dist <= tol.onset_search_s]
+        o["onset_match"] = float(len(found) / len(starts))
         if len(found):
-            out["onset_offset_ms"] = _median(found) * 1000
-            out["onset_abs_ms"] = _median(np.abs(found)) * 1000
-        wide = offs[dist <= tolerances.max_lag_s]
+            o["onset_offset_ms"] = _median(found) * 1000
+            o["onset_abs_ms"] = _median(np.abs(found)) * 1000
+        wide = offs[dist <= tol.max_lag_s]
         if len(wide) >= 3:
-            out["label_lag_ms"] = -_median(wide) * 1000
-    return out
+            o["label_lag_ms"] = -_median(wide) * 1000
 
 
 def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -626,31 +697,39 @@ def _control(controls: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarra
     return a
 
 
-def _near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int) -> np.ndarray:
-    """Frames within k of a change of voicing or pitch (a label's onset, offset or note change)."""
-    n = len(voiced)
-    change = np.zeros(n, dtype=bool)
-    change[1:] = voiced[1:] != voiced[:-1]
+def _near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int | np.ndarray) -> np.ndarray:
+    """Frames within k of a change of voicing or pitch (a label's onset, offset or note change).
+
+    [T] arrays, or [B, T] with k an int or one per row.
+    """
+    v = np.atleast_2d(voiced)
+    b, n = v.shape
+    change = np.zeros((b, n), dtype=bool)
+    change[:, 1:] = v[:, 1:] != v[:, :-1]
     if pitch is not None:
-        change[1:] |= voiced[1:] & voiced[:-1] & (pitch[1:] != pitch[:-1])
+        p = np.atleast_2d(pitch)
+        change[:, 1:] |= v[:, 1:] & v[:, :-1] & (p[:, 1:] != p[:, :-1])
     # a change at frame i lies between frames i-1 and i: frames i-k-1 .. i+k are near it
-    count = np.concatenate([[0], np.cumsum(change)])
-    hi = count[np.minimum(np.arange(n) + k + 2, n)]
-    lo = count[np.maximum(np.arange(n) - k, 0)]
-    return hi > lo
+    count = np.zeros((b, n + 1), dtype=np.int64)
+    np.cumsum(change, axis=1, out=count[:, 1:])
+    k = np.broadcast_to(np.asarray(k), (b,))[:, None]
+    idx = np.arange(n)[None, :]
+    near = (np.take_along_axis(count, np.minimum(idx + k + 2, n), axis=1)
+            > np.take_along_axis(count, np.maximum(idx - k, 0), axis=1))
+    return near if np.ndim(voiced) == 2 else near[0]
 
 
-def _after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float) -> np.ndarray:
-    """Unvoiced frames within release_s of the last note-off before them."""
-    n = len(voiced)
-    ends = np.flatnonzero(~voiced[1:] & voiced[:-1]) + 1
-    out = np.zeros(n, dtype=bool)
-    if len(ends):
-        stops = np.searchsorted(times, times[ends] + release_s, side="right")
-        # +1 at each start, -1 at each stop: covered where the sum > 0
-        cover = np.bincount(ends, minlength=n + 1) - np.bincount(stops, minlength=n + 1)
-        out = np.cumsum(cover[:n]) > 0
-    return out & ~voiced
+def _after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float | np.ndarray) -> np.ndarray:
+    """Unvoiced frames within release_s of the last note-off before them ([T], or [B, T] with one release_s
+    or one per row)."""
+    v = np.atleast_2d(voiced)
+    b, n = v.shape
+    ends = np.zeros((b, n), dtype=bool)
+    ends[:, 1:] = ~v[:, 1:] & v[:, :-1]
+    last = np.maximum.accumulate(np.where(ends, np.arange(n), -1), axis=1)  # the latest note-off so far
+    release = np.broadcast_to(np.asarray(release_s, dtype=np.float64), (b,))[:, None]
+    out = (last >= 0) & (times[None, :] <= times[np.maximum(last, 0)] + release) & ~v
+    return out if np.ndim(voiced) == 2 else out[0]
 
 
 def _segments(voiced: np.ndarray, pitch: np.ndarray | None) -> np.ndarray:
@@ -674,21 +753,51 @@ def _nearest_offset(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.where(np.abs(before) <= np.abs(after), before, after)
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of a 1-D array, ties given their average rank (as scipy.stats.rankdata, without its overhead)."""
-    n = len(a)
-    order = np.argsort(a, kind="stable")
-    s = a[order]
-    new = np.empty(n, dtype=bool)
-    new[:1] = True
-    np.not_equal(s[1:], s[:-1], out=new[1:])
-    ranks = np.empty(n, dtype=np.float64)
-    if new.all():  # no ties (loudness, mostly)
-        ranks[order] = np.arange(1.0, n + 1.0)
-        return ranks
+def _row_medians(values: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each row's median of its `mask`ed values ([G, T]; `counts`: mask's per-row sums), as `_median` of each
+    (nan where a row has none)."""
+    s = np.sort(np.where(mask, values, np.nan), axis=1)  # masked-out last
+    rows = np.arange(len(s))
+    med = (s[rows, np.maximum(counts - 1, 0) // 2] + s[rows, counts // 2]) / 2
+    return np.where(counts > 0, med, np.nan)
+
+
+def _row_spearman(loudness: np.ndarray, velocity: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Per row, `_spearman(loudness, velocity)` on `frames` where the loudness is finite and above -120 dB
+    ([G, T] each); nan where fewer than 3 such frames, or where either is constant on them."""
+    use = frames & np.isfinite(loudness) & (loudness > -120)
+    m = use.sum(axis=1)
+    ok = m >= 3
+    for x in (loudness, velocity):
+        ok &= np.where(use, x, -np.inf).max(axis=1, initial=-np.inf) > np.where(use, x, np.inf).min(axis=1,
+                                                                                                   initial=np.inf)
+    rho = np.full(len(use), np.nan)
+    if not ok.any():
+        return rho
+    use = use & ok[:, None]
+    m = np.where(ok, m, 0)
+    mean = (m + 1) / 2.0  # of the ranks 1..m: exact, as every sum below (half-integers)
+    ra = np.where(use, _row_ranks(loudness, use) - mean[:, None], 0.0)
+    rb = np.where(use, _row_ranks(velocity, use) - mean[:, None], 0.0)
+    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (ra * rb).sum(axis=1) / den
+    return np.where(ok & (den > 0), r, np.nan)
+
+
+def _row_ranks(x: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """[G, T] each row's ranks 1..m among its `use`d entries, ties given their average rank (0 elsewhere)."""
+    r, c = np.nonzero(use)
+    vals = x[r, c]
+    order = np.lexsort((vals, r))  # by row, then value
+    sv, sr = vals[order], r[order]
+    new = np.ones(len(sv), dtype=bool)
+    new[1:] = (sv[1:] != sv[:-1]) | (sr[1:] != sr[:-1])
     starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], n)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    ends = np.append(starts[1:], len(sv))
+    row_start = np.searchsorted(sr, np.arange(len(x)))
+    ranks = np.zeros(x.shape, dtype=np.float64)
+    ranks[r[order], c[order]] = np.repeat((starts + ends + 1) / 2.0 - row_start[sr[starts]], ends - starts)
     return ranks
 
 
@@ -698,18 +807,5 @@ def _median(a: np.ndarray) -> float:
     return float((s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2)
 
 
-def _share(mask: np.ndarray) -> float:
-    """Share of True in a non-empty bool array (np.mean without its overhead)."""
-    return np.count_nonzero(mask) / mask.size
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = _rank(a), _rank(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else float("nan")
-
-
 __all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "analyse_batch", "adherence",
-           "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances", "TIMBRE_HARMONICS"]
+           "adherence_batch",            "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances", "TIMBRE_HARMONICS"]

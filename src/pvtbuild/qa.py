@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence, analyse, analyse_batch, check_pitch_yin,
-                       one_blas_thread, pitch_yin, timbre_distances)
+from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, _near_changes, adherence_batch, analyse, analyse_batch,
+                       check_pitch_yin, one_blas_thread, pitch_yin, timbre_distances)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import PvtbuildError
 from .executor import Executor, Task
@@ -157,23 +157,27 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
                 clip_ids: list[str] | None = None) -> list[tuple[dict[str, float], dict[str, Any]]]:
     """`judge_clip` on B clips at once (one render shard): audio [B, N], controls [B, T] each; one answer per clip.
 
-    The analysis runs on the whole batch (`analysis.analyse_batch`), the scoring per clip.
+    The analysis and the scores run on the whole batch (`analysis.analyse_batch`, `adherence_batch`),
+    the timbre check and the YIN cross-check per clip.
     """
     grid = job.grid
-    expected = np.where(controls["voiced"] > 0.5, controls["pitch"] * 127.0, np.nan)
+    held = controls["voiced"] > 0.5
+    midi = np.rint(controls["pitch"] * 127.0)
+    expected = np.where(held, controls["pitch"] * 127.0, np.nan)
     ests = analyse_batch(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
                          params=analysis_params(job.qa))
+    all_scores = adherence_batch(ests, controls, [tolerances(job.qa, i) for i in instruments], rate=grid.rate)
+    inner = held & ~_near_changes(held, midi, job.qa.onset_frames)  # held, away from label changes
     out = []
-    for n, (est, instrument) in enumerate(zip(ests, instruments)):
-        clip_controls = {name: a[n] for name, a in controls.items()}
+    for n, (est, scores, instrument) in enumerate(zip(ests, all_scores, instruments)):
         clip_id = clip_ids[n] if clip_ids else ""
-        scores = adherence(est, clip_controls, tolerances(job.qa, instrument), rate=grid.rate)
         extra: dict[str, Any] = {}
         if job.timbre and instrument in job.timbre:
-            scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, clip_controls, instrument, job)
+            scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, inner[n], midi[n], instrument, job)
             extra["timbre_margin"] = _round(scores["timbre_margin"])
         if clip_id and _in_sample(clip_id, job.qa.yin_share):
-            extra["yin_agreement"] = _yin_agreement(audio[n], est, clip_controls, job)
+            yin = pitch_yin(audio[n], job.sample_rate, grid.rate, grid.frames, grid.offset)
+            extra["yin_agreement"] = _round(check_pitch_yin(est, yin, inner[n]))
         out.append((scores, extra))
     return out
 
@@ -191,29 +195,14 @@ def _warm_yin() -> None:
         _YIN_WARM = True
 
 
-def _yin_agreement(audio: np.ndarray, est, controls: dict[str, np.ndarray], job: QaJob) -> float | None:
-    """The YIN cross-check of one clip: share of its held frames (away from label changes) where YIN agrees."""
-    from .analysis import _near_changes
-
-    grid = job.grid
-    yin = pitch_yin(audio, job.sample_rate, grid.rate, grid.frames, grid.offset)
-    held = controls["voiced"] > 0.5
-    inner = held & ~_near_changes(held, np.rint(controls["pitch"] * 127.0), job.qa.onset_frames)
-    return _round(check_pitch_yin(est, yin, inner))
-
-
-def timbre_margin(est, controls: dict[str, np.ndarray], instrument: str, job: QaJob) -> tuple[float, str | None]:
+def timbre_margin(est, inner: np.ndarray, midi: np.ndarray, instrument: str, job: QaJob) -> tuple[float, str | None]:
     """(own reference's profile distance minus the nearest other instrument's, the nearest instrument).
 
-    Frames used: held by the label, away from label changes, and at the labelled pitch (+-0.5), so
-    a wrong pitch or a missing note is not also called a wrong instrument. nan / None with fewer
-    than 10 such frames.
+    Frames used: `inner` ([T]: held by the label, away from label changes) at the labelled pitch
+    (`midi` [T], +-0.5), so a wrong pitch or a missing note is not also called a wrong instrument.
+    nan / None with fewer than 10 such frames.
     """
-    from .analysis import _near_changes
-
-    held = controls["voiced"] > 0.5
-    midi = np.rint(controls["pitch"] * 127.0)
-    frames = held & ~_near_changes(held, midi, job.qa.onset_frames) & (np.abs(est.pitch - midi) < 0.5)
+    frames = inner & (np.abs(est.pitch - midi) < 0.5)
     d = timbre_distances(est, job.timbre or {}, frames)
     others = [v for k, v in d.items() if k != instrument and not math.isnan(v)]
     if math.isnan(d.get(instrument, math.nan)) or not others:
