@@ -547,8 +547,9 @@ def _frames(padded: np.ndarray, times: np.ndarray) -> np.ndarray:
     n = len(centres)
     step = np.diff(centres)
     if n > 1 and step[0] > 0 and np.all(step == step[0]) and centres[0] >= half and centres[-1] + half <= len(padded):
+        # writeable only because torch.from_numpy (in _log_spectrum) wants it so; nothing writes through it
         return np.lib.stride_tricks.as_strided(padded[centres[0] - half:], (n, WINDOW),
-                                               (int(step[0]) * padded.strides[0], padded.strides[0]), writeable=False)
+                                               (int(step[0]) * padded.strides[0], padded.strides[0]))
     return padded[centres[:, None] - half + np.arange(WINDOW)[None, :]]
 
 
@@ -563,13 +564,15 @@ def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     n = len(frames)
     energy = np.empty(n, dtype=np.float32)
-    work = np.empty((min(n, _BLOCK), WINDOW), dtype=np.float32)
+    work = torch.empty((min(n, _BLOCK), WINDOW), dtype=torch.float32)
+    src, hann = torch.from_numpy(frames), torch.from_numpy(_HANN)
     for i in range(0, n, _BLOCK):
-        w = np.multiply(frames[i:i + _BLOCK], _HANN, out=work[:min(_BLOCK, n - i)])
-        np.einsum("ij,ij->i", w, w, out=energy[i:i + _BLOCK])
+        # torch's multiply reads the strided frames ~3x faster than numpy's (same products)
+        w = torch.mul(src[i:i + _BLOCK], hann, out=work[:min(_BLOCK, n - i)])
+        np.einsum("ij,ij->i", w.numpy(), w.numpy(), out=energy[i:i + _BLOCK])
         # torch's rfft: ~3x scipy's on one thread (0.26 vs 0.8 ms for 600 frames here); numpy's
         # complex abs and log1p are faster than torch's (same results, to float32 rounding)
-        np.abs(torch.fft.rfft(torch.from_numpy(w), dim=1).numpy()[:, :N_BINS], out=out[i:i + _BLOCK])
+        np.abs(torch.fft.rfft(w, dim=1).numpy()[:, :N_BINS], out=out[i:i + _BLOCK])
     floor = max(float(out.max(initial=0.0)) * 1e-4, 1e-7)
     np.divide(out, np.float32(floor), out=out)
     np.log1p(out, out=out)
