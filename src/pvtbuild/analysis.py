@@ -52,19 +52,18 @@ Estimators, and why
 The budget is ~2 ms per 8 s clip (25 % of rendering it), so pYIN (0.8-7.7 s) and
 even `librosa.yin` (~20 ms at 16 kHz) are out. Every estimate comes from one
 magnitude STFT taken only at the grid's frame times. Measured on the 2-core dev machine
-shared with other jobs (`bench/bench_qa.py`, 95 Lakh clips, 600 frames each):
-`analyse_batch` ~2.0 ms per 8 s clip, of which the 512-point rffts ~0.6-0.9 ms, the
-decimation ~0.25, windowing, magnitudes and log ~0.3, the template product ~0.2; the qa
-stage's scoring (`adherence`, timbre) adds ~0.6 ms, so `qa.judge_clips` takes ~2.6-3.3 ms
-per clip against ~4.1 ms for the per-clip path it replaced: 0.22-0.31 x the render stage's
-time in bench_qa's rounds, median ~0.27, above the 0.25 target while other jobs load the
-machine (the YIN cross-check on `qa.yin_share` of the clips adds ~0.4 ms per clip on
-average, not counted there). What made it cheaper: clip by clip, the heavy arrays (decimated audio,
+(`bench/bench_qa.py`, 95 Lakh clips, 600 frames each), per 8 s clip, warm: the rffts ~0.2 ms,
+windowing, magnitudes and log ~0.15, the decimation ~0.1 (~0.2 when the audio comes cold from
+memory, as it does right after rendering), the template product ~0.1, pitch refinement,
+harmonics and flux ~0.2; the scoring (`adherence_batch`, timbre) ~0.2: `qa.judge_clips`
+~1.25 ms warm, ~1.3-1.8 ms inside a streamed qa task, against ~6-7 ms to render the clip
+(the YIN cross-check on `qa.yin_share` of the clips adds ~0.4 ms per clip on average, not
+counted there). What made it cheaper: clip by clip, the heavy arrays (decimated audio,
 [600, 206] log spectrum, [600, 61] scores) live in buffers reused from clip to clip, so they
 stay in cache and no large array is allocated per clip (fresh pages cost ~0.5 ms per clip in
-page faults on this VM); the per-frame decisions (voicing, onsets) run on the whole batch; and
-the scoring avoids numpy's slow small-array wrappers (np.mean, np.median, np.add.at) and
-prepares the timbre references once per references mapping. What is left is per-frame
+page faults on this VM); the per-frame decisions (voicing, onsets) and the scores run on the
+whole batch (per clip, numpy's per-call overhead was most of the scoring's cost); and the
+timbre references are prepared once per references mapping. What is left is per-frame
 numpy work (rffts, window, magnitudes, log, template product): a much smaller budget needs
 fewer or shorter frames, i.e. a different estimator:
 

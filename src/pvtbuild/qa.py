@@ -1,8 +1,9 @@
 """The qa stage: does every rendered clip's audio agree with its controls? Judged from the audio alone.
 
-Reads the render shards of a build (`OUT/render`), analyses each clip's audio on one
+Reads the render shards of a build (`OUT/render`; in a streamed build, the shard its process
+has just rendered, from memory: `written_shards`), analyses each clip's audio on one
 control grid (`qa.grid`, default the coarsest; a shard's clips in one `analysis.analyse_batch`
-call, `judge_clips`), scores it against that grid's stored controls with `analysis.adherence`,
+call, `judge_clips`), scores it against that grid's stored controls (`analysis.adherence_batch`),
 and names what is wrong with the clips that fail (`failure_reasons`, thresholds in the `qa`
 config section). The MIDI is never read: the controls are the claim, the audio the evidence.
 
