@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pvtbuild.errors import InputError
-from pvtbuild.npz import NpzRows, npz_arrays
+from pvtbuild.npz import ALIGN, NpzRows, npz_arrays, npz_bytes
 
 
 def saved(compressed: bool = False, **arrays: np.ndarray) -> bytes:
@@ -29,6 +29,22 @@ def test_members_are_read_only_views_equal_to_what_np_load_reads(tmp_path):
         assert not got[name].flags.writeable  # a view into the bytes, not a copy
     (tmp_path / "x.npz").write_bytes(blob)
     assert np.array_equal(NpzRows(tmp_path / "x.npz").row("codes", "bb"), arrays["codes"][1])
+
+
+def test_npz_bytes_is_what_np_load_reads_with_every_array_aligned_and_the_same_bytes_each_time(tmp_path):
+    arrays = {"id": np.array(["a", "bb", "ccc"]), "audio": np.random.default_rng(0).standard_normal((3, 1001)).astype(
+        np.float32), "pitch_75hz": np.arange(3 * 7, dtype=np.float32).reshape(3, 7), "empty": np.zeros((0, 2))}
+    blob = npz_bytes(arrays)
+    assert npz_bytes(arrays) == blob
+    with np.load(io.BytesIO(blob)) as loaded:
+        assert sorted(loaded.files) == sorted(arrays)
+        assert all(loaded[k].dtype == a.dtype and np.array_equal(loaded[k], a) for k, a in arrays.items())
+    base = np.frombuffer(blob, np.uint8).ctypes.data
+    for name, view in npz_arrays(blob, list(arrays), "x.npz").items():
+        assert (view.ctypes.data - base) % ALIGN == 0 and view.flags.aligned, name
+        assert np.array_equal(view, arrays[name])
+    (tmp_path / "x.npz").write_bytes(blob)
+    assert np.array_equal(NpzRows(tmp_path / "x.npz").row("audio", "bb"), arrays["audio"][1])
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,4 +1,4 @@
-"""Uncompressed .npz files (what every stage writes with `np.savez`), read by their members' offsets.
+"""Uncompressed .npz files (what every stage writes, `npz_bytes`), read by their members' offsets.
 
 `np.load` reads a whole member, copies it and checks its zip CRC. Two readers want less:
 - `NpzRows`: single rows of members, without loading the rest (the shard stage gathers a few
@@ -7,6 +7,7 @@
   the encode and qa tasks), as read-only views into its bytes: no copy, and no zip CRC on top of
   the sha256 (at qa's ~3 ms per clip, CRC and copies were another ~1 ms).
 Both find a member's data from its local zip header and its .npy header (`member_header`).
+The writer, `npz_bytes`, starts every array's data at a 64-byte boundary, so those views are aligned.
 """
 
 from __future__ import annotations
@@ -59,6 +60,33 @@ def npz_arrays(blob: bytes, names: Iterable[str], path: str | Path) -> dict[str,
             raise InputError(f"{path}: truncated ({name} ends early)")
         arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
     return arrays
+
+
+ALIGN = 64  # bytes: each array's data starts at a multiple of this in the file (`npz_bytes`)
+_PADDING_ID = 0xD935  # the zip extra-field id zipalign uses for padding; readers skip unknown ids
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz of `arrays` (what `np.load` reads, as `np.savez` writes) whose every array's data
+    starts at a multiple of `ALIGN` bytes in the file.
+
+    Why: `npz_arrays` hands out views into the file's bytes, and `np.savez` leaves the data at
+    whatever offset the zip headers end at (the audio of a render shard at 35 mod 64): numpy's
+    ufuncs on an unaligned float32 view take a slower path (qa's decimation 0.18 vs 0.12 ms per
+    clip). The .npy header is already padded to 64 bytes; here each member's local zip header
+    is padded too (an extra field, as zipalign does). Same inputs, same bytes.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o600 << 16
+            data_at = buf.tell() + 30 + len(info.filename.encode()) + 4  # after the header and the field's id, size
+            pad = -data_at % ALIGN
+            info.extra = struct.pack("<HH", _PADDING_ID, pad) + bytes(pad)
+            with zf.open(info, "w") as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _member(members: dict[str, zipfile.ZipInfo], name: str, path: str | Path) -> zipfile.ZipInfo:

@@ -19,7 +19,6 @@ each render shard, shard for every render and encode shard before it packs any.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -134,17 +133,16 @@ def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -
 
 
 def write_shard_file(stage_dir: Path, index: int, arrays: dict[str, np.ndarray]) -> tuple[str, str]:
-    """Write a task's shard file (uncompressed `np.savez`, atomically); returns (its name, its sha256)
+    """Write a task's shard file (an uncompressed .npz with aligned arrays, `npz.npz_bytes`; atomically); returns (its name, its sha256)
     for the task's `ShardRecord`.
 
     The bytes are made and hashed in memory, written once (no fsync: the record, written durably
     after, holds the sha256 that a resume checks), and kept in `written_shards` for the tasks
     of later stages that read this shard next in this process.
     """
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    blob = buf.getvalue()
-    del buf
+    from .npz import npz_bytes
+
+    blob = npz_bytes(arrays)
     file = f"{shard_stem(index)}.npz"
     sha = sha256_bytes(blob)
     with atomic_write(Path(stage_dir) / file, durable=False) as fh:

@@ -1,7 +1,7 @@
 """The encode stage: rendered clips in, CQT / EnCodec latents / EnCodec codes out.
 
 Reads the render stage's output in `OUT/render/` and writes, per render shard `i`,
-`OUT/encode/shard-{i:05d}.npz` (same index; uncompressed `np.savez`) holding, for
+`OUT/encode/shard-{i:05d}.npz` (same index; uncompressed .npz, `npz.npz_bytes`) holding, for
 the n clips of that render shard that encoded ok, in the render shard's order:
 - `id`: [n] clip ids (str);
 - `cqt`: [n, 2, n_bins, frames] float32, real and imaginary CQT ([n, 2, 216, 1921] for 8 s);
