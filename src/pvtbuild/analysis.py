@@ -53,10 +53,10 @@ The budget is ~2 ms per 8 s clip (25 % of rendering it), so pYIN (0.8-7.7 s) and
 even `librosa.yin` (~20 ms at 16 kHz) are out. Every estimate comes from one
 magnitude STFT taken only at the grid's frame times. Measured on the 2-core dev machine
 (`bench/bench_qa.py`, 95 Lakh clips, 600 frames each), per 8 s clip, warm: the rffts ~0.2 ms,
-windowing, magnitudes and log ~0.15, the decimation ~0.1 (~0.2 when the audio comes cold from
-memory, as it does right after rendering), the template product ~0.1, pitch refinement,
-harmonics and flux ~0.2; the scoring (`adherence_batch`, timbre) ~0.2: `qa.judge_clips`
-~1.25 ms warm, ~1.3-1.8 ms inside a streamed qa task, against ~6-7 ms to render the clip
+windowing, magnitudes and log ~0.15, the decimation ~0.1 (from 64-byte aligned audio:
+`npz.npz_bytes`), the template product ~0.1, pitch refinement, harmonics and flux ~0.2; the
+scoring (`adherence_batch`, timbre) ~0.2: `qa.judge_clips` ~1.15 ms, the whole qa task
+~1.25 ms in a streamed build, against ~6 ms to render the clip
 (the YIN cross-check on `qa.yin_share` of the clips adds ~0.4 ms per clip on average, not
 counted there). What made it cheaper: clip by clip, the heavy arrays (decimated audio,
 [600, 206] log spectrum, [600, 61] scores) live in buffers reused from clip to clip, so they
