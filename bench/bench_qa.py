@@ -7,12 +7,15 @@ Each round (default 3; render and qa alternate so that load from other processes
 - qa streamed (the target, <= 0.25 x render): what `pvtbuild run` pays, the qa task of each render
   shard right after the render task that wrote it, in the same process (as the in-process executor
   runs them, and dask, which runs a task where its input lives): the task takes the shard's bytes
-  from memory (`written_shards`), judges its clips and writes its record;
+  from memory (`written_shards`), judges its clips (with pvt.yaml's qa settings, the YIN
+  cross-check of `qa.yin_share` of them included) and writes its record;
 - qa from disk: the same task on a finished build (`pvtbuild qa` alone), reading the shard file
   and checking its sha256 first;
 - judge_clips: the analysis and scoring alone (batched per shard, with the timbre check, without
   the YIN sample), inside `analysis.one_blas_thread` as the task runs it.
-Prints ms per clip of each, the ratios, and their medians over the rounds.
+Prints ms per clip of each, the ratios, and their medians over the rounds. Once per run, not
+counted: the timbre references (once per qa stage run) and librosa's first YIN call (once per
+worker process), printed at the start.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def main() -> None:
     from pvtbuild.analysis import one_blas_thread
     from pvtbuild.config import load_pipeline
     from pvtbuild.pipeline import executor_for, run_render, selected_clips
-    from pvtbuild.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references
+    from pvtbuild.qa import QaJob, _in_sample, _warm_yin, judge_clips, qa_grid, qa_task, timbre_references
     from pvtbuild.render import plan_render
     from pvtbuild.stage import ShardRecord
 
@@ -47,8 +50,14 @@ def main() -> None:
     t0 = time.perf_counter()
     timbre = timbre_references(cfg)
     print(f"timbre references (once per qa stage run): {time.perf_counter() - t0:.2f} s")
+    t0 = time.perf_counter()
+    _warm_yin()
+    print(f"librosa's first YIN call (once per worker process): {time.perf_counter() - t0:.2f} s; "
+          f"YIN cross-checks qa.yin_share = {cfg.qa.yin_share:g} of the clips")
     names = ("voiced", "pitch", "chroma", "velocity")
+    yin_ms = _yin_ms(cfg)
     ratios: dict[str, list[float]] = {"streamed": [], "from disk": [], "judge_clips": []}
+    extra_yin: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         run_render(cfg, out / "warm")  # selection + SoundFont load
@@ -61,7 +70,8 @@ def main() -> None:
             render_ms = 1000 * (time.perf_counter() - t0) / max(n, 1)
             render_dir = out / "warm" / "render"
             recs = [ShardRecord.from_dict(json.loads(f.read_text())) for f in sorted(render_dir.glob("shard-*.json"))]
-            job = QaJob(replace(cfg.qa, yin_share=0.0), grid, cfg.render.sample_rate, "bench", recs[0].params, timbre)
+            job = QaJob(cfg.qa, grid, cfg.render.sample_rate, "bench", recs[0].params, timbre)
+            judge_job = replace(job, qa=replace(cfg.qa, yin_share=0.0))
             clips_judged = sum(len([row for row in rec.rows if row["status"] == "ok"]) for rec in recs)
 
             # streamed: render task i, then qa task i (only the qa task timed)
@@ -94,11 +104,15 @@ def main() -> None:
                     instruments = [inst.get(str(i), "") for i in d["id"]]
                 t0 = time.perf_counter()
                 with one_blas_thread():
-                    judge_clips(audio, controls, instruments, job)
+                    judge_clips(audio, controls, instruments, judge_job)
                 judge_s += time.perf_counter() - t0
 
             ms = {"streamed": streamed_s, "from disk": disk_s, "judge_clips": judge_s}
             ms = {k: 1000 * v / max(clips_judged, 1) for k, v in ms.items()}
+            # the YIN sample is chosen by a hash of the clip id: few clips here, so its share is off
+            sampled = sum(_in_sample(row["id"], cfg.qa.yin_share) for rec in recs for row in rec.rows
+                          if row["status"] == "ok")
+            extra_yin.append((cfg.qa.yin_share - sampled / max(clips_judged, 1)) * yin_ms / render_ms)
             for k in ratios:
                 ratios[k].append(ms[k] / render_ms)
             print(f"round {r}: render {n} clips, {render_ms:.2f} ms/clip (stage, in-process); qa of {clips_judged} "
@@ -107,6 +121,24 @@ def main() -> None:
     med = {k: float(np.median(v)) for k, v in ratios.items()}
     print(f"qa streamed / render = {med['streamed']:.3f} (median of {rounds} rounds; target <= 0.25); "
           f"from disk {med['from disk']:.3f}; judge_clips alone {med['judge_clips']:.3f}")
+    print(f"YIN: {yin_ms:.1f} ms per cross-checked clip; this sample checks {sampled} of {clips_judged} clips; with "
+          f"the YIN sample at its expected share ({cfg.qa.yin_share:g}): qa streamed / render = "
+          f"{float(np.median(np.array(ratios['streamed']) + np.array(extra_yin))):.3f}")
+
+
+def _yin_ms(cfg) -> float:
+    """ms of one YIN cross-check (`analysis.pitch_yin`) on a clip-long signal, the best of 5."""
+    from pvtbuild.analysis import pitch_yin
+    from pvtbuild.qa import qa_grid
+
+    grid = qa_grid(cfg)
+    x = np.random.default_rng(0).standard_normal(cfg.clip_samples).astype(np.float32) * 0.1
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        pitch_yin(x, cfg.render.sample_rate, grid.rate, grid.frames, grid.offset)
+        times.append(time.perf_counter() - t0)
+    return 1000 * min(times)
 
 
 if __name__ == "__main__":
