@@ -196,7 +196,6 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     loudness, flux, pitch = np.empty((b, t)), np.zeros((b, t)), np.empty((b, t))
     harm = np.empty((b, t), dtype=np.float32)
     harmonics = np.empty((b, t, TIMBRE_HARMONICS), dtype=np.float32)
-    rise = np.empty((max(t - 1, 0), N_BINS), dtype=np.float32)
     padded = framed = None
     if expected is not None:  # candidates more than 13 semitones from a frame's expected pitch are out
         expected = np.where(expected > 0, expected, np.nan)
@@ -217,10 +216,12 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             harm[k] = scores[rows, best]
             pitch[k] = MIDI_MIN + best + _parabola(scores, best)
             harmonics[k] = _harmonics(s, pitch[k])
-            if t > 1:
-                np.subtract(s[1:], s[:-1], out=rise)
+            if t > 1:  # the flux, only where the onset test reads it (~1/4 of the frames)
+                at = np.flatnonzero(_flux_read(loudness[k], rate))
+                at = at[at > 0]
+                rise = np.subtract(s[at], s[at - 1])
                 np.maximum(rise, 0, out=rise)
-                flux[k, 1:] = rise.sum(axis=1)
+                flux[k, at] = rise.sum(axis=1)
     ref = np.percentile(loudness, 99, axis=1) if t else np.full(b, params.floor_db)
     level = np.maximum(params.floor_db, ref - params.range_db)
     voiced = (loudness > level[:, None]) & (harm > params.min_harmonicity)
@@ -676,15 +677,35 @@ def _onsets(flux: np.ndarray, loudness: np.ndarray, times: np.ndarray, rate: flo
     b, n = loudness.shape
     if n < 3:
         return [np.zeros(0) for _ in range(b)]
-    gap = max(1, int(round(0.05 * rate)))
+    gap = _onset_gap(rate)
     padded = np.pad(flux, ((0, 0), (gap, gap)), constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * gap + 1, axis=1)
     peaks = (flux >= windows.max(axis=2)) & (flux > threshold)
-    span = max(1, int(round(0.03 * rate)))  # and the level rises by >= 3 dB across +-30 ms
-    idx = np.arange(n)
-    rise = loudness[:, np.minimum(idx + span, n - 1)] - loudness[:, np.maximum(idx - span, 0)]
-    peaks &= rise >= 3.0
+    peaks &= _level_rises(loudness, rate)
     return [times[p] - 0.5 / rate for p in peaks]
+
+
+def _onset_gap(rate: float) -> int:
+    """Frames an onset peak must top on each side (50 ms)."""
+    return max(1, int(round(0.05 * rate)))
+
+
+def _level_rises(loudness: np.ndarray, rate: float) -> np.ndarray:
+    """Frames where the level ([..., T] dB) rises by >= 3 dB across +-30 ms: the only possible onsets."""
+    n = loudness.shape[-1]
+    span = max(1, int(round(0.03 * rate)))
+    idx = np.arange(n)
+    return loudness[..., np.minimum(idx + span, n - 1)] - loudness[..., np.maximum(idx - span, 0)] >= 3.0
+
+
+def _flux_read(loudness: np.ndarray, rate: float) -> np.ndarray:
+    """[T] the frames whose flux `_onsets` reads: those within its peak window (+-`_onset_gap`) of a possible
+    onset (`_level_rises`); elsewhere the flux decides nothing."""
+    gap = _onset_gap(rate)
+    count = np.concatenate([[0], np.cumsum(_level_rises(loudness, rate))])
+    n = len(loudness)
+    idx = np.arange(n)
+    return count[np.minimum(idx + gap + 1, n)] > count[np.maximum(idx - gap, 0)]
 
 
 def _control(controls: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray | None:
