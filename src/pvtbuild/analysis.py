@@ -247,7 +247,7 @@ def adherence(est: FrameEstimates, controls: Mapping[str, np.ndarray], tolerance
 
 
 def adherence_batch(ests: Sequence[FrameEstimates], controls: Mapping[str, np.ndarray],
-                    tolerances: Sequence[Tolerances], rate: float | None = None) -> list[dict[str, float]]:
+                    tolerances: Sequence[Tolerances]) -> list[dict[str, float]]:
     """`adherence` of B clips on one grid at once (the qa stage: a render shard): one dict per clip.
 
     Args:
@@ -301,7 +301,6 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         lv = labels["pitch"] > 0
     else:
         return
-    g, n = lv.shape
     times = ests[0].times
     voiced = np.stack([e.voiced for e in ests])
     midi = np.rint(labels["pitch"] * 127) if "pitch" in labels else None
@@ -708,18 +707,6 @@ def _flux_read(loudness: np.ndarray, rate: float) -> np.ndarray:
     return count[np.minimum(idx + gap + 1, n)] > count[np.maximum(idx - gap, 0)]
 
 
-def _control(controls: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray | None:
-    """The control as float [n], or None when absent or unconditional (-1)."""
-    if name not in controls:
-        return None
-    a = np.asarray(controls[name], dtype=np.float64).reshape(-1)
-    if len(a) != n:
-        raise ValueError(f"control {name!r} has {len(a)} frames, the estimates {n}")
-    if (a < 0).any():
-        return None
-    return a
-
-
 def _near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int | np.ndarray) -> np.ndarray:
     """Frames within k of a change of voicing or pitch (a label's onset, offset or note change).
 
@@ -831,4 +818,5 @@ def _median(a: np.ndarray) -> float:
 
 
 __all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "analyse_batch", "adherence",
-           "adherence_batch",            "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances", "TIMBRE_HARMONICS"]
+           "adherence_batch", "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances",
+           "TIMBRE_HARMONICS"]

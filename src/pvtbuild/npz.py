@@ -64,6 +64,7 @@ def npz_arrays(blob: bytes, names: Iterable[str], path: str | Path) -> dict[str,
 
 ALIGN = 64  # bytes: each array's data starts at a multiple of this in the file (`npz_bytes`)
 _PADDING_ID = 0xD935  # the zip extra-field id zipalign uses for padding; readers skip unknown ids
+_ZIP64_FIELD = 20  # bytes of the zip64 extra field zipfile writes into a local header with force_zip64
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -74,17 +75,20 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     whatever offset the zip headers end at (the audio of a render shard at 35 mod 64): numpy's
     ufuncs on an unaligned float32 view take a slower path (qa's decimation 0.18 vs 0.12 ms per
     clip). The .npy header is already padded to 64 bytes; here each member's local zip header
-    is padded too (an extra field, as zipalign does). Same inputs, same bytes.
+    is padded too (an extra field, as zipalign does). Members are written as zip64, as np.savez
+    writes them, so one may exceed 2 GiB. Same inputs, same bytes.
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o600 << 16
-            data_at = buf.tell() + 30 + len(info.filename.encode()) + 4  # after the header and the field's id, size
+            # the data follows the 30-byte header, the name, this field's id and size, its padding, and the
+            # zip64 field (id, size, two 8-byte sizes) zipfile appends after it
+            data_at = buf.tell() + 30 + len(info.filename.encode()) + 4 + _ZIP64_FIELD
             pad = -data_at % ALIGN
             info.extra = struct.pack("<HH", _PADDING_ID, pad) + bytes(pad)
-            with zf.open(info, "w") as fh:
+            with zf.open(info, "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
     return buf.getvalue()
 

@@ -167,7 +167,7 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
     expected = np.where(held, controls["pitch"] * 127.0, np.nan)
     ests = analyse_batch(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
                          params=analysis_params(job.qa))
-    all_scores = adherence_batch(ests, controls, [tolerances(job.qa, i) for i in instruments], rate=grid.rate)
+    all_scores = adherence_batch(ests, controls, [tolerances(job.qa, i) for i in instruments])
     inner = held & ~_near_changes(held, midi, job.qa.onset_frames)  # held, away from label changes
     out = []
     for n, (est, scores, instrument) in enumerate(zip(ests, all_scores, instruments)):

@@ -34,8 +34,9 @@ import numpy as np
 from . import written_shards
 from .errors import InputError, PvtbuildError
 from .executor import After, Executor, Task, TaskFailure
-from .manifest import (ManifestRow, atomic_write, atomic_write_bytes, remove_stale_temporaries, read_jsonl, sha256_bytes,
-                       sha256_file, skip_reason, write_jsonl)
+from .manifest import (ManifestRow, atomic_write, atomic_write_bytes, remove_stale_temporaries, read_jsonl,
+                       sha256_bytes, sha256_file, skip_reason, write_jsonl)
+from .npz import npz_arrays, npz_bytes
 
 
 @dataclass
@@ -120,8 +121,6 @@ def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -
     Raises:
         InputError: one line naming the file: missing, damaged (`check_shard_file`) or unreadable.
     """
-    from .npz import npz_arrays
-
     path = Path(stage_dir) / rec.file
     blob = written_shards.lookup(path, rec.sha256)  # this process wrote it a moment ago (a streamed build)
     if blob is None:
@@ -133,27 +132,26 @@ def read_shard_arrays(stage_dir: Path, rec: ShardRecord, names: Iterable[str]) -
 
 
 def write_shard_file(stage_dir: Path, index: int, arrays: dict[str, np.ndarray]) -> tuple[str, str]:
-    """Write a task's shard file (an uncompressed .npz with aligned arrays, `npz.npz_bytes`; atomically); returns (its name, its sha256)
-    for the task's `ShardRecord`.
+    """Write a task's shard file (an uncompressed .npz with aligned arrays, `npz.npz_bytes`; atomically);
+    returns (its name, its sha256) for the task's `ShardRecord`.
 
     The bytes are made and hashed in memory, written once (no fsync: the record, written durably
     after, holds the sha256 that a resume checks), and kept in `written_shards` for the tasks
     of later stages that read this shard next in this process.
     """
-    from .npz import npz_bytes
-
     blob = npz_bytes(arrays)
     file = f"{shard_stem(index)}.npz"
-    sha = sha256_bytes(blob)
-    with atomic_write(Path(stage_dir) / file, durable=False) as fh:
+    path, sha = Path(stage_dir) / file, sha256_bytes(blob)
+    with atomic_write(path, durable=False) as fh:
         fh.write(blob)
-    written_shards.keep(Path(stage_dir) / file, sha, blob)
+    written_shards.keep(path, sha, blob)
     return file, sha
 
 
 def read_render_input(stage: str, index: int, render: ShardRecord, render_params: str, params: str,
                       render_dir: Path, stage_dir: Path, names: Iterable[str],
-                      skipped_row: Callable[[dict[str, Any], str], dict[str, Any]]) -> dict[str, np.ndarray] | ShardRecord:
+                      skipped_row: Callable[[dict[str, Any], str], dict[str, Any]]
+                      ) -> dict[str, np.ndarray] | ShardRecord:
     """What a task of a stage fed by render shard `index` (encode, qa) reads: the arrays `names`
     (`read_shard_arrays`), or, when there is nothing to read, the task's final record, written:
 
