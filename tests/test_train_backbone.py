@@ -176,3 +176,23 @@ def test_wrong_shapes_are_refused() -> None:
         net(x[:, :, :-1], sigma, controls)
     with pytest.raises(ValueError, match="time grid"):
         net(x, sigma, Controls(local=controls.local[..., :-1]))
+
+
+def test_the_frequency_embedding_tells_interior_bins_apart() -> None:
+    """Without it a 2-D U-Net is blind to where on the frequency axis it is (far from the padded edges,
+    a flat input gives a flat output over frequency); with it, each bin can learn to answer differently."""
+    spec = DataSpec((2, 64, 16), local_channels=1)
+    x, noise, _ = _batch(spec)
+    x = torch.zeros_like(x)
+    controls = Controls(local=torch.ones(2, 1, 16))
+    cfg = replace(TINY, channel_mults=(1,))  # one level: a 5-bin receptive field, so bins 8..55 see no edge
+    with torch.no_grad():
+        plain = _net(spec, cfg)(x, noise, controls)[:, :, 8:56]
+        embedded = _net(spec, replace(cfg, freq_embed_channels=4))(x, noise, controls)[:, :, 8:56]
+    assert torch.allclose(plain, plain[:, :, :1].expand_as(plain), atol=1e-6)
+    assert (embedded.std(dim=2) > 1e-3).all()
+
+
+def test_the_frequency_embedding_is_refused_for_data_without_a_frequency_axis() -> None:
+    with pytest.raises(ConfigError, match=r"^model\.freq_embed_channels: only 2-D data"):
+        build_unet(replace(TINY, freq_embed_channels=4), ENCODEC)

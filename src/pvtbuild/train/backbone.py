@@ -51,6 +51,7 @@ class UNetConfig:
     global_mlp: tuple[int, ...] = ()  # hidden sizes of the chained global-control MLP blocks (FiLM)
     code_embed_dim: int = 32  # per-codebook embedding width of discrete inputs
     noise_embed_dim: int = 64  # sinusoidal embedding of the noise level; its MLP is 4x wider
+    freq_embed_channels: int = 0  # 2-D data: learned channels per frequency bin joined to the input (0: none)
     dropout: float = 0.0  # inside every block, after the modulation
 
     def check(self, key: str) -> None:
@@ -67,6 +68,8 @@ class UNetConfig:
         _require(self.code_embed_dim >= 1, f"{key}.code_embed_dim", f"must be >= 1, got {self.code_embed_dim}")
         _require(self.noise_embed_dim >= 2 and self.noise_embed_dim % 2 == 0, f"{key}.noise_embed_dim",
                  f"must be an even integer >= 2, got {self.noise_embed_dim}")
+        _require(self.freq_embed_channels >= 0, f"{key}.freq_embed_channels",
+                 f"must be >= 0, got {self.freq_embed_channels}")
         _require(0 <= self.dropout < 1, f"{key}.dropout", f"must be within [0, 1), got {self.dropout}")
 
     @property
@@ -115,6 +118,25 @@ class GlobalBranch(nn.Module):
 
     def forward(self, glob: Tensor) -> Tensor:
         return self.blocks(glob)
+
+
+class FrequencyEmbedding(nn.Module):
+    """Learned features of each frequency bin, ``[C, F]``, repeated over time and batch.
+
+    A CQT bin is a pitch: a network that must put a note's harmonics at the bins its chroma control
+    names has to know which bin it is at. Convolutions are shift-equivariant along frequency and the
+    controls are broadcast over it, so without this only the zero padding near the edges says where a
+    feature sits. A table per bin (like a transformer's learned positions) lets the first convolution
+    pair "this bin is pitch class k" with "the control asks for k". It assumes a fixed frequency axis,
+    which a format's data always has (random crops cut time only).
+    """
+
+    def __init__(self, channels: int, bins: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(channels, bins))
+
+    def forward(self, batch: int, length: int) -> Tensor:
+        return self.table[None, :, :, None].expand(batch, -1, -1, length)
 
 
 class Block(nn.Module):
@@ -166,6 +188,14 @@ class UNet(nn.Module):
             self.embed = None
             in_ch, out_ch = channels, channels
 
+        # Learned per-bin features: convolutions are blind to where on the frequency axis they are,
+        # and broadcast controls carry no frequency either, so without these only the zero padding at
+        # the edges tells a bin's pitch (FrequencyEmbedding).
+        self.freq_embed = FrequencyEmbedding(cfg.freq_embed_channels, spec.shape[1]) \
+            if self.dims == 2 and cfg.freq_embed_channels else None
+        if self.freq_embed is not None:
+            in_ch += cfg.freq_embed_channels
+
         cond_dim = 4 * cfg.noise_embed_dim
         self.noise_embed = NoiseEmbedding(cfg.noise_embed_dim, cond_dim)
         self.glob = GlobalBranch(spec.global_channels, cfg.global_mlp) if spec.global_channels else None
@@ -203,6 +233,8 @@ class UNet(nn.Module):
             h = e.permute(0, 1, 3, 2).reshape(batch, -1, length)
         else:
             h = x
+        if self.freq_embed is not None:
+            h = torch.cat([h, self.freq_embed(batch, length).to(h.dtype)], dim=1)
         # Pad every spatial axis to a multiple of 2 ** (L - 1), crop at the end.
         mult = 2 ** (self.levels - 1)
         sizes = h.shape[2:]
@@ -279,6 +311,9 @@ def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     serve the data."""
     cfg.check(key)
     _require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
+    if cfg.freq_embed_channels and len(spec.shape) != 3:
+        raise ConfigError(f"{key}.freq_embed_channels: only 2-D data (cqt [C, F, T]) has a frequency axis; "
+                          f"this data is shaped {list(spec.shape)}")
     if spec.global_channels and not cfg.global_mlp:
         raise ConfigError(f"{key}.global_mlp: the data carry {spec.global_channels} global control channels; "
                           "give the hidden sizes of the MLP blocks that read them")

@@ -28,6 +28,8 @@ from ..controls import CONTROL_NAMES
 from ..errors import ConfigError
 
 TOYS = ("swissroll", "swissroll-disc")
+# control -> encoding -> channels it gives the network (`data.encodings`; data.encode_control computes them)
+CONTROL_ENCODINGS: dict[str, dict[str, int]] = {"chroma": {"onehot": 12}}
 TRAINABLE_FORMATS = tuple(f for f in FORMATS if f != "audio")
 
 
@@ -41,6 +43,9 @@ class TrainDataConfig:
     controls: tuple[str, ...] = ("velocity", "chroma", "instrument")  # local controls, in this channel order
     global_controls: tuple[str, ...] = ()  # averaged over time and fed to the global FiLM branch
     control_grid: str | None = None  # grid the controls are read from (default: the dataset's for this format)
+    # How the trainer presents a local control to the network (the stored control never changes):
+    # `chroma: onehot` gives 12 channels, 1 on the sounding pitch class, 0 when unvoiced (data.encode_control).
+    encodings: dict[str, str] = field(default_factory=dict)
     normalize: bool = True  # continuous data divided by its std, measured on the train split and stored
     stats_examples: int = 64  # examples read to measure the data's std
     batch_size: int = 16  # per process (per GPU)
@@ -56,6 +61,12 @@ class TrainDataConfig:
             for n in names:
                 _require(n in CONTROL_NAMES, f"{key}.{k}", f"unknown control {n!r} (known: {', '.join(CONTROL_NAMES)})")
             _require(len(set(names)) == len(names), f"{key}.{k}", f"lists a control twice: {list(names)}")
+        for name, enc in self.encodings.items():
+            _require(name in self.controls, f"{key}.encodings.{name}",
+                     f"encodes a control that is not in {key}.controls ({', '.join(self.controls)})")
+            known = CONTROL_ENCODINGS.get(name, {})
+            _require(enc in known, f"{key}.encodings.{name}",
+                     f"must be one of {', '.join(known) or '(none: this control has no other encoding)'}, got {enc!r}")
         _require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")

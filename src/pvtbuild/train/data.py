@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -17,8 +17,8 @@ from ..dataset.shapes import read_shapes
 from ..dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
 from ..dataset.torch_reader import TFRecordIterableDataset
 from ..errors import InputError
-from .config import TrainDataConfig
-from .guidance import Controls
+from .config import CONTROL_ENCODINGS, TrainDataConfig
+from .guidance import NULL_VALUE, Controls
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,18 @@ class DatasetLayout:
     spec: DataSpec
     local_groups: tuple[int, ...]
     global_groups: tuple[int, ...]
+    encodings: dict[str, str] = field(default_factory=dict)  # control -> encoding (`data.encodings`)
+
+    @property
+    def aux_names(self) -> tuple[str, ...]:
+        """Arrays read only to encode a control (`voiced` for `chroma: onehot`), not fed as such."""
+        need = {_with_grid(name, "voiced") for name in self.local_names if _base(name) in self.encodings}
+        return tuple(sorted(need - set(self.local_names)))
+
+    @property
+    def read_names(self) -> tuple[str, ...]:
+        """Every array a training example needs from the dataset, the data first."""
+        return (self.data_name, *self.local_names, *self.global_names, *self.aux_names)
 
 
 def dataset_layout(cfg: TrainDataConfig, dataset: Path, config_name: str = "config") -> DatasetLayout:
@@ -136,11 +148,14 @@ def dataset_layout(cfg: TrainDataConfig, dataset: Path, config_name: str = "conf
             if n not in shapes:
                 raise InputError(f"{dataset}: has no control {n!r} (grid {grid}), but {config_name} asks for "
                                  f"data.{kind}: [{', '.join(controls)}]")
-        groups[kind] = tuple(int(np.prod(shapes[n][1][:-1])) for n in names[kind])
+        groups[kind] = tuple(CONTROL_ENCODINGS[c][cfg.encodings[c]] if c in cfg.encodings
+                             else int(np.prod(shapes[n][1][:-1])) for c, n in zip(controls, names[kind]))
+    if cfg.encodings and f"voiced_{grid}" not in shapes:
+        raise InputError(f"{dataset}: has no control 'voiced_{grid}', which data.encodings needs to tell silence")
     spec = DataSpec(shape=shape, num_classes=CODEBOOK_SIZE if cfg.format == "disc" else 0,
                     local_channels=sum(groups["controls"]), global_channels=sum(groups["global_controls"]))
     return DatasetLayout(cfg.format, names["controls"], names["global_controls"], spec,
-                         groups["controls"], groups["global_controls"])
+                         groups["controls"], groups["global_controls"], dict(cfg.encodings))
 
 
 def _dataset_grid(dataset: Path, fmt: str) -> str:
@@ -170,7 +185,7 @@ def assemble_controls(records: list[dict[str, Any]], layout: DatasetLayout) -> C
     config order and resampled to the data's frames when their grid differs (piecewise constant);
     global controls: those of `layout.global_names`, averaged over time.
     """
-    local = _controls(records, layout.local_names)
+    local = _controls(records, layout.local_names, layout.encodings)
     if local is not None and local.shape[-1] != layout.spec.shape[-1]:
         # controls on another frame grid than the data: resample to the data's frames (piecewise constant)
         local = F.interpolate(local, size=layout.spec.shape[-1], mode="nearest-exact")
@@ -180,12 +195,53 @@ def assemble_controls(records: list[dict[str, Any]], layout: DatasetLayout) -> C
                     layout.global_groups if glob is not None else ())
 
 
-def _controls(records: list[dict[str, Any]], names: tuple[str, ...]) -> Tensor | None:
+def _controls(records: list[dict[str, Any]], names: tuple[str, ...],
+              encodings: dict[str, str] | None = None) -> Tensor | None:
     if not names:
         return None
-    per_example = [np.concatenate([np.asarray(r[n], dtype=np.float32).reshape(-1, r[n].shape[-1]) for n in names])
-                   for r in records]
+    encodings = encodings or {}
+    per_example = [np.concatenate([_channels(r, n, encodings.get(_base(n))) for n in names]) for r in records]
     return _stack(per_example)  # [B, C, T]
+
+
+def _channels(record: dict[str, Any], name: str, encoding: str | None) -> np.ndarray:
+    """One control of one example as [channels, T]: as stored, or through its `data.encodings` entry."""
+    arr = np.asarray(record[name], dtype=np.float32)
+    if encoding is None:
+        return arr.reshape(-1, arr.shape[-1])
+    return encode_control(_base(name), encoding, arr, np.asarray(record[_with_grid(name, "voiced")], dtype=np.float32))
+
+
+def encode_control(control: str, encoding: str, values: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """A stored control [T] as the channels its encoding gives the network.
+
+    `chroma: onehot`: [12, T], 1 on the pitch class round(11 * chroma) where a note sounds and 0
+    elsewhere, so silence no longer shares chroma 0 with C (report §4.4) and each pitch class is a
+    channel of its own, not a point on a line the network must unfold into a harmonic comb. A frame
+    counts as sounding where `voiced` > 0.5; where `voiced` is not given (-1 throughout, as in a
+    hand-written request with chroma alone) every frame with a chroma is. Frames whose chroma is
+    the unconditional -1 are -1 on all 12 channels, the value control dropout writes.
+    """
+    if (control, encoding) != ("chroma", "onehot"):
+        raise ValueError(f"no encoding {encoding!r} of control {control!r}")  # the config check makes this a bug
+    values = values.reshape(-1)
+    given = values >= 0
+    sounding = given & ((voiced.reshape(-1) > 0.5) | bool((voiced < 0).all()))
+    out = np.zeros((CONTROL_ENCODINGS["chroma"]["onehot"], values.shape[0]), dtype=np.float32)
+    frames = np.flatnonzero(sounding)
+    out[np.clip(np.rint(values[frames] * 11), 0, 11).astype(np.int64), frames] = 1.0
+    out[:, ~given] = NULL_VALUE
+    return out
+
+
+def _base(name: str) -> str:
+    """`chroma_60hz` -> `chroma` (control names hold no underscore: the grid's name follows the first)."""
+    return name.partition("_")[0]
+
+
+def _with_grid(name: str, control: str) -> str:
+    """The array of `control` on the grid of `name` (`chroma_60hz`, voiced -> `voiced_60hz`)."""
+    return f"{control}_{name.partition('_')[2]}"
 
 
 def _stack(arrays: list[Any]) -> Tensor:
@@ -205,7 +261,7 @@ class DatasetSource:
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.dataset, self.layout, self.spec = cfg, dataset, layout, layout.spec
         self.reader = TFRecordIterableDataset(
-            dataset, "train", names=[layout.data_name, *layout.local_names, *layout.global_names, "id"],
+            dataset, "train", names=[*layout.read_names, "id"],
             shuffle_seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
         self.collate = Collate(layout, stats.scale)
         self.rank = rank

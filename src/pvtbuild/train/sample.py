@@ -71,7 +71,7 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
     layout = None
     if "local_names" in s:
         layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
-                               tuple(s["local_groups"]), tuple(s["global_groups"]))
+                               tuple(s["local_groups"]), tuple(s["global_groups"]), dict(cfg.data.encodings))
     return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path, layout)
 
 
