@@ -11,7 +11,7 @@ of those modules owns its own knobs and defaults.
     data: {format: encodec, controls: [velocity, chroma, instrument], batch_size: 4}
     model: {channels: 32, channel_mults: [1, 2, 2], control_channels: 16}
     formalism: {name: edm, sigma_data: auto}
-    guidance: {p_feature: 0.3, p_all: 0.0, cfg_scale: 1.0}
+    guidance: {p_feature: 0.3, p_all: 0.1, cfg_scale: 1.0}
     optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999}
     train: {steps: 500000, checkpoint_every: 10000}
 """
@@ -46,6 +46,7 @@ class TrainDataConfig:
     batch_size: int = 16  # per process (per GPU)
     num_workers: int = 0  # DataLoader worker processes reading shards
     shuffle_buffer: int = 256
+    crop_seconds: float | None = None  # train on random crops this long, on the format's frames (None or 0: whole clips)
 
     def check(self, key: str) -> None:
         _require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
@@ -60,6 +61,8 @@ class TrainDataConfig:
         _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        _require(self.crop_seconds is None or self.crop_seconds >= 0, f"{key}.crop_seconds",
+                 f"must be >= 0 (0: whole clips), got {self.crop_seconds}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.is_toy:
         wants = "swissroll-disc" if discrete else "swissroll"
         _require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
+        _require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
     else:
         _require((cfg.data.format == "disc") == discrete, "data.format",
                  f"formalism {cfg.formalism_name} cannot model format {cfg.data.format!r} "

@@ -37,8 +37,8 @@ from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import OptimConfig, TrainConfig, first_difference
-from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
-                   mix_seed)
+from .data import (Batch, BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
+                   mix_seed, random_crop)
 from .guidance import drop_controls
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "data_wait", "skipped")
@@ -100,6 +100,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
          + (f", {info.world_size} processes" if info.enabled else ""))
     if dry_run:
         _, batch = next(source.batches(Position()))
+        batch = _crop(batch, source, cfg.seed, info.rank, 0)
         c = batch.controls
         echo(f"batch: x0 {list(batch.x0.shape)} {batch.x0.dtype}"
              + (f", local controls {list(c.local.shape)}" if c.local is not None else "")
@@ -141,6 +142,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
         while step < total:
             t0 = time.perf_counter()
             position, batch = next(batches)
+            batch = _crop(batch, source, cfg.seed, info.rank, step)
             t_data = time.perf_counter() - t0
             gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, info.rank, step))
             torch.manual_seed(mix_seed(cfg.seed, info.rank, step, 1))  # anything drawing from the global RNG
@@ -307,6 +309,14 @@ def _write_run_json(run_dir: Path, cfg: TrainConfig, spec: Any, stats: DataStats
     record = {"config": cfg.to_dict(), "dataset": None if dataset is None else str(dataset.resolve()),
               "data_shape": list(spec.shape), "stats": stats.to_dict(), "torch": torch.__version__}
     atomic_write_bytes(run_dir / RUN_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _crop(batch: Batch, source: BatchSource, *seed: int | str) -> Batch:
+    """The batch cut to the source's random crops (if any), offsets drawn from a CPU generator seeded by
+    `seed` ((seed, rank, step) in training), so a resumed run cuts the same crops."""
+    if not source.crop_frames:
+        return batch
+    return random_crop(batch, source.crop_frames, torch.Generator().manual_seed(mix_seed(*seed, "crop")))
 
 
 def _clip(model: nn.Module, max_norm: float) -> float:
