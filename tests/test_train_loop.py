@@ -331,3 +331,14 @@ def test_two_gloo_processes_under_torchrun_keep_identical_weights(dataset, tmp_p
     assert len(digests) == 2 and digests[0] == digests[1]
     assert state["step"] == 4 and "2 processes" in res.stderr
     assert len(log_rows(run)) == 4  # rank 0 alone writes
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
+    """Keys added since (data.crop_seconds, train.eval_*) read as their defaults, not as a changed config."""
+    run = tmp_path / "run"
+    train(config("swissroll-ddpm"), run, steps=2, echo=quiet)
+    path = list_checkpoints(run)[-1]
+    state = torch.load(path, weights_only=True)
+    del state["config"]["data"]["crop_seconds"], state["config"]["train"]["eval_every"]
+    torch.save(state, path)
+    assert train(config("swissroll-ddpm"), run, steps=3, resume=True, echo=quiet).step == 3

@@ -13,7 +13,11 @@ of those modules owns its own knobs and defaults.
     formalism: {name: edm, sigma_data: auto}
     guidance: {p_feature: 0.3, p_all: 0.1, cfg_scale: 1.0}
     optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999}
-    train: {steps: 500000, checkpoint_every: 10000}
+    train: {steps: 500000, checkpoint_every: 10000, eval_every: 0, eval_batches: 4, eval_clips: 0}
+
+`data.crop_seconds` (None or 0: whole clips) trains on random crops of that length, cut on the
+format's frames (`train/data.py`); `train.eval_every`, `eval_batches` and `eval_clips` validate
+while training (`LoopConfig`, `train/validate.py`).
 """
 
 from __future__ import annotations
@@ -104,13 +108,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """How long to train and how often to checkpoint."""
+    """How long to train, how often to checkpoint, and how often to validate.
+
+    Validation (`eval_every` > 0, rank 0, `train/validate.py`): the loss of the first `eval_batches`
+    valid batches under noise, control dropout and crops drawn from fixed seeds (comparable across
+    steps and runs), and with `eval_clips` K > 0, K valid clips sampled from the EMA weights under their
+    own controls (`sample_steps`, `guidance.cfg_scale`), decoded and scored by the CREPE judge.
+    """
 
     steps: int = 500000  # the run's total; `--steps` overrides it (and is not part of the resume check)
     checkpoint_every: int = 10000
     keep_checkpoints: int = 3  # the newest N are kept
     amp: Literal["bf16", "none"] = "bf16"  # autocast on CUDA; CPU always trains in float32
     sample_steps: int | None = None  # default sampler steps of `pvtbuild sample` (None: the formalism's)
+    eval_every: int = 0  # steps between validations written to RUN_DIR/eval.csv (0: none)
+    eval_batches: int = 4  # valid-split batches (file order) whose loss, from fixed draws, each validation averages
+    eval_clips: int = 0  # valid clips sampled from the EMA model under their own controls and judged by CREPE (0: none)
 
     def check(self, key: str) -> None:
         _require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
@@ -118,6 +131,11 @@ class LoopConfig:
         _require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _require(self.sample_steps is None or self.sample_steps >= 1, f"{key}.sample_steps",
                  f"must be >= 1, got {self.sample_steps}")
+        _require(self.eval_every >= 0, f"{key}.eval_every", f"must be >= 0 (0: no validation), got {self.eval_every}")
+        _require(self.eval_batches >= 1, f"{key}.eval_batches", f"must be >= 1, got {self.eval_batches}")
+        _require(self.eval_clips >= 0, f"{key}.eval_clips", f"must be >= 0 (0: no judged clips), got {self.eval_clips}")
+        _require(not self.eval_clips or self.eval_every > 0, f"{key}.eval_clips",
+                 "clips are judged at each validation; set train.eval_every too")
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,7 @@ def _check(cfg: TrainConfig) -> None:
         wants = "swissroll-disc" if discrete else "swissroll"
         _require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
         _require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
+        _require(not cfg.train.eval_clips, "train.eval_clips", "toy points have no audio to judge; drop the key")
     else:
         _require((cfg.data.format == "disc") == discrete, "data.format",
                  f"formalism {cfg.formalism_name} cannot model format {cfg.data.format!r} "

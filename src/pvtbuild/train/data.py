@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -86,6 +87,10 @@ class BatchSource(Protocol):
         """Batches from `start` on, each with the position after it; the same start gives the same batches."""
         ...
 
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """At most `count` held-out batches, the same ones at every call (validation while training)."""
+        ...
+
 
 # --- toys ---------------------------------------------------------------------------------
 
@@ -112,6 +117,12 @@ class ToySource:
             idx = torch.randint(len(self.points), (self.batch_size,), generator=g)
             k += 1
             yield Position(0, k), Batch(self.points[idx], Controls())
+
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """`count` batches drawn from (seed, "valid", k): toys have no held-out split, only fixed draws."""
+        for k in range(count):
+            g = torch.Generator().manual_seed(mix_seed(self.seed, "valid", k))
+            yield Batch(self.points[torch.randint(len(self.points), (self.batch_size,), generator=g)], Controls())
 
 
 TOY_CLASSES = 40
@@ -216,9 +227,9 @@ class DatasetSource:
     def __init__(self, cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout, stats: DataStats, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.dataset, self.layout, self.spec = cfg, dataset, layout, layout.spec
-        self.reader = TFRecordIterableDataset(
-            dataset, "train", names=[layout.data_name, *layout.local_names, *layout.global_names, "id"],
-            shuffle_seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
+        self.names = [layout.data_name, *layout.local_names, *layout.global_names, "id"]
+        self.reader = TFRecordIterableDataset(dataset, "train", names=self.names, shuffle_seed=seed,
+                                              shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
         self.collate = Collate(layout, stats.scale)
         self.rank = rank
         self.crop_frames = crop_frames(cfg, dataset, layout.spec)
@@ -237,6 +248,13 @@ class DatasetSource:
                 raise InputError(f"{self.dataset}/train: rank {self.rank} got fewer than data.batch_size = "
                                  f"{self.cfg.batch_size} examples in an epoch; lower the batch size")
             epoch, skip = epoch + 1, 0
+
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """The first `count` batches of the valid split, every file in file order, unshuffled (the last may be
+        short), so every call, rank and resumed run reads the same examples."""
+        reader = TFRecordIterableDataset(self.dataset, "valid", names=self.names)
+        loader = DataLoader(reader, batch_size=self.cfg.batch_size, num_workers=0, collate_fn=self.collate)
+        return itertools.islice(loader, count)
 
 
 def crop_frames(cfg: TrainDataConfig, dataset: Path, spec: DataSpec) -> int:
@@ -276,6 +294,14 @@ def random_crop(batch: Batch, frames: int, generator: torch.Generator) -> Batch:
         return None if t is None else torch.stack([t[i, ..., s:s + frames] for i, s in enumerate(starts)])
 
     return Batch(cut(batch.x0), dataclasses.replace(batch.controls, local=cut(batch.controls.local)), batch.ids)
+
+
+def seeded_crop(batch: Batch, frames: int, *seed: int | str) -> Batch:
+    """`random_crop` (none when `frames` is 0) with offsets from a CPU generator seeded by `seed`: (seed, rank,
+    step) in training, so a resumed run cuts the same crops; (seed, "valid", k) for the valid loss."""
+    if not frames:
+        return batch
+    return random_crop(batch, frames, torch.Generator().manual_seed(mix_seed(*seed, "crop")))
 
 
 def measure_stats(cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout) -> DataStats:
