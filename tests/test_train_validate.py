@@ -13,6 +13,7 @@ from pvtbuild.errors import ConfigError, PvtbuildError
 from pvtbuild.train import loop as loop_module
 from pvtbuild.train import validate as validate_module
 from pvtbuild.train.checkpoint import list_checkpoints, load_checkpoint
+from pvtbuild.train.data import DatasetSource, dataset_layout
 from pvtbuild.train.loop import train
 from test_train_loop import config, log_rows, quiet
 
@@ -57,7 +58,7 @@ def test_the_valid_loss_is_the_same_for_the_same_weights_at_every_call(dataset, 
     from pvtbuild.train.sample import load_for_sampling
 
     sampler = load_for_sampling(run, torch.device("cpu"))  # the EMA weights, eval mode
-    source, _ = loop_module._data_source(cfg, dataset, load_checkpoint(run), loop_module.DistInfo())
+    source = DatasetSource(cfg.data, dataset, dataset_layout(cfg.data, dataset), sampler.stats, cfg.seed)
     validator = validate_module.Validator(cfg, source, sampler.formalism, torch.device("cpu"), amp=False)
     first = validator.run(1, sampler.net, sampler.net).values["valid_loss"]
     torch.manual_seed(123)  # the global RNG's state does not matter either
@@ -100,3 +101,37 @@ def test_validation_settings_are_checked_before_any_step(dataset, tmp_path, monk
     with pytest.raises(PvtbuildError, match=r"^train\.eval_clips: the CREPE judge .*torchcrepe.*set train\.eval_clips: 0"):
         train(cfg, tmp_path / "run", dataset, steps=2, echo=quiet)
     assert not list_checkpoints(tmp_path / "run")
+
+
+class Board:
+    """A stand-in for TensorBoard's SummaryWriter (not installed here) that records what it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def test_judged_clips_add_the_judges_keys_and_tensorboard_gets_the_scalars_a_clip_and_its_png(dataset, tmp_path,
+                                                                                          monkeypatch):
+    if validate_module.CrepeJudge is None:
+        pytest.skip(f"the CREPE judge does not import here ({validate_module._JUDGE_ERROR})")
+    board = Board()
+    monkeypatch.setattr(loop_module, "_tensorboard", lambda run_dir: board)
+    cfg = config("edm-encodec-tiny", data={"batch_size": 1, "crop_seconds": 2.0},
+                 train={"eval_every": 2, "eval_batches": 1, "eval_clips": 2, "sample_steps": 2})
+    run = tmp_path / "run"
+    train(cfg, run, dataset, steps=2, echo=quiet)
+    keys = validate_module.JUDGE_KEYS
+    assert keys and all(k.startswith("crepe_") for k in keys)
+    (row,) = eval_rows(run)
+    assert list(row) == ["step", "valid_loss", *keys] and row["step"] == "2"
+    values = {k: float(row[k]) for k in keys}  # nan where the judge has no value (the untrained model's noise)
+    assert all(np.isnan(v) or 0.0 <= v <= 1.0 for v in values.values()), values
+    scalars = {args[0]: args[1:] for name, args, _ in board.calls if name == "add_scalar" and args[0].startswith("eval/")}
+    assert set(scalars) == {f"eval/{k}" for k in ("valid_loss", *keys)} and scalars["eval/valid_loss"][1] == 2
+    (audio,) = [(args, kwargs) for name, args, kwargs in board.calls if name == "add_audio"]
+    assert audio[0][1].shape == (1, 8 * 24000) and audio[1]["sample_rate"] == 24000
+    (image,) = [(args, kwargs) for name, args, kwargs in board.calls if name == "add_image"]
+    assert image[0][1].ndim == 3 and image[0][1].shape[2] == 3 and image[1]["dataformats"] == "HWC"
