@@ -41,20 +41,15 @@ from ..dataset.shapes import read_shapes
 from ..dataset.tfrecord import SHAPES_FILE
 from ..dataset.torch_reader import TFRecordIterableDataset
 from ..decode import AudioDecoder
-from ..errors import InputError, PvtbuildError
+from ..errors import InputError
 from ..inspect import draw_clip
 from .checkpoint import checkpoint_path
 from .conditioning import ControlSpace, RequestedControls, model_controls, null_controls
 from .config import TrainConfig
 from .data import BatchSource, DatasetSource, DataStats, mix_seed, seeded_crop
 from .guidance import drop_controls
+from .judge import JUDGE_KEYS, CrepeJudge
 from .sample import Sampler, dataset_control_space, decode_batches, generate
-
-_JUDGE_ERROR = ""
-try:  # the judge (CREPE through torchcrepe) is optional: without it, eval_clips stops the run before step 1
-    from .judge import JUDGE_KEYS, CrepeJudge
-except ImportError as _missing:
-    JUDGE_KEYS, CrepeJudge, _JUDGE_ERROR = (), None, f"{type(_missing).__name__}: {_missing}"
 
 EVAL_CSV = "eval.csv"
 
@@ -75,9 +70,6 @@ class JudgedClips:
 
     def __init__(self, cfg: TrainConfig, source: DatasetSource, formalism: Any, stats: DataStats, dataset: Path,
                  run_dir: Path, device: torch.device) -> None:
-        if CrepeJudge is None:
-            raise PvtbuildError(f"train.eval_clips: the CREPE judge (pvtbuild.train.judge) does not import here "
-                                f"({_JUDGE_ERROR}); set train.eval_clips: 0")
         self.cfg, self.source, self.formalism, self.stats, self.run_dir = cfg, source, formalism, stats, run_dir
         self.space: ControlSpace = dataset_control_space(cfg, source.layout, dataset)
         self.requests = valid_controls(dataset, self.space, cfg.train.eval_clips)
@@ -146,7 +138,8 @@ class Validator:
 
 def build_validator(cfg: TrainConfig, source: BatchSource, formalism: Any, stats: DataStats, dataset: Path | None,
                     run_dir: Path, device: torch.device, amp: bool) -> Validator:
-    """A run's validator, checked before the first step: a missing valid split or judge stops the run now."""
+    """A run's validator, checked before the first step: a missing valid split stops the run now, and so does
+    a judge that cannot load (CREPE's weights are loaded here, not at the first validation)."""
     try:
         empty = next(iter(source.valid_batches(1)), None) is None
     except InputError as e:
