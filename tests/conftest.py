@@ -52,11 +52,12 @@ SMALL_SOURCES = ("00fe58e0b555088db366097cc15634e0", "024bdf7815ae8b97ac8cac959c
                  "034b0de17cfd9fc25471c536c3fbb69e")
 
 
-def make_config(midi: Path, limit: int = 0, **shard: object) -> PipelineConfig:
-    """A small real pipeline: 2 clips per source, 4 per render shard, random EnCodec weights, in-process."""
+def make_config(midi: Path, limit: int = 0, select: dict | None = None, **shard: object) -> PipelineConfig:
+    """A small real pipeline: 2 clips per source (or `select`'s settings over that), 4 per render shard,
+    random EnCodec weights, in-process."""
     return config_from_dict({
         "name": "test", "seed": 0, "midi": str(midi), "limit": limit,
-        "select": {"clips_per_source": 2}, "render": {"clips_per_shard": 4},
+        "select": {"clips_per_source": 2, **(select or {})}, "render": {"clips_per_shard": 4},
         "encode": {"weights": "random"}, "shard": {"shard_mb": 2.0, **shard},
         "exec": {"jobs": 1, "scheduler": "sync"},
     })

@@ -319,6 +319,7 @@ def test_two_gloo_processes_under_torchrun_keep_identical_weights(dataset, tmp_p
     cfg_file = tmp_path / "tiny.yaml"
     data = yaml.safe_load((TRAIN_CONFIGS / "edm-encodec-tiny.yaml").read_text())
     data["data"]["batch_size"] = 1  # the small split gives each rank only a couple of examples
+    data["train"]["eval_every"] = 2  # rank 0 validates while rank 1 waits at a barrier
     cfg_file.write_text(yaml.safe_dump(data))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -331,3 +332,15 @@ def test_two_gloo_processes_under_torchrun_keep_identical_weights(dataset, tmp_p
     assert len(digests) == 2 and digests[0] == digests[1]
     assert state["step"] == 4 and "2 processes" in res.stderr
     assert len(log_rows(run)) == 4  # rank 0 alone writes
+    assert [line.split(",")[0] for line in (run / "eval.csv").read_text().splitlines()] == ["step", "2", "4"]
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
+    """Keys added since (data.crop_seconds, train.eval_*) read as their defaults, not as a changed config."""
+    run = tmp_path / "run"
+    train(config("swissroll-ddpm"), run, steps=2, echo=quiet)
+    path = list_checkpoints(run)[-1]
+    state = torch.load(path, weights_only=True)
+    del state["config"]["data"]["crop_seconds"], state["config"]["train"]["eval_every"]
+    torch.save(state, path)
+    assert train(config("swissroll-ddpm"), run, steps=3, resume=True, echo=quiet).step == 3

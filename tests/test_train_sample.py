@@ -196,3 +196,22 @@ def test_a_run_whose_dataset_moved_asks_for_data(runs, tmp_path):
         from pvtbuild.train.sample import sample_to_wav
 
         sample_to_wav(moved, tmp_path / "s", 1, ControlRequest(), steps=1)
+
+
+def test_iadb_encodec_bpm_tiny_trains_and_samples_a_tempo_through_the_cli(dataset, tmp_path):
+    """LADMG's setup (issue 18, item 6): IADB on EnCodec latents with beat and bpm controls, as a user runs it."""
+    run, out = tmp_path / "run", tmp_path / "s"
+    res = CliRunner().invoke(cli, ["train", "--config", str(REPO / "pipelines" / "train" / "iadb-encodec-bpm-tiny.yaml"),
+                                   "--data", str(dataset), "--out", str(run), "--steps", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(run), "--out", str(out), "--n", "1", "--steps", "2",
+                                   "--bpm", "120", "--no-plot", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "sample.json").read_text())
+    assert record["formalism"] == "iadb" and record["controls_the_model_reads"] == ["beat", "bpm"]
+    assert record["controls_given"] == ["beat", "bpm"] and record["nfe_per_sample"] == 2
+    pcm, rate = _wav(out / "0000.wav")
+    assert rate == 24000 and len(pcm) == 8 * 24000
+    with np.load(out / "0000.controls.npz") as c:
+        assert np.unique(c["bpm_75hz"]).size == 1  # one tempo throughout
+        assert (c["beat_75hz"] >= 0).all() and (c["velocity_75hz"] == NULL_VALUE).all()

@@ -34,6 +34,8 @@ Public API (stable; other modules depend on these names)
   metrics needing it nan; metrics with no frame to score are nan too.
 - `adherence_batch(ests, controls [B, T] each, tolerances per clip)` -> one dict per clip: `adherence`
   on the clips of a render shard at once (the qa stage; `adherence` calls it with one clip).
+- `near_changes`, `after_offsets`, `note_segments`: the label frames scoring leaves out, and the
+  label's notes (shared by the qa stage and `train.judge`, so every judge leaves out the same frames).
 
 Voicing: what "voiced" means and the tolerances
 -----------------------------------------------
@@ -306,8 +308,8 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     midi = np.rint(labels["pitch"] * 127) if "pitch" in labels else None
     pc = (midi % 12) if midi is not None else (np.rint(labels["chroma"] * 11) if "chroma" in labels else None)
     key = midi if midi is not None else pc
-    near = _near_changes(lv, key, np.array([t.onset_frames for t in tolerances]))
-    after = _after_offsets(lv, times, np.array([t.release_s for t in tolerances]))
+    near = near_changes(lv, key, np.array([t.onset_frames for t in tolerances]))
+    after = after_offsets(lv, times, np.array([t.release_s for t in tolerances]))
     scored = ~near & ~after
     n_scored = scored.sum(axis=1)
     quiet, held = scored & ~lv, scored & lv
@@ -356,7 +358,7 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     np.cumsum(voiced, axis=1, out=sounding[:, 1:])
     for i, k in enumerate(rows):
         o, tol = out[k], tolerances[i]
-        notes = _segments(lv[i], None if key is None else key[i])
+        notes = note_segments(lv[i], None if key is None else key[i])
         o["notes"] = float(len(notes))
         # a note is missing when under half its core (onset_frames in from each end, >= 4 frames) sounds
         lo, hi = notes[:, 0] + tol.onset_frames, notes[:, 1] - tol.onset_frames
@@ -707,7 +709,7 @@ def _flux_read(loudness: np.ndarray, rate: float) -> np.ndarray:
     return count[np.minimum(idx + gap + 1, n)] > count[np.maximum(idx - gap, 0)]
 
 
-def _near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int | np.ndarray) -> np.ndarray:
+def near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int | np.ndarray) -> np.ndarray:
     """Frames within k of a change of voicing or pitch (a label's onset, offset or note change).
 
     [T] arrays, or [B, T] with k an int or one per row.
@@ -729,7 +731,7 @@ def _near_changes(voiced: np.ndarray, pitch: np.ndarray | None, k: int | np.ndar
     return near if np.ndim(voiced) == 2 else near[0]
 
 
-def _after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float | np.ndarray) -> np.ndarray:
+def after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float | np.ndarray) -> np.ndarray:
     """Unvoiced frames within release_s of the last note-off before them ([T], or [B, T] with one release_s
     or one per row)."""
     v = np.atleast_2d(voiced)
@@ -742,7 +744,7 @@ def _after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float | np.
     return out if np.ndim(voiced) == 2 else out[0]
 
 
-def _segments(voiced: np.ndarray, pitch: np.ndarray | None) -> np.ndarray:
+def note_segments(voiced: np.ndarray, pitch: np.ndarray | None) -> np.ndarray:
     """[notes, 2] (start, stop) frame runs of one held label note (voiced, same pitch)."""
     n = len(voiced)
     if not n:
@@ -819,4 +821,4 @@ def _median(a: np.ndarray) -> float:
 
 __all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "analyse_batch", "adherence",
            "adherence_batch", "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances",
-           "TIMBRE_HARMONICS"]
+           "TIMBRE_HARMONICS", "near_changes", "after_offsets", "note_segments"]

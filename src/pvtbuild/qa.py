@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, _near_changes, adherence_batch, analyse, analyse_batch,
+from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence_batch, analyse, analyse_batch, near_changes,
                        check_pitch_yin, one_blas_thread, pitch_yin, timbre_distances)
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import PvtbuildError
@@ -168,7 +168,7 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
     ests = analyse_batch(audio, job.sample_rate, grid.rate, grid.frames, grid.offset, expected_pitch=expected,
                          params=analysis_params(job.qa))
     all_scores = adherence_batch(ests, controls, [tolerances(job.qa, i) for i in instruments])
-    inner = held & ~_near_changes(held, midi, job.qa.onset_frames)  # held, away from label changes
+    inner = held & ~near_changes(held, midi, job.qa.onset_frames)  # held, away from label changes
     out = []
     for n, (est, scores, instrument) in enumerate(zip(ests, all_scores, instruments)):
         clip_id = clip_ids[n] if clip_ids else ""

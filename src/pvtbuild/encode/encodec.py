@@ -16,12 +16,12 @@ torchaudio: `encodec` imports it at the top of `encodec/utils.py` for its audio 
 helpers (`convert_audio`, `save_audio`), which the model never uses; the model
 needs only three pure-torch helpers from that file. torchaudio's PyPI wheels are
 CUDA builds that fail on CPU-only machines, so pvtbuild does not install it and
-`import_encodec` below imports encodec with a stand-in in its place (see there).
+`import_encodec` below imports encodec with a stand-in in its place
+(`pvtbuild.torchaudio_free`, which torchcrepe's import shares).
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import types
 import warnings
@@ -33,6 +33,7 @@ import torch
 
 from ..errors import InputError
 from ..manifest import sha256_file
+from ..torchaudio_free import TorchaudioStandIn, import_without_torchaudio  # noqa: F401 (the stand-in: re-exported)
 
 if TYPE_CHECKING:
     from encodec import EncodecModel
@@ -49,50 +50,14 @@ RANDOM_CODEBOOK_RADIUS = 10.0
 
 _CACHE: dict[tuple, tuple[Any, dict[str, Any]]] = {}
 _LOCK = threading.Lock()
-_IMPORT_LOCK = threading.Lock()
 
 
 # --- torchaudio stand-in ----------------------------------------------------------------
 
 
-class TorchaudioStandIn(types.ModuleType):
-    """Placeholder for torchaudio, which is not installed: every attribute raises ImportError.
-
-    `import_encodec` puts one in `sys.modules["torchaudio"]` only while `encodec` is
-    imported, and only when torchaudio is absent, then removes it again: afterwards
-    `import torchaudio` fails as usual, and `encodec.utils.torchaudio` is this object,
-    so encodec's audio I/O helpers fail loudly instead of half-working.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("torchaudio", "stand-in installed by pvtbuild.encode.encodec: torchaudio is not installed")
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)  # introspection (copy, inspect, pickle) probes these
-        raise ImportError(
-            f"torchaudio.{name}: torchaudio is not installed; encodec was imported by pvtbuild with a stand-in "
-            f"module, so only its model works, not its audio I/O helpers (use soundfile/librosa instead)")
-
-
 def import_encodec() -> types.ModuleType:
-    """`import encodec`, with `TorchaudioStandIn` in place of torchaudio while it loads if torchaudio is absent."""
-    if "encodec" in sys.modules:
-        return sys.modules["encodec"]
-    import importlib.util
-
-    with _IMPORT_LOCK:
-        if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is not None:
-            import encodec
-            return encodec
-        stand_in = TorchaudioStandIn()
-        sys.modules["torchaudio"] = stand_in
-        try:
-            import encodec
-        finally:
-            if sys.modules.get("torchaudio") is stand_in:
-                del sys.modules["torchaudio"]
-        return encodec
+    """`import encodec`, with a `TorchaudioStandIn` in place of torchaudio while it loads (see torchaudio_free)."""
+    return import_without_torchaudio("encodec")
 
 
 # --- loading ----------------------------------------------------------------------------

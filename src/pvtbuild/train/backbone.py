@@ -23,6 +23,13 @@ Layout, following Ronneberger et al. 2015 as the report does:
 
 Sizes not divisible by ``2**(L-1)`` (1921 CQT frames, 216 bins) are zero-padded on the right
 and the output cropped back.
+
+Time may have any length (channels and CQT bins may not): every layer is a convolution, a
+pooling or an upsampling in time, so a network trained on random crops (`data.crop_seconds`)
+samples whole clips. That assumes what a convolution assumes: that a frame depends on its
+neighbours alone, within the receptive field (each 3-tap convolution at level i widens it by
+``2**(i+1)`` frames), never on where it sits in the clip; and that the one-group GroupNorm statistics
+of a crop are those of a whole clip, which holds for crops long enough to hold a few notes.
 """
 
 from __future__ import annotations
@@ -221,8 +228,7 @@ class UNet(nn.Module):
         """`x`: ``[B, *shape]`` floats (int64 classes for discrete data); `noise_level`: ``[B]``.
         Returns ``[B, *shape]`` (continuous) or logits ``[B, *shape, K]`` (discrete)."""
         spec = self.spec
-        if tuple(x.shape[1:]) != spec.shape:
-            raise ValueError(f"backbone: expected examples shaped {list(spec.shape)}, got {list(x.shape[1:])}")
+        self._check_shape(tuple(x.shape[1:]))
         flat = len(spec.shape) == 1
         if flat:
             x = x.unsqueeze(-1)
@@ -278,6 +284,15 @@ class UNet(nn.Module):
             out = out.reshape(batch, spec.shape[0], self.num_classes, length).transpose(2, 3)
             return out.squeeze(2) if flat else out
         return out.squeeze(-1) if flat else out
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        """Examples must be shaped like the data's, except in time (the last axis of [C, T] and [C, F, T]):
+        the network is convolutional there, so a model trained on crops samples whole clips."""
+        want = self.spec.shape
+        fixed = want[:-1] if len(want) >= 2 else want
+        if shape[:len(fixed)] != fixed or len(shape) != len(want):
+            shown = [*fixed, "T"] if len(want) >= 2 else list(want)
+            raise ValueError(f"backbone: expected examples shaped {shown}, got {list(shape)}")
 
     def _local_features(self, controls: Controls, batch: int, length: int, pad: int,
                         device: torch.device) -> list[Tensor] | None:

@@ -11,9 +11,13 @@ of those modules owns its own knobs and defaults.
     data: {format: encodec, controls: [velocity, chroma, instrument], batch_size: 4}
     model: {channels: 32, channel_mults: [1, 2, 2], control_channels: 16}
     formalism: {name: edm, sigma_data: auto}
-    guidance: {p_feature: 0.3, p_all: 0.0, cfg_scale: 1.0}
+    guidance: {p_feature: 0.3, p_all: 0.1, cfg_scale: 1.0}
     optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999}
-    train: {steps: 500000, checkpoint_every: 10000}
+    train: {steps: 500000, checkpoint_every: 10000, eval_every: 0, eval_batches: 4, eval_clips: 0}
+
+`data.crop_seconds` (None or 0: whole clips) trains on random crops of that length, cut on the
+format's frames (`train/data.py`); `train.eval_every`, `eval_batches` and `eval_clips` validate
+while training (`LoopConfig`, `train/validate.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class TrainDataConfig:
     batch_size: int = 16  # per process (per GPU)
     num_workers: int = 0  # DataLoader worker processes reading shards
     shuffle_buffer: int = 256
+    crop_seconds: float | None = None  # train on random crops this long, on the format's frames (None or 0: whole clips)
 
     def check(self, key: str) -> None:
         _require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
@@ -71,6 +76,8 @@ class TrainDataConfig:
         _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        _require(self.crop_seconds is None or self.crop_seconds >= 0, f"{key}.crop_seconds",
+                 f"must be >= 0 (0: whole clips), got {self.crop_seconds}")
 
 
 @dataclass(frozen=True)
@@ -112,13 +119,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """How long to train and how often to checkpoint."""
+    """How long to train, how often to checkpoint, and how often to validate.
+
+    Validation (`eval_every` > 0, rank 0, `train/validate.py`): the loss of the first `eval_batches`
+    valid batches under noise, control dropout and crops drawn from fixed seeds (comparable across
+    steps and runs), and with `eval_clips` K > 0, K valid clips sampled from the EMA weights under their
+    own controls (`sample_steps`, `guidance.cfg_scale`), decoded and scored by the CREPE judge.
+    """
 
     steps: int = 500000  # the run's total; `--steps` overrides it (and is not part of the resume check)
     checkpoint_every: int = 10000
     keep_checkpoints: int = 3  # the newest N are kept
     amp: Literal["bf16", "none"] = "bf16"  # autocast on CUDA; CPU always trains in float32
     sample_steps: int | None = None  # default sampler steps of `pvtbuild sample` (None: the formalism's)
+    eval_every: int = 0  # steps between validations written to RUN_DIR/eval.csv (0: none)
+    eval_batches: int = 4  # valid-split batches (file order) whose loss, from fixed draws, each validation averages
+    eval_clips: int = 0  # valid clips sampled from the EMA model under their own controls and judged by CREPE (0: none)
 
     def check(self, key: str) -> None:
         _require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
@@ -126,6 +142,11 @@ class LoopConfig:
         _require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _require(self.sample_steps is None or self.sample_steps >= 1, f"{key}.sample_steps",
                  f"must be >= 1, got {self.sample_steps}")
+        _require(self.eval_every >= 0, f"{key}.eval_every", f"must be >= 0 (0: no validation), got {self.eval_every}")
+        _require(self.eval_batches >= 1, f"{key}.eval_batches", f"must be >= 1, got {self.eval_batches}")
+        _require(self.eval_clips >= 0, f"{key}.eval_clips", f"must be >= 0 (0: no judged clips), got {self.eval_clips}")
+        _require(not self.eval_clips or self.eval_every > 0, f"{key}.eval_clips",
+                 "clips are judged at each validation; set train.eval_every too")
 
 
 @dataclass(frozen=True)
@@ -216,6 +237,8 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.is_toy:
         wants = "swissroll-disc" if discrete else "swissroll"
         _require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
+        _require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
+        _require(not cfg.train.eval_clips, "train.eval_clips", "toy points have no audio to judge; drop the key")
     else:
         _require((cfg.data.format == "disc") == discrete, "data.format",
                  f"formalism {cfg.formalism_name} cannot model format {cfg.data.format!r} "

@@ -1,8 +1,17 @@
-"""Training batches: a pvtbuild dataset's shards through the PyTorch reader, or toy data."""
+"""Training batches: a pvtbuild dataset's shards through the PyTorch reader, or toy data.
+
+Random crops (`data.crop_seconds`): the loop cuts each example of a batch to `crop_frames`
+frames of its format (EnCodec's 75 Hz frames for `encodec` / `disc`, the CQT's hop for `cqt`)
+at an offset drawn from the step's generator, *after* the local controls are on the data's
+frames, so a crop's controls are the controls of the crop; global controls stay the whole
+clip's average. The data spec keeps the full clip, which is what sampling generates.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -13,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..config import ENCODEC_HOP
 from ..dataset.shapes import read_shapes
 from ..dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
 from ..dataset.torch_reader import TFRecordIterableDataset
@@ -71,9 +81,14 @@ class DataStats:
 
 class BatchSource(Protocol):
     spec: DataSpec
+    crop_frames: int  # > 0: the loop trains on random crops this many frames long (`crop_batch`)
 
     def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
         """Batches from `start` on, each with the position after it; the same start gives the same batches."""
+        ...
+
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """At most `count` held-out batches, the same ones at every call (validation while training)."""
         ...
 
 
@@ -82,6 +97,8 @@ class BatchSource(Protocol):
 
 class ToySource:
     """A toy dataset of `toy_size` points drawn once from the seed; batch k of rank r is drawn from (seed, r, k)."""
+
+    crop_frames = 0  # points have no time axis
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0) -> None:
         from .toys import swissroll, swissroll_disc
@@ -100,6 +117,12 @@ class ToySource:
             idx = torch.randint(len(self.points), (self.batch_size,), generator=g)
             k += 1
             yield Position(0, k), Batch(self.points[idx], Controls())
+
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """`count` batches drawn from (seed, "valid", k): toys have no held-out split, only fixed draws."""
+        for k in range(count):
+            g = torch.Generator().manual_seed(mix_seed(self.seed, "valid", k))
+            yield Batch(self.points[torch.randint(len(self.points), (self.batch_size,), generator=g)], Controls())
 
 
 TOY_CLASSES = 40
@@ -260,11 +283,12 @@ class DatasetSource:
     def __init__(self, cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout, stats: DataStats, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.dataset, self.layout, self.spec = cfg, dataset, layout, layout.spec
-        self.reader = TFRecordIterableDataset(
-            dataset, "train", names=[*layout.read_names, "id"],
-            shuffle_seed=seed, shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
+        self.names = [*layout.read_names, "id"]
+        self.reader = TFRecordIterableDataset(dataset, "train", names=self.names, shuffle_seed=seed,
+                                              shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
         self.collate = Collate(layout, stats.scale)
         self.rank = rank
+        self.crop_frames = crop_frames(cfg, dataset, layout.spec)
 
     def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
         epoch, skip = start.epoch, start.batch
@@ -280,6 +304,60 @@ class DatasetSource:
                 raise InputError(f"{self.dataset}/train: rank {self.rank} got fewer than data.batch_size = "
                                  f"{self.cfg.batch_size} examples in an epoch; lower the batch size")
             epoch, skip = epoch + 1, 0
+
+    def valid_batches(self, count: int) -> Iterator[Batch]:
+        """The first `count` batches of the valid split, every file in file order, unshuffled (the last may be
+        short), so every call, rank and resumed run reads the same examples."""
+        reader = TFRecordIterableDataset(self.dataset, "valid", names=self.names)
+        loader = DataLoader(reader, batch_size=self.cfg.batch_size, num_workers=0, collate_fn=self.collate)
+        return itertools.islice(loader, count)
+
+
+def crop_frames(cfg: TrainDataConfig, dataset: Path, spec: DataSpec) -> int:
+    """`data.crop_seconds` in frames of the format (0: whole clips); stops when a crop is longer than a clip."""
+    if not cfg.crop_seconds:
+        return 0
+    frames = max(1, round(cfg.crop_seconds * frame_rate(dataset, cfg.format)))
+    if frames > spec.shape[-1]:
+        raise InputError(f"data.crop_seconds: {cfg.crop_seconds:g} s is {frames} frames of {cfg.format}, longer "
+                         f"than the {spec.shape[-1]} frames of {dataset}'s clips; lower it (0: whole clips)")
+    return frames
+
+
+def frame_rate(dataset: Path, fmt: str) -> float:
+    """Frames per second of a stored format: EnCodec's frames of 320 samples (encodec, disc), the CQT's hop."""
+    doc = read_dataset_json(dataset)
+    rate = float(doc.get("sample_rate") or doc["config"]["render"]["sample_rate"])
+    if fmt == "cqt":
+        return rate / int((doc.get("encoder") or {}).get("cqt", doc["config"]["encode"]["cqt"])["hop_length"])
+    return rate / ENCODEC_HOP
+
+
+def crop_starts(batch: int, length: int, frames: int, generator: torch.Generator) -> Tensor:
+    """The first frame of each example's crop, uniform over the `length - frames + 1` offsets (CPU generator)."""
+    return torch.randint(length - frames + 1, (batch,), generator=generator)
+
+
+def random_crop(batch: Batch, frames: int, generator: torch.Generator) -> Batch:
+    """Every example of `batch` cut to `frames` frames at its own offset (`crop_starts`), data and local
+    controls alike; a batch no longer than `frames` comes back unchanged."""
+    length = batch.x0.shape[-1]
+    if frames <= 0 or frames >= length:
+        return batch
+    starts = crop_starts(batch.x0.shape[0], length, frames, generator).tolist()
+
+    def cut(t: Tensor | None) -> Tensor | None:
+        return None if t is None else torch.stack([t[i, ..., s:s + frames] for i, s in enumerate(starts)])
+
+    return Batch(cut(batch.x0), dataclasses.replace(batch.controls, local=cut(batch.controls.local)), batch.ids)
+
+
+def seeded_crop(batch: Batch, frames: int, *seed: int | str) -> Batch:
+    """`random_crop` (none when `frames` is 0) with offsets from a CPU generator seeded by `seed`: (seed, rank,
+    step) in training, so a resumed run cuts the same crops; (seed, "valid", k) for the valid loss."""
+    if not frames:
+        return batch
+    return random_crop(batch, frames, torch.Generator().manual_seed(mix_seed(*seed, "crop")))
 
 
 def measure_stats(cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout) -> DataStats:

@@ -6,9 +6,12 @@ of a step comes from generators seeded by (seed, rank, step), and the data
 source is addressed by position, so a run stopped at step k and resumed gives
 the same losses, bit for bit, as one that never stopped (on CPU; CUDA kernels
 may be non-deterministic). A step whose gradient norm is not finite is counted
-and skipped, never applied. Rank 0 writes `RUN_DIR/log.csv`, checkpoints and,
-when `tensorboard` is importable, TensorBoard events; SIGTERM (a cluster's
-preemption) saves a checkpoint before exiting.
+and skipped, never applied. Rank 0 writes `RUN_DIR/log.csv`, checkpoints, every
+`train.eval_every` steps a validation row in `eval.csv` (`validate.py`; it draws
+nothing from the training's streams, so resume stays exact) and, when
+`tensorboard` is importable, TensorBoard events; SIGTERM (a cluster's
+preemption) saves a checkpoint before exiting. With `data.crop_seconds`, each
+batch is cut to random crops drawn from (seed, rank, step) too.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from ..encode.device import pick_device as encode_device
 from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import OptimConfig, TrainConfig, first_difference
+from .config import OptimConfig, TrainConfig, first_difference, train_config_from_dict
 from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
-                   mix_seed)
+                   mix_seed, seeded_crop)
 from .guidance import drop_controls
+from .validate import EVAL_CSV, Validation, build_validator
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "data_wait", "skipped")
 RUN_JSON = "run.json"
@@ -100,6 +104,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
          + (f", {info.world_size} processes" if info.enabled else ""))
     if dry_run:
         _, batch = next(source.batches(Position()))
+        batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, 0)
         c = batch.controls
         echo(f"batch: x0 {list(batch.x0.shape)} {batch.x0.dtype}"
              + (f", local controls {list(c.local.shape)}" if c.local is not None else "")
@@ -131,9 +136,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
         return TrainResult(run_dir, step, skipped=skipped)
 
     result = TrainResult(run_dir, step, skipped=skipped)
-    log = _Log(run_dir, step, info.main)
-    stop = _StopFlag()
     amp = device.type == "cuda" and cfg.train.amp == "bf16"
+    validator = (build_validator(cfg, source, formalism, stats, dataset, run_dir, device, amp)
+                 if info.main and cfg.train.eval_every else None)
+    log = _Log(run_dir, step, info.main, validator.columns if validator is not None else ())
+    if validator is not None:
+        echo(f"train: validating every {cfg.train.eval_every} steps into {run_dir / EVAL_CSV}: "
+             f"{', '.join(validator.columns[1:])}")
+    stop = _StopFlag()
     batches = source.batches(position)
     t_start, examples = time.perf_counter(), 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not info.main, dynamic_ncols=True)
@@ -141,6 +151,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
         while step < total:
             t0 = time.perf_counter()
             position, batch = next(batches)
+            batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, step)
             t_data = time.perf_counter() - t0
             gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, info.rank, step))
             torch.manual_seed(mix_seed(cfg.seed, info.rank, step, 1))  # anything drawing from the global RNG
@@ -164,6 +175,11 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
             log.write(step, mean_loss, scheduler.get_last_lr()[0], grad_norm,
                       x0.shape[0] * info.world_size / dt, t_data / dt, skipped)
             result.losses.append(mean_loss)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:  # before the checkpoint: see _Log
+                if validator is not None:
+                    log.write_eval(validator.run(step, model, ema.module, image=log.tb is not None))
+                if info.enabled:
+                    dist.barrier()  # the other ranks wait for rank 0's validation
             examples += x0.shape[0] * info.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=skipped)
@@ -255,7 +271,8 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool | str, dry_run: 
     if not found:
         raise PvtbuildError(f"{run_dir}: no checkpoint to resume from; drop --resume to start a new run")
     state = load_checkpoint(found[-1])
-    old, new = _comparable(state["config"]), _comparable(cfg.to_dict())
+    # the stored config re-read with today's defaults, so a key added since (data.crop_seconds) is not a change
+    old, new = _comparable(train_config_from_dict(state["config"]).to_dict()), _comparable(cfg.to_dict())
     key = first_difference(old, new)
     if key is not None:
         raise ConfigError(f"{key}: differs from the config of the run in {run_dir} "
@@ -363,15 +380,10 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-class _Log:
-    """`RUN_DIR/log.csv` (rank 0): one row per step; a resume first drops rows past its checkpoint."""
+class _CsvRows:
+    """A CSV of one row per step; reopened at `start_step` > 0 (a resume), it keeps only the rows up to it."""
 
-    def __init__(self, run_dir: Path, start_step: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tb: Any = None
-        if not enabled:
-            return
-        path = run_dir / "log.csv"
+    def __init__(self, path: Path, columns: tuple[str, ...], start_step: int) -> None:
         rows = []
         if path.is_file() and start_step > 0:
             with path.open(newline="") as fh:
@@ -379,23 +391,55 @@ class _Log:
             rows = [r for r in rows if r and int(r[0]) <= start_step]
         self.fh = path.open("w", newline="")
         self.writer = csv.writer(self.fh)
-        self.writer.writerow(LOG_COLUMNS)
+        self.writer.writerow(columns)
         self.writer.writerows(rows)
         self.fh.flush()
+
+    def write(self, row: list[Any]) -> None:
+        self.writer.writerow(row)
+        self.fh.flush()
+
+
+class _Log:
+    """Rank 0's records: `RUN_DIR/log.csv` (a row per step), `eval.csv` (a row per validation, with
+    `eval_columns`) and TensorBoard events. A validation is written before its step's checkpoint, so a run
+    killed between the two redoes it on resume, which first drops every row past its checkpoint."""
+
+    def __init__(self, run_dir: Path, start_step: int, enabled: bool, eval_columns: tuple[str, ...] = ()) -> None:
+        self.enabled = enabled
+        self.tb: Any = None
+        if not enabled:
+            return
+        self.log = _CsvRows(run_dir / "log.csv", LOG_COLUMNS, start_step)
+        self.eval = _CsvRows(run_dir / EVAL_CSV, eval_columns, start_step) if eval_columns else None
         self.tb = _tensorboard(run_dir)
 
     def write(self, step: int, loss: float, lr: float, grad_norm: float, eps: float, wait: float, skipped: int) -> None:
         if not self.enabled:
             return
-        self.writer.writerow([step, repr(loss), f"{lr:.6g}", f"{grad_norm:.6g}", f"{eps:.2f}", f"{wait:.4f}", skipped])
-        self.fh.flush()
+        self.log.write([step, repr(loss), f"{lr:.6g}", f"{grad_norm:.6g}", f"{eps:.2f}", f"{wait:.4f}", skipped])
         if self.tb is not None:
             for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("examples_per_s", eps)):
                 self.tb.add_scalar(name, value, step)
 
+    def write_eval(self, v: Validation) -> None:
+        """One validation's eval.csv row (floats as repr: read back exactly) and its TensorBoard scalars and clip."""
+        assert self.eval is not None
+        self.eval.write([v.step, *(repr(x) for x in v.values.values())])
+        if self.tb is None:
+            return
+        for name, value in v.values.items():
+            self.tb.add_scalar(f"eval/{name}", value, v.step)
+        if v.audio is not None:
+            self.tb.add_audio("eval/clip0", torch.from_numpy(v.audio).reshape(1, -1), v.step, sample_rate=v.sample_rate)
+        if v.image is not None:
+            self.tb.add_image("eval/clip0", v.image, v.step, dataformats="HWC")
+
     def close(self) -> None:
         if self.enabled:
-            self.fh.close()
+            for f in (self.log, self.eval):
+                if f is not None:
+                    f.fh.close()
             if self.tb is not None:
                 self.tb.close()
 

@@ -186,24 +186,29 @@ def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
 
 def control_space(sampler: Sampler, dataset: Path) -> Any:
     """The controls the model reads (`conditioning.ControlSpace`), defined by the dataset's pipeline config."""
+    if sampler.layout is None:
+        raise PvtbuildError(f"{sampler.checkpoint}: holds no dataset layout (a toy, or a checkpoint from before "
+                            f"sampling to WAV); retrain to sample it")
+    return dataset_control_space(sampler.cfg, sampler.layout, dataset)
+
+
+def dataset_control_space(cfg: TrainConfig, layout: DatasetLayout, dataset: Path) -> Any:
+    """`control_space` of a model that has no checkpoint yet (the loop's judged validation clips)."""
     from ..config import config_from_dict
     from ..dataset import read_dataset_json
     from ..errors import ConfigError
     from .conditioning import ControlSpace
 
-    if sampler.layout is None:
-        raise PvtbuildError(f"{sampler.checkpoint}: holds no dataset layout (a toy, or a checkpoint from before "
-                            f"sampling to WAV); retrain to sample it")
     doc = read_dataset_json(dataset)
     try:
         pipeline = config_from_dict(doc["config"])
     except ConfigError as e:
         raise InputError(f"{dataset}/dataset.json: its pipeline config does not load ({e})") from None
-    grid_name = sampler.cfg.data.control_grid or doc.get("control_grids", {}).get(sampler.cfg.data.format)
+    grid_name = cfg.data.control_grid or doc.get("control_grids", {}).get(cfg.data.format)
     grids = {g.name: g for g in pipeline.controls.grids}
     if grid_name not in grids:
-        raise InputError(f"{dataset}/dataset.json: no control grid {grid_name!r} for {sampler.cfg.data.format!r}")
-    return ControlSpace(pipeline, grids[grid_name], sampler.layout)
+        raise InputError(f"{dataset}/dataset.json: no control grid {grid_name!r} for {cfg.data.format!r}")
+    return ControlSpace(pipeline, grids[grid_name], layout)
 
 
 @dataclass
