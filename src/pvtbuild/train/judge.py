@@ -130,11 +130,7 @@ class CrepeJudge:
     def score(self, audio: np.ndarray, sample_rate: int, controls: Sequence[Mapping[str, np.ndarray]],
               grid: GridConfig) -> list[dict[str, float]]:
         """Per clip, JUDGE_KEYS -> value (nan where undefined): `audio` [N, S] against `controls[i]` on `grid`."""
-        if len(controls) != len(audio):
-            raise ValueError(f"{len(audio)} clips but {len(controls)} sets of controls")
-        track = self.track(audio, sample_rate, grid)
-        k = edge_frames(grid)
-        return [score_track(track.pitch[i], track.voiced[i], track.times, c, k) for i, c in enumerate(controls)]
+        return score_tracked(self.track(audio, sample_rate, grid), controls, grid)
 
     def _clip(self, clip: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pitch MIDI, periodicity, loudness dBFS) [T] of one 16 kHz clip at the window centres."""
@@ -164,6 +160,16 @@ def edge_frames(grid: GridConfig) -> int:
     return max(1, math.ceil(EDGE_S * float(grid.rate)))
 
 
+def score_tracked(track: PitchTrack, controls: Sequence[Mapping[str, np.ndarray]],
+                  grid: GridConfig) -> list[dict[str, float]]:
+    """Per clip of `track`, JUDGE_KEYS against `controls[i]` (one track scored against several sets of controls
+    costs one CREPE pass: evaluate's ceiling and floor rows)."""
+    if len(controls) != len(track.pitch):
+        raise ValueError(f"{len(track.pitch)} clips but {len(controls)} sets of controls")
+    k = edge_frames(grid)
+    return [score_track(track.pitch[i], track.voiced[i], track.times, c, k) for i, c in enumerate(controls)]
+
+
 def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, controls: Mapping[str, np.ndarray],
                 k: int) -> dict[str, float]:
     """JUDGE_KEYS of one clip's CREPE track ([T] pitch MIDI, nan unvoiced; [T] voiced) against its controls."""
@@ -172,7 +178,7 @@ def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, contro
     key = midi if midi is not None else pc
     if held is None:
         if pc is not None:  # chroma alone: pitch class wherever CREPE hears a pitch, off pitch-class changes
-            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc) , voiced & ~near_changes(np.ones_like(voiced), pc, k))
+            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc), voiced & ~near_changes(np.ones_like(voiced), pc, k))
         return out
     near = near_changes(held, key, k)
     scored = ~near & ~after_offsets(held, times, RELEASE_S)
@@ -275,4 +281,4 @@ def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int) -> f
     return float(sounds.mean())
 
 
-__all__ = ["JUDGE_KEYS", "MODELS", "CrepeJudge", "PitchTrack", "edge_frames", "score_track"]
+__all__ = ["JUDGE_KEYS", "MODELS", "CrepeJudge", "PitchTrack", "edge_frames", "score_track", "score_tracked"]
