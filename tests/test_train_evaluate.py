@@ -135,7 +135,8 @@ def test_evaluate_prints_crepe_and_searched_rows_of_trained_controls_and_frame_p
         assert set(row["metrics"]) == set(shipped) and len(row["per_clip"]) == 2
         assert set(row["per_clip"][0]) == {k for k in shipped if not k.startswith("f")}
     ceiling, floor = metrics["rows"][0]["metrics"], metrics["rows"][1]["metrics"]
-    assert ceiling["crepe_chroma_accuracy"] >= 0.95 and ceiling["crepe_chroma_accuracy"] > floor["crepe_chroma_accuracy"]
+    assert ceiling["crepe_chroma_accuracy"] >= 0.95
+    assert ceiling["crepe_chroma_accuracy"] > floor["crepe_chroma_accuracy"]
     assert ceiling["searched_chroma_accuracy"] > floor["searched_chroma_accuracy"]
     assert metrics["frechet_sets"] == {"fd_encodec": {"real_clips": 2, "real_frames": 2 * 600},
                                        "fad_vggish": {"real_clips": 2, "real_frames": 2 * 8}}

@@ -272,23 +272,13 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
     for fs in sets:
         fs.fit_real(real)
     controls = model_controls([RequestedControls(dict(c.controls)) for c in clips], space)
-    timing = []
     for scale in cfg_scales:
         gen = generate(sampler, controls, n, steps, scale, seed, batch_size)
         audio = decode_batches(decoder, sampler.cfg.data.format, gen.arrays)
-        row = _row(f"cfg {scale:g}", f"generated at guidance scale {scale:g}", scale,
-                   judging.score(audio, [c.controls for c in clips]))
-        row["frechet"] = {}
-        for fs in sets:
-            values, row["frechet"][fs.key] = fs.score(audio)
-            row["metrics"].update(values)
-        row["samples_per_s"], row["nfe_per_sample"] = gen.samples_per_s, gen.nfe
-        rows.append(row)
-        timing.append(f"cfg {scale:g}: {gen.samples_per_s:.3g} samples/s, NFE {gen.nfe:g} per sample")
+        rows.append(generated_row(scale, gen, audio, [c.controls for c in clips], judging, sets))
     rows = [_keep(r, keys) for r in rows]
 
     embeddings = {fs.key: fs.describe for fs in sets}
-    embeddings.setdefault("fad_vggish", f"not computed: {vggish_note}")
     metrics = {
         "checkpoint": str(sampler.checkpoint), "step": sampler.step, "config": sampler.cfg.name,
         "formalism": sampler.cfg.formalism_name, "format": sampler.cfg.data.format, "dataset": str(dataset),
@@ -296,7 +286,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
         "seed": seed, "cfg_scales": list(cfg_scales), "trained_controls": list(trained), "metric_keys": keys,
         "metrics_left_out": left_out, "judges": {"crepe": judge.label, "searched": _SEARCHED,
                                                  "frechet": "train.frechet: frames of all clips pooled"},
-        "embeddings": embeddings,
+        "embeddings": {"fad_vggish": f"not computed: {vggish_note}", **embeddings},
         "frechet_sets": {fs.key: {"real_clips": fs.real_clips, "real_frames": fs.real.frames} for fs in sets},
         "decoder": decoder.label(sampler.cfg.data.format), "rows": rows, "seconds": time.perf_counter() - t0,
     }
@@ -309,10 +299,11 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
              + (f" (left out: {', '.join(left_out)})" if left_out else ""),
              f"evaluate: C: = {judge.label}, never told the asked pitch; s: = {_SEARCHED}",
              *table(rows, keys),
-             *(f"evaluate: {fs.key}: {fs.describe}; {_frames_line(rows, fs.key)}" for fs in sets),
-             *([] if any(fs.key == "fad_vggish" for fs in sets) else [f"evaluate: FAD_vggish not computed: {vggish_note}"]),
+             *(f"evaluate: {key}: {metrics['embeddings'][key]}; {_frames_line(rows, key)}" for key in embeddings),
+             *([] if "fad_vggish" in embeddings else [f"evaluate: FAD_vggish not computed: {vggish_note}"]),
              f"evaluate: decoder: {metrics['decoder']}",
-             *(f"evaluate: {t}" for t in timing),
+             *(f"evaluate: {r['row']}: {r['samples_per_s']:.3g} samples/s, NFE {r['nfe_per_sample']:g} per sample"
+               for r in rows if r["cfg_scale"] is not None),
              f"evaluate: wrote {out / 'metrics.json'}"]
     if plot:
         lines.append(f"evaluate: {plot_adherence(rows, out / 'adherence.png', keys)}")
@@ -320,6 +311,18 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
 
 
 _SEARCHED = "pvtbuild's analysis, pitch searched +-13 semitones around the asked pitch"
+
+
+def generated_row(scale: float, gen: Any, audio: np.ndarray, controls: list[dict[str, np.ndarray]],
+                  judging: _Judging, sets: list[FrechetSet]) -> dict[str, Any]:
+    """The row of audio generated at guidance `scale`: adherence per clip and Fréchet distances per set."""
+    row = _row(f"cfg {scale:g}", f"generated at guidance scale {scale:g}", scale, judging.score(audio, controls))
+    row["frechet"] = {}
+    for fs in sets:
+        values, row["frechet"][fs.key] = fs.score(audio)
+        row["metrics"].update(values)
+    row["samples_per_s"], row["nfe_per_sample"] = gen.samples_per_s, gen.nfe
+    return row
 
 
 @dataclass
@@ -509,5 +512,5 @@ def _json_safe(obj: Any) -> Any:
 
 __all__ = ["METRIC_KEYS", "ADHERENCE_KEYS", "SEARCHED_KEYS", "TEMPO_KEYS", "FRECHET_KEYS", "NEEDS", "EvalClip",
            "EvalReport", "FrechetSet", "score_clip", "tempo_scores", "requested_beats", "encodec_frames",
-           "frechet_sets", "trained_controls", "reported_keys", "evaluate", "reference_rows", "read_clips", "table",
-           "plot_adherence"]
+           "frechet_sets", "trained_controls", "reported_keys", "evaluate", "reference_rows", "generated_row",
+           "read_clips", "table", "plot_adherence"]

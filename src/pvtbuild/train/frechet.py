@@ -90,8 +90,8 @@ def frechet_infinity(generated: np.ndarray, real: Gaussian, min_frames: int | No
     n, d = generated.shape
     low = INF_MIN_PER_DIM * d if min_frames is None else int(min_frames)
     if n < 2 * low:
-        return Extrapolated(float("nan"), note=f"not computed: {n} generated frames, needs >= {2 * low} "
-                                                f"(subsets from {low} frames for {d} dimensions up to N, a factor 2 apart)")
+        return Extrapolated(float("nan"), note=f"not computed: {n} generated frames, needs >= {2 * low} (subsets "
+                                                f"from {low} frames for {d} dimensions up to N, a factor 2 apart)")
     rng = np.random.default_rng(seed)
     sizes = sorted({int(s) for s in np.linspace(low, n, steps)})
     dists = [frechet(Gaussian.of(generated[rng.choice(n, size=s, replace=False)]), real) for s in sizes]

@@ -178,7 +178,8 @@ def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, contro
     key = midi if midi is not None else pc
     if held is None:
         if pc is not None:  # chroma alone: pitch class wherever CREPE hears a pitch, off pitch-class changes
-            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc), voiced & ~near_changes(np.ones_like(voiced), pc, k))
+            off_edges = ~near_changes(np.ones_like(voiced), pc, k)
+            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc), voiced & off_edges)
         return out
     near = near_changes(held, key, k)
     scored = ~near & ~after_offsets(held, times, RELEASE_S)
@@ -251,10 +252,16 @@ def _asked(controls: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, np.nd
     """(held [T] bool, pitch class [T], MIDI pitch [T]) the controls ask for; None where they do not say."""
     voiced, pitch, velocity, chroma = (_given(controls, n) for n in ("voiced", "pitch", "velocity", "chroma"))
     midi = None if pitch is None else np.rint(pitch * 127.0)
-    held = voiced > 0.5 if voiced is not None else midi > 0 if midi is not None else \
-        velocity > 0 if velocity is not None else None
-    pc = midi % 12 if midi is not None else np.rint(chroma * 11.0) if chroma is not None else None
-    return held, pc, midi
+    held = None
+    if voiced is not None:
+        held = voiced > 0.5
+    elif midi is not None:
+        held = midi > 0  # 0: no note (controls.py)
+    elif velocity is not None:
+        held = velocity > 0
+    if midi is not None:
+        return held, midi % 12, midi
+    return held, (None if chroma is None else np.rint(chroma * 11.0)), None
 
 
 def _right(pitch: np.ndarray, pc: np.ndarray) -> np.ndarray:
