@@ -39,7 +39,8 @@ absent or holds a -1, i.e. not given to the model, is not used):
 |                         | within `RELEASE_S` after a note-off are left out too (the release tail)      |
 | crepe_coverage          | share of notes that sound: a note's core is its frames off edges, and it     |
 |                         | sounds when more than half of its core is CREPE-voiced with the right pitch  |
-|                         | class; notes with no core (shorter than two edges) are not counted           |
+|                         | class; notes whose core is under `MIN_CORE_S` (50 ms) are not counted: a     |
+|                         | 64 ms window over a shorter one hears its neighbours (fast runs, trills)     |
 | crepe_pitch_accuracy    | as crepe_chroma_accuracy, with the exact MIDI pitch (only when `pitch` given) |
 
 Each is nan where it has nothing to count (no held control, no pitch control, no frame).
@@ -81,6 +82,8 @@ PERIODICITY_MIN = 0.5
 SILENCE_DB = -60.0
 RANGE_DB = 40.0
 EDGE_S = 0.04  # s each side of a control change: half CREPE's 64 ms window, plus a frame's slack
+MIN_CORE_S = 0.05  # s: the shortest note core that coverage counts (rendered trills of 100 ms notes: CREPE hears
+# the ringing neighbour on their 1-2 core frames; analysis's missing_notes likewise needs a 4-frame core)
 RELEASE_S = 0.3  # s after a note-off where sound is not held against the controls (analysis.Tolerances' default)
 _CENTS_BIN0 = 1997.3794084376191  # CREPE's bin 0, in cents above 10 Hz; 20 cents per bin
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
@@ -166,13 +169,14 @@ def score_tracked(track: PitchTrack, controls: Sequence[Mapping[str, np.ndarray]
     costs one CREPE pass: evaluate's ceiling and floor rows)."""
     if len(controls) != len(track.pitch):
         raise ValueError(f"{len(track.pitch)} clips but {len(controls)} sets of controls")
-    k = edge_frames(grid)
-    return [score_track(track.pitch[i], track.voiced[i], track.times, c, k) for i, c in enumerate(controls)]
+    k, min_core = edge_frames(grid), math.ceil(MIN_CORE_S * float(grid.rate))
+    return [score_track(track.pitch[i], track.voiced[i], track.times, c, k, min_core) for i, c in enumerate(controls)]
 
 
 def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, controls: Mapping[str, np.ndarray],
-                k: int) -> dict[str, float]:
-    """JUDGE_KEYS of one clip's CREPE track ([T] pitch MIDI, nan unvoiced; [T] voiced) against its controls."""
+                k: int, min_core: int = 1) -> dict[str, float]:
+    """JUDGE_KEYS of one clip's CREPE track ([T] pitch MIDI, nan unvoiced; [T] voiced) against its controls;
+    k: edge frames (`edge_frames`), min_core: the shortest note core coverage counts, in frames."""
     out = {key: float("nan") for key in JUDGE_KEYS}
     held, pc, midi = _asked(controls)
     key = midi if midi is not None else pc
@@ -192,7 +196,7 @@ def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, contro
     if midi is not None:
         with np.errstate(invalid="ignore"):
             out["crepe_pitch_accuracy"] = _share(np.rint(pitch) == midi, both)
-    out["crepe_coverage"] = _coverage(held, key, voiced & right, k)
+    out["crepe_coverage"] = _coverage(held, key, voiced & right, k, min_core)
     return out
 
 
@@ -276,11 +280,12 @@ def _share(hit: np.ndarray, over: np.ndarray) -> float:
     return float(np.count_nonzero(hit & over)) / n if n else float("nan")
 
 
-def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int) -> float:
-    """Share of notes whose core (k frames in from each end) is more than half `heard`; nan with no core."""
+def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int, min_core: int) -> float:
+    """Share of notes whose core (k frames in from each end, at least `min_core` frames) is more than half
+    `heard`; nan when no note has such a core."""
     notes = note_segments(held, key)
     lo, hi = notes[:, 0] + k, notes[:, 1] - k
-    keep = hi > lo
+    keep = hi - lo >= max(1, min_core)
     if not keep.any():
         return float("nan")
     count = np.concatenate([[0], np.cumsum(heard)])
