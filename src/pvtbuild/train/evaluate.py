@@ -24,21 +24,21 @@ Three judges, and which number comes from which:
    examples (`fad_vggish`, when the VGGish weights are on this machine), each with its FAD∞
    (`*_inf`, extrapolated in 1/N as fadtk does; null when N is too small, and a note says why).
 
-| key                          | judge    | reported when the model was trained on | what                      |
-| ---------------------------- | -------- | -------------------------------------- | ------------------------- |
-| crepe_chroma_accuracy        | CREPE    | chroma or pitch                        | pitch class, both voiced  |
-| crepe_voicing_agreement      | CREPE    | voiced, pitch or velocity              | voicing matches           |
-| crepe_coverage               | CREPE    | chroma or pitch                        | share of notes that sound |
-| crepe_pitch_accuracy         | CREPE    | pitch                                  | exact MIDI, both voiced   |
-| searched_voiced_agreement    | analysis | voiced, pitch or velocity              | voicing matches           |
-| searched_chroma_accuracy     | analysis | chroma or pitch                        | pitch class, asked-voiced |
-| searched_octave_accuracy     | analysis | pitch                                  | exact pitch among right pc|
-| searched_pitch_accuracy      | analysis | pitch                                  | exact MIDI pitch          |
-| loudness_velocity_spearman   | analysis | velocity                               | rank corr. loudness~vel.  |
-| tempo_error, tempo_error_octave | librosa | bpm                                  | abs(est/asked BPM - 1)    |
-| beat_f_measure               | librosa + mir_eval | beat                         | 70 ms beat F-measure      |
-| fd_encodec, fd_encodec_inf   | Fréchet  | always (generated rows)                | EnCodec encoder frames    |
-| fad_vggish, fad_vggish_inf   | Fréchet  | always, with VGGish weights            | VGGish frames             |
+| key                        | judge             | reported when trained on    | what                             |
+| -------------------------- | ----------------- | --------------------------- | -------------------------------- |
+| crepe_chroma_accuracy      | CREPE             | chroma or pitch             | pitch class, frames both voiced  |
+| crepe_voicing_agreement    | CREPE             | voiced, pitch or velocity   | voicing matches the controls     |
+| crepe_coverage             | CREPE             | chroma or pitch             | share of asked notes that sound  |
+| crepe_pitch_accuracy       | CREPE             | pitch                       | exact MIDI, frames both voiced   |
+| searched_voiced_agreement  | analysis          | voiced, pitch or velocity   | voicing matches the controls     |
+| searched_chroma_accuracy   | analysis          | chroma or pitch             | pitch class, asked-voiced frames |
+| searched_octave_accuracy   | analysis          | pitch                       | exact pitch among right classes  |
+| searched_pitch_accuracy    | analysis          | pitch                       | exact MIDI pitch                 |
+| loudness_velocity_spearman | analysis          | velocity                    | rank corr. loudness ~ velocity   |
+| tempo_error(_octave)       | librosa           | bpm                         | abs(est. / asked BPM - 1)        |
+| beat_f_measure             | librosa, mir_eval | beat                        | beat F-measure, 70 ms window     |
+| fd_encodec(_inf)           | Fréchet           | always (generated rows)     | EnCodec 75 Hz encoder frames     |
+| fad_vggish(_inf)           | Fréchet           | always, with VGGish weights | VGGish 0.96 s frames             |
 
 Only metrics of controls the model was trained on (`data.controls` + `data.global_controls`) are
 printed and written: a model never asked for a tempo is not graded on one. Requested beats are the
