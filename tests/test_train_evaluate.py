@@ -16,8 +16,7 @@ from pvtbuild.dataset import read_dataset_json
 from pvtbuild.decode import AudioDecoder
 from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls
 from pvtbuild.train.data import dataset_layout
-from pvtbuild.train.evaluate import (METRIC_KEYS, frechet_distance, read_clips, requested_beats, score_clip,
-                                     tempo_scores)
+from pvtbuild.train.evaluate import read_clips, reported_keys, requested_beats, score_clip, tempo_scores
 from pvtbuild.train.loop import train
 from pvtbuild.train.vggish import VGGish, load_vggish
 from test_train_loop import config, quiet
@@ -55,10 +54,10 @@ def _score(audio, controls, space) -> dict:
 def test_the_datasets_own_audio_obeys_its_controls_and_shuffled_controls_collapse(clips, space):
     own = [_score(c.audio, c.controls, space) for c in clips]
     shuffled = [_score(c.audio, clips[(i + 1) % len(clips)].controls, space) for i, c in enumerate(clips)]
-    assert _mean(own, "chroma_accuracy") >= 0.95, [s["chroma_accuracy"] for s in own]
-    assert _mean(own, "voiced_agreement") >= 0.9
+    assert _mean(own, "searched_chroma_accuracy") >= 0.95, [s["searched_chroma_accuracy"] for s in own]
+    assert _mean(own, "searched_voiced_agreement") >= 0.9
     assert _mean(own, "loudness_velocity_spearman") >= 0.4, [s["loudness_velocity_spearman"] for s in own]
-    assert _mean(shuffled, "chroma_accuracy") <= 0.4, [s["chroma_accuracy"] for s in shuffled]
+    assert _mean(shuffled, "searched_chroma_accuracy") <= 0.4, [s["searched_chroma_accuracy"] for s in shuffled]
     assert _mean(shuffled, "loudness_velocity_spearman") <= 0.2
 
 
@@ -67,8 +66,8 @@ def test_a_clip_transposed_by_a_semitone_scores_near_zero_chroma_accuracy(clips,
 
     c = clips[0]
     up = librosa.effects.pitch_shift(c.audio, sr=SR, n_steps=1)
-    assert _score(c.audio, c.controls, space)["chroma_accuracy"] >= 0.95
-    assert _score(up, c.controls, space)["chroma_accuracy"] <= 0.1
+    assert _score(c.audio, c.controls, space)["searched_chroma_accuracy"] >= 0.95
+    assert _score(up, c.controls, space)["searched_chroma_accuracy"] <= 0.1
 
 
 def test_a_click_track_at_the_requested_tempo_scores_its_tempo_and_beats(space):
@@ -87,19 +86,12 @@ def test_a_click_track_at_the_requested_tempo_scores_its_tempo_and_beats(space):
     assert off["tempo_error"] > 0.4 and off["beat_f_measure"] < 0.7, off
 
 
-def test_frechet_distance_is_zero_for_one_set_and_the_squared_mean_shift_for_a_shifted_one():
-    x = np.random.default_rng(0).normal(size=(200, 4))
-    assert frechet_distance(x, x) < 1e-6
-    assert frechet_distance(x, x + np.array([3.0, 0, 0, 0])) == pytest.approx(9.0, rel=1e-6)
-    assert np.isnan(frechet_distance(x[:1], x))
-
-
-def test_vggish_weights_in_torchvggish_layout_embed_clips_to_128_dimensions(tmp_path, clips):
+def test_vggish_weights_in_torchvggish_layout_embed_each_096s_example_of_each_clip(tmp_path, clips):
     torch.manual_seed(0)
     path = tmp_path / "vggish.pth"
     torch.save(VGGish().state_dict(), path)
-    emb = load_vggish(path).embed_clips(np.stack([c.audio for c in clips[:2]]), SR)
-    assert emb.shape == (2, 128) and np.isfinite(emb).all()
+    emb = load_vggish(path).embed_frames(np.stack([c.audio for c in clips[:2]]), SR)
+    assert emb.shape == (2 * 8, 128) and np.isfinite(emb).all()  # 8 s: 8 examples of 0.96 s per clip, pooled
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(Exception, match="bad.pth: not torchvggish's VGGish weights"):
         load_vggish(tmp_path / "bad.pth")
@@ -112,28 +104,57 @@ def run(dataset, tmp_path_factory) -> Path:
     return out
 
 
-def test_evaluate_writes_every_metric_per_guidance_scale_with_ceiling_and_floor_rows(run, dataset, tmp_path):
+def test_a_model_is_graded_only_on_metrics_of_the_controls_it_was_trained_on():
+    shipped, left_out = reported_keys(("velocity", "chroma", "instrument"))  # every shipped config's controls
+    assert shipped == ["crepe_chroma_accuracy", "crepe_voicing_agreement", "crepe_coverage",
+                       "searched_voiced_agreement", "searched_chroma_accuracy", "loudness_velocity_spearman",
+                       "fd_encodec", "fd_encodec_inf", "fad_vggish", "fad_vggish_inf"]
+    assert {"searched_octave_accuracy", "crepe_pitch_accuracy", "tempo_error", "beat_f_measure"} <= set(left_out)
+    tempo, _ = reported_keys(("beat", "bpm"))
+    assert "tempo_error" in tempo and "beat_f_measure" in tempo and not any(k.startswith("crepe") for k in tempo)
+    pitch, _ = reported_keys(("pitch",))
+    assert {"crepe_pitch_accuracy", "searched_octave_accuracy", "crepe_chroma_accuracy"} <= set(pitch)
+
+
+def test_evaluate_prints_crepe_and_searched_rows_of_trained_controls_and_frame_pooled_frechet_distances(
+        run, dataset, tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "vggish.pth"  # random weights in torchvggish's layout: the FAD path runs
     torch.save(VGGish().state_dict(), weights)
     out = tmp_path / "eval"
     res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(run), "--data", str(dataset), "--n", "2",
                                    "--split", "train", "--cfg-scale", "1,2", "--steps", "2", "--out", str(out),
-                                   "--plot", "--vggish", str(weights)])
+                                   "--plot", "--vggish", str(weights), "--judge-model", "tiny"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
+    shipped, left_out = reported_keys(("velocity", "chroma", "instrument"))
+    assert metrics["trained_controls"] == ["velocity", "chroma", "instrument"] and metrics["metric_keys"] == shipped
+    assert metrics["metrics_left_out"] == left_out and metrics["judges"]["crepe"].startswith("CREPE tiny")
     assert [r["row"] for r in metrics["rows"]] == ["ceiling", "floor", "cfg 1", "cfg 2"]
     for row in metrics["rows"]:
-        assert set(row["metrics"]) == set(METRIC_KEYS) and len(row["per_clip"]) == 2
+        assert set(row["metrics"]) == set(shipped) and len(row["per_clip"]) == 2
+        assert set(row["per_clip"][0]) == {k for k in shipped if not k.startswith("f")}
     ceiling, floor = metrics["rows"][0]["metrics"], metrics["rows"][1]["metrics"]
-    assert ceiling["chroma_accuracy"] > floor["chroma_accuracy"]
-    for gen in (r["metrics"] for r in metrics["rows"][2:]):
-        assert gen["fd_encodec"] >= 0 and gen["fad_vggish"] >= 0
-        assert all(gen[k] is not None for k in ("voiced_agreement", "tempo_error", "beat_f_measure"))
-    assert "EnCodec 24 kHz encoder" in metrics["embeddings"]["fd_encodec"]
-    assert metrics["embeddings"]["fad_vggish"].startswith("VGGish")
+    assert ceiling["crepe_chroma_accuracy"] >= 0.95
+    assert ceiling["crepe_chroma_accuracy"] > floor["crepe_chroma_accuracy"]
+    assert ceiling["searched_chroma_accuracy"] > floor["searched_chroma_accuracy"]
+    assert metrics["frechet_sets"] == {"fd_encodec": {"real_clips": 2, "real_frames": 2 * 600},
+                                       "fad_vggish": {"real_clips": 2, "real_frames": 2 * 8}}
+    for row in metrics["rows"][2:]:
+        gen = row["metrics"]
+        assert gen["fd_encodec"] >= 0 and gen["fad_vggish"] >= 0 and gen["crepe_voicing_agreement"] is not None
+        assert gen["fd_encodec_inf"] is not None and gen["fad_vggish_inf"] is None  # 1200 frames: enough; 16: not
+        assert row["frechet"]["fd_encodec"]["frames"] == 1200 and row["frechet"]["fad_vggish"]["frames"] == 16
+        assert "16 generated frames, needs >= 1024" in row["frechet"]["fad_vggish"]["inf"]
+    assert "frames of all clips pooled" in metrics["embeddings"]["fd_encodec"]
     lines = res.output.splitlines()
+    head = next(line for line in lines if line.startswith("row"))
+    assert head.split() == ["row", "C:chroma", "C:voiced", "C:cover", "s:voiced", "s:chroma", "vel~loud",
+                            "FD_encodec", "FD_enc_inf", "FAD_vggish"]
     assert any(line.startswith("ceiling") for line in lines) and any(line.startswith("floor") for line in lines)
+    assert "evaluate: trained on velocity, chroma, instrument: metrics of those only" in res.output
+    assert "never told the asked pitch" in res.output and "searched +-13 semitones around the asked pitch" in res.output
+    assert "2 generated clips (1200 frames) against 2 real clips (1200 frames)" in res.output
     assert "NFE 3 per sample" in res.output
     assert (out / "adherence.png").stat().st_size > 10_000
 

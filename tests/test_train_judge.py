@@ -19,7 +19,7 @@ from paths import LAKH
 from pvtbuild.config import GridConfig
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.pipeline import run_render
-from pvtbuild.train.judge import JUDGE_KEYS, CrepeJudge, edge_frames, score_track
+from pvtbuild.train.judge import JUDGE_KEYS, CrepeJudge, score_tracked
 
 SR = 24000
 SECONDS = 2.0
@@ -56,11 +56,6 @@ def heard(judge, short):
     return judge.track(audio, SR, grid)
 
 
-def _scores(track, controls, grid) -> list[dict[str, float]]:
-    k = edge_frames(grid)
-    return [score_track(track.pitch[i], track.voiced[i], track.times, c, k) for i, c in enumerate(controls)]
-
-
 def _mean(scores: list[dict[str, float]], key: str) -> float:
     return float(np.nanmean([s[key] for s in scores]))
 
@@ -74,7 +69,7 @@ def test_auto_picks_crepe_tiny_on_cpu_and_a_wrong_model_name_is_one_line(judge):
 def test_crepe_hears_rendered_clips_obey_their_own_controls(heard, short):
     _, controls, grid = short
     assert heard.pitch.shape == (len(controls), grid.frames) and heard.times.shape == (grid.frames,)
-    own = _scores(heard, controls, grid)
+    own = score_tracked(heard, controls, grid)
     assert set(own[0]) == set(JUDGE_KEYS)
     assert _mean(own, "crepe_chroma_accuracy") >= 0.95, [s["crepe_chroma_accuracy"] for s in own]
     assert _mean(own, "crepe_voicing_agreement") >= 0.9, [s["crepe_voicing_agreement"] for s in own]
@@ -84,7 +79,7 @@ def test_crepe_hears_rendered_clips_obey_their_own_controls(heard, short):
 def test_crepe_scores_clips_against_a_derangement_of_their_controls_near_chance(heard, short):
     _, controls, grid = short
     n = len(controls)
-    deranged = _scores(heard, [controls[(i + 1) % n] for i in range(n)], grid)
+    deranged = score_tracked(heard, [controls[(i + 1) % n] for i in range(n)], grid)
     assert _mean(deranged, "crepe_chroma_accuracy") <= 0.3, [s["crepe_chroma_accuracy"] for s in deranged]
 
 
@@ -102,10 +97,10 @@ def test_with_pitch_not_given_the_pitch_class_comes_from_chroma(heard, short):
     _, controls, grid = short
     chroma_only = [{"chroma": c["chroma"], "velocity": c["velocity"], "pitch": np.full_like(c["pitch"], -1.0),
                     "voiced": np.full_like(c["voiced"], -1.0)} for c in controls]
-    scores = _scores(heard, chroma_only, grid)
+    scores = score_tracked(heard, chroma_only, grid)
     assert _mean(scores, "crepe_chroma_accuracy") >= 0.95 and _mean(scores, "crepe_coverage") >= 0.9
     assert all(np.isnan(s["crepe_pitch_accuracy"]) for s in scores)
-    alone = _scores(heard, [{"chroma": c["chroma"]} for c in controls], grid)  # no voicing at all
+    alone = score_tracked(heard, [{"chroma": c["chroma"]} for c in controls], grid)  # no voicing at all
     assert _mean(alone, "crepe_chroma_accuracy") >= 0.9 and all(np.isnan(s["crepe_coverage"]) for s in alone)
 
 

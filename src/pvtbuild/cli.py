@@ -375,8 +375,11 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
               help="Which split's clips give the controls and the real audio.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--judge-model", type=click.Choice(["auto", "tiny", "full"]), default="auto", show_default=True,
+              help="CREPE model of the pitch judge: auto = full on CUDA, tiny on CPU.")
 def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path | None, steps: int | None,
-                 batch_size: int, plot: bool, vggish: Path | None, split: str, seed: int, device: str) -> None:
+                 batch_size: int, plot: bool, vggish: Path | None, split: str, seed: int, device: str,
+                 judge_model: str) -> None:
     """Sample with the controls of N valid clips and measure how well the audio obeys them (metrics.json)."""
     from .train.evaluate import evaluate
     from .train.loop import pick_device
@@ -385,7 +388,8 @@ def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path
         scales = tuple(float(x) for x in _csv(cfg_scale) or ())
     except ValueError:
         raise PvtbuildError(f"--cfg-scale {cfg_scale!r}: expected comma-separated numbers, e.g. 1,2,4") from None
-    report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split)
+    report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split,
+                      judge_model=judge_model)
     click.echo("\n".join(report.lines))
 
 

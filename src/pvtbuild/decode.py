@@ -63,6 +63,23 @@ class AudioDecoder:
             return f"pretrained EnCodec 24 kHz (sha256 {str(enc.get('checkpoint_sha256'))[:12]}...)"
         return "no EnCodec weights recorded"
 
+    def label(self, fmt: str) -> str:
+        """What turns `fmt` arrays into audio, in words (sample.json, evaluate): a CQT model's audio comes from
+        the CQT inverse whatever EnCodec weights the dataset records."""
+        if fmt == "audio":
+            return "none: the stored audio"
+        if fmt == "cqt":
+            c = self.cqt_config()
+            return (f"the CQT inverse (encode.cqt.inverse: {c.n_bins} bins, {c.bins_per_octave} per octave from "
+                    f"{c.fmin:g} Hz, hop {c.hop_length})")
+        return self.weights_label
+
+    def cqt_config(self) -> Any:
+        """The `CqtConfig` the dataset's CQT was made with."""
+        from .config import CqtConfig
+
+        return CqtConfig(**(self.doc.get("encoder") or {}).get("cqt", self.doc["config"]["encode"]["cqt"]))
+
     def decode(self, fmt: str, batch: np.ndarray) -> np.ndarray:
         """[B, N] float32 audio (N = the clip's samples) from a batch of one format's arrays."""
         if fmt not in DECODABLE:
@@ -72,11 +89,9 @@ class AudioDecoder:
         if fmt == "audio":
             audio = batch.reshape(batch.shape[0], -1).astype(np.float32)
         elif fmt == "cqt":
-            from .config import CqtConfig
             from .encode.cqt import inverse
 
-            cqt_cfg = CqtConfig(**(self.doc.get("encoder") or {}).get("cqt", self.doc["config"]["encode"]["cqt"]))
-            audio = inverse(batch, self.sample_rate, cqt_cfg, n, device=self.device)
+            audio = inverse(batch, self.sample_rate, self.cqt_config(), n, device=self.device)
         elif fmt == "encodec":
             audio = self.codec.decode_latents(batch.astype(np.float32))
         else:

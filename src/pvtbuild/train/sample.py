@@ -250,7 +250,7 @@ def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: 
         "n": n, "steps": steps, "nfe_per_sample": gen.nfe, "net_rows_per_sample": gen.net_rows_per_sample,
         "cfg_scale": scale, "seed": seed, "request": request.describe(), "controls_given": requested.given,
         "controls_the_model_reads": list(space.features), "controls_info": requested.info,
-        "decoder": decoder.weights_label, "sample_rate": decoder.sample_rate, "clip_samples": decoder.clip_samples,
+        "decoder": decoder.label(sampler.cfg.data.format), "sample_rate": decoder.sample_rate, "clip_samples": decoder.clip_samples,
         "sampling_seconds": gen.seconds, "samples_per_s": gen.samples_per_s, "decode_seconds": decode_seconds,
     }
     with atomic_write(out / "sample.json", "w") as fh:
@@ -261,7 +261,7 @@ def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: 
         f"sample: {n} samples in {gen.seconds:.2f} s: {gen.samples_per_s:.3g} samples/s, "
         f"NFE {gen.nfe:g} per sample" + (" (each a doubled batch for guidance)" if gen.net_rows_per_sample > gen.nfe + 1e-9 else "")
         + f", guidance scale {scale:g}; decoding {decode_seconds:.2f} s",
-        f"sample: decoder: {decoder.weights_label}",
+        f"sample: decoder: {decoder.label(sampler.cfg.data.format)}",
         f"sample: {n} WAVs ({decoder.clip_samples / decoder.sample_rate:g} s at {decoder.sample_rate} Hz)"
         + (", PNGs" if plots else "") + f", arrays and controls in {out}",
     ]

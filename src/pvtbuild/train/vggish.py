@@ -9,8 +9,9 @@ ReLU and without the PCA/quantisation post-processing.
 Front end (Google's `vggish_input`, re-implemented in numpy): audio resampled to 16 kHz
 (librosa's resampler where Google's uses resampy), magnitude STFT of 25 ms periodic-Hann
 windows every 10 ms (512-point FFT), 64 HTK-mel bands 125-7500 Hz built in the mel domain,
-log(mel + 0.01), cut into non-overlapping 0.96 s examples of 96 x 64. A clip's embedding
-for the Fréchet distance is the mean of its examples' embeddings.
+log(mel + 0.01), cut into non-overlapping 0.96 s examples of 96 x 64. Each example is one
+frame of the Fréchet distance: the frames of all clips are pooled (`train.frechet`), as
+Kilgour et al. computed FAD.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
     @torch.no_grad()
-    def embed_clips(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """[n, 128] float64: each clip's examples embedded and averaged."""
-        out = []
+    def embed_frames(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """[frames, 128] float64: every 0.96 s example of every clip (`audio` [n, S]), clip after clip."""
+        out = [np.zeros((0, 128))]
         for clip in np.asarray(audio, dtype=np.float32).reshape(len(audio), -1):
             examples = torch.from_numpy(log_mel_examples(clip, sample_rate))[:, None]
-            out.append(self(examples).double().mean(0).numpy())
-        return np.stack(out)
+            out.append(self(examples).double().numpy())
+        return np.concatenate(out)
 
 
 def find_vggish_weights(path: Path | None = None) -> Path | None:
