@@ -196,3 +196,19 @@ def test_the_frequency_embedding_tells_interior_bins_apart() -> None:
 def test_the_frequency_embedding_is_refused_for_data_without_a_frequency_axis() -> None:
     with pytest.raises(ConfigError, match=r"^model\.freq_embed_channels: only 2-D data"):
         build_unet(replace(TINY, freq_embed_channels=4), ENCODEC)
+
+
+def test_the_frequency_embedding_lets_a_control_act_differently_on_each_bin() -> None:
+    """What a control changes is the same on every interior bin of a plain 2-D U-Net (controls are
+    broadcast over frequency); through the per-bin projection it differs bin by bin (chroma k -> bins of k)."""
+    spec = DataSpec((2, 64, 16), local_channels=2)
+    x, noise, _ = _batch(spec)
+    x = torch.zeros_like(x)
+    a, b = Controls(local=torch.zeros(2, 2, 16)), Controls(local=torch.ones(2, 2, 16))
+    cfg = replace(TINY, channel_mults=(1,))
+    with torch.no_grad():
+        plain, embedded = _net(spec, cfg), _net(spec, replace(cfg, freq_embed_channels=4))
+        d_plain = (plain(x, noise, b) - plain(x, noise, a))[:, :, 8:56]
+        d_embedded = (embedded(x, noise, b) - embedded(x, noise, a))[:, :, 8:56]
+    assert d_plain.abs().max() > 1e-3 and torch.allclose(d_plain, d_plain[:, :, :1].expand_as(d_plain), atol=1e-6)
+    assert (d_embedded.std(dim=2) > 1e-3).all()

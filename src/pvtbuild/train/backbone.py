@@ -58,7 +58,7 @@ class UNetConfig:
     global_mlp: tuple[int, ...] = ()  # hidden sizes of the chained global-control MLP blocks (FiLM)
     code_embed_dim: int = 32  # per-codebook embedding width of discrete inputs
     noise_embed_dim: int = 64  # sinusoidal embedding of the noise level; its MLP is 4x wider
-    freq_embed_channels: int = 0  # 2-D data: learned channels per frequency bin joined to the input (0: none)
+    freq_embed_channels: int = 0  # 2-D data: learned per-bin channels (of the bin and the local controls) joined to the input
     dropout: float = 0.0  # inside every block, after the modulation
 
     def check(self, key: str) -> None:
@@ -128,22 +128,31 @@ class GlobalBranch(nn.Module):
 
 
 class FrequencyEmbedding(nn.Module):
-    """Learned features of each frequency bin, ``[C, F]``, repeated over time and batch.
+    """Learned features of each frequency bin and of the local controls there, ``[B, K, F, T]``.
 
     A CQT bin is a pitch: a network that must put a note's harmonics at the bins its chroma control
     names has to know which bin it is at. Convolutions are shift-equivariant along frequency and the
     controls are broadcast over it, so without this only the zero padding near the edges says where a
-    feature sits. A table per bin (like a transformer's learned positions) lets the first convolution
-    pair "this bin is pitch class k" with "the control asks for k". It assumes a fixed frequency axis,
-    which a format's data always has (random crops cut time only).
+    feature sits. Here feature k at bin f and frame t is ``b[k, f] + sum_c W[k, c, f] control[c, t]``:
+    a table per bin (like a transformer's learned positions) plus a 1x1 projection of the raw local
+    controls whose weights differ per bin. "Chroma k lights the bins of pitch class k and their
+    harmonics" is then linear in the one-hot chroma, where the broadcast controls make it an AND the
+    convolutions must discover. It assumes a fixed frequency axis, which a format's data always has
+    (random crops cut time only).
     """
 
-    def __init__(self, channels: int, bins: int) -> None:
+    def __init__(self, channels: int, bins: int, control_channels: int) -> None:
         super().__init__()
         self.table = nn.Parameter(torch.randn(channels, bins))
+        self.weight = nn.Parameter(torch.randn(channels, control_channels, bins) / math.sqrt(max(control_channels, 1))) \
+            if control_channels else None
 
-    def forward(self, batch: int, length: int) -> Tensor:
-        return self.table[None, :, :, None].expand(batch, -1, -1, length)
+    def forward(self, controls: Tensor | None, batch: int, length: int) -> Tensor:
+        """`controls`: the raw local controls ``[B, C_local, T]`` (None for a model without them)."""
+        out = self.table[None, :, :, None].expand(batch, -1, -1, length)
+        if self.weight is None or controls is None:
+            return out
+        return out + torch.einsum("kcf,bct->bkft", self.weight, controls.float())
 
 
 class Block(nn.Module):
@@ -198,7 +207,7 @@ class UNet(nn.Module):
         # Learned per-bin features: convolutions are blind to where on the frequency axis they are,
         # and broadcast controls carry no frequency either, so without these only the zero padding at
         # the edges tells a bin's pitch (FrequencyEmbedding).
-        self.freq_embed = FrequencyEmbedding(cfg.freq_embed_channels, spec.shape[1]) \
+        self.freq_embed = FrequencyEmbedding(cfg.freq_embed_channels, spec.shape[1], spec.local_channels) \
             if self.dims == 2 and cfg.freq_embed_channels else None
         if self.freq_embed is not None:
             in_ch += cfg.freq_embed_channels
@@ -239,8 +248,9 @@ class UNet(nn.Module):
             h = e.permute(0, 1, 3, 2).reshape(batch, -1, length)
         else:
             h = x
+        raw_local = self._local_input(controls, batch, length, x.device)
         if self.freq_embed is not None:
-            h = torch.cat([h, self.freq_embed(batch, length).to(h.dtype)], dim=1)
+            h = torch.cat([h, self.freq_embed(raw_local, batch, length).to(h.dtype)], dim=1)
         # Pad every spatial axis to a multiple of 2 ** (L - 1), crop at the end.
         mult = 2 ** (self.levels - 1)
         sizes = h.shape[2:]
@@ -259,7 +269,7 @@ class UNet(nn.Module):
         elif controls.glob is not None:
             raise ValueError("backbone: global controls given to a model built without them")
 
-        local = self._local_features(controls, batch, length, pads[-1], x.device)
+        local = self._local_features(raw_local, pads[-1])
 
         skips = []
         for i, block in enumerate(self.down):
@@ -294,9 +304,9 @@ class UNet(nn.Module):
             shown = [*fixed, "T"] if len(want) >= 2 else list(want)
             raise ValueError(f"backbone: expected examples shaped {shown}, got {list(shape)}")
 
-    def _local_features(self, controls: Controls, batch: int, length: int, pad: int,
-                        device: torch.device) -> list[Tensor] | None:
-        """The control branch's features at every level, ``[B, control_channels, T / 2**i]``."""
+    def _local_input(self, controls: Controls, batch: int, length: int, device: torch.device) -> Tensor | None:
+        """The local controls ``[B, C_local, T]`` (all null for an unconditional call), checked; None when
+        the model reads none."""
         if self.control is None:
             if controls.local is not None:
                 raise ValueError("backbone: local controls given to a model built without them")
@@ -307,6 +317,12 @@ class UNet(nn.Module):
         if tuple(c.shape[1:]) != (self.spec.local_channels, length):
             raise ValueError(f"backbone: expected local controls shaped {[self.spec.local_channels, length]} "
                              f"(the data's time grid), got {list(c.shape[1:])}")
+        return c
+
+    def _local_features(self, c: Tensor | None, pad: int) -> list[Tensor] | None:
+        """The control branch's features at every level, ``[B, control_channels, T / 2**i]``."""
+        if c is None:
+            return None
         c = F.pad(c.float(), (0, pad))
         feats = []
         for i, block in enumerate(self.control):
