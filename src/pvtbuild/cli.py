@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
+from .clip import clip_path
 from .config import PipelineConfig, load_pipeline
 from .errors import PvtbuildError
 
@@ -270,9 +271,9 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
     if plot_random:
         plot_ids += tuple(insp.random_clip_ids(dataset, plot_random, seed))
     for clip_id in plot_ids:
-        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, out_dir / f'{clip_id}.png')}")
+        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, clip_path(out_dir, clip_id, '.png'))}")
     for clip_id in wav_ids:
-        path, fmt = insp.export_wav(dataset, clip_id, out_dir / f"{clip_id}.wav")
+        path, fmt = insp.export_wav(dataset, clip_id, clip_path(out_dir, clip_id, ".wav"))
         click.echo(f"wav: {path} (decoded from {fmt})")
     if verify:
         report = verify_dataset(dataset)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .errors import InputError
+
 
 @dataclass
 class ManifestRow:
@@ -44,6 +46,21 @@ class ManifestRow:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ManifestRow":
         return cls(**d)
+
+
+def path_within(folder: str | Path, name: Any, where: str) -> Path:
+    """`folder / name` for a relative file name read from a record or dataset.json (`where`).
+
+    A name that is not a string, is absolute, or resolves outside `folder` (`..`, a symlink out)
+    is an `InputError`: no path built from data may leave its folder, for reading or writing.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\0" in name:
+        raise InputError(f"{where}: file {name!r:.60} is not a relative path")
+    root = Path(folder).resolve()
+    path = Path(folder) / name
+    if not path.resolve().is_relative_to(root):
+        raise InputError(f"{where}: file {name!r:.60} lies outside {folder}")
+    return path
 
 
 def skip_reason(status: str) -> str:
