@@ -19,19 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, brief
 
 # What a clip id may be. Ids name files (`inspect --plot` and `qa --plot-failing` write ID.png,
 # `inspect --wav` ID.wav), so an id read from a manifest, record or dataset must not be able to
 # name a path: no separator, no leading dot, bounded. pvtbuild's own ids are 16 hex digits.
 _CLIP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KINDS = {"str": (str,), "int": (int,), "float": (int, float)}  # ClipSpec field annotation -> JSON types
-
-
-def brief(value: Any, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters, for a message about a value a file holds (it may be huge)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def check_clip_id(value: Any, where: str) -> str:

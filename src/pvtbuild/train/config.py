@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import FORMATS, _build, _require, _to_plain, read_config_file
+from ..config import FORMATS, _build, _require, _to_plain, naming_file, read_config_file
 from ..controls import CONTROL_NAMES
-from ..errors import ConfigError
+from ..errors import ConfigError, brief
 
 TOYS = ("swissroll", "swissroll-disc")
 TRAINABLE_FORMATS = tuple(f for f in FORMATS if f != "audio")
@@ -146,9 +146,10 @@ class TrainConfig:
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read and validate a training config; `overrides` are dotted keys (`train.steps`) set on top."""
     data = read_config_file(Path(path), "training config")
-    for key in ("formalism_name", "sigma_data_auto"):
-        _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
-    return train_config_from_dict(data, **overrides)
+    with naming_file(Path(path)):
+        for key in ("formalism_name", "sigma_data_auto"):
+            _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
+        return train_config_from_dict(data, **overrides)
 
 
 def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
@@ -168,7 +169,8 @@ def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfi
         raise ConfigError(f"formalism: must be a mapping with a name (one of {', '.join(FORMALISMS)})")
     formalism = dict(formalism)
     name = formalism.pop("name")
-    _require(name in FORMALISMS, "formalism.name", f"must be one of {', '.join(FORMALISMS)}, got {name!r}")
+    if not isinstance(name, str) or name not in FORMALISMS:
+        raise ConfigError(f"formalism.name: must be one of {', '.join(FORMALISMS)}, got {brief(name)}")
     cfg = _build(TrainConfig, data, "")
     model_cls = ToyMLPConfig if cfg.is_toy else UNetConfig
     formalism_cls = FORMALISMS[name][0]
