@@ -7,6 +7,7 @@ is written once per module; tests that corrupt it work on a copy.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -425,3 +426,13 @@ def test_verify_catches_non_finite_floats(tmp_path):
     write_shapes(tmp_path / "shapes.txt", array_shapes(arrays))
     write_dataset_json(tmp_path / "dataset.json", {"train": [info]}, {})
     assert any("non-finite" in p for p in verify_dataset(tmp_path).problems)
+
+
+def test_any_metadata_string_is_stored_without_error_and_a_file_name_keeps_its_own_bytes():
+    from pvtbuild.dataset.tfrecord import text_bytes
+
+    assert text_bytes("café.mid") == "café.mid".encode()  # valid text: its UTF-8, as before
+    assert text_bytes(os.fsdecode(b"caf\xe9.mid")) == b"caf\xe9.mid"  # os.fsencode's bytes
+    assert text_bytes("\ud800") == b"\xed\xa0\x80"  # a hand-made lone surrogate: no error either
+    record = serialize_example({"x": np.zeros(2, np.float32)}, {"source": os.fsdecode(b"\xff.mid")})
+    assert bytes(parse_example(record)["source"][1][0]) == b"\xff.mid"

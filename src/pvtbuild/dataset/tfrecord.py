@@ -33,7 +33,10 @@ beside their final one and renamed when complete, so a visible shard is whole.
   of exactly one value: the array's C-order bytes, little-endian, with the
   dtype and shape given by shapes.txt (nothing about the array is stored in
   the record itself);
-- metadata scalars: ``str`` -> ``bytes_list`` (UTF-8), ``int``/``bool`` ->
+- metadata scalars: ``str`` -> ``bytes_list`` (UTF-8; a source file name that is
+  not UTF-8 is stored as the file system's own bytes, `text_bytes`, so it
+  survives losslessly; readers show it with U+FFFD for the bytes UTF-8 lacks),
+  ``int``/``bool`` ->
   ``int64_list``, ``float`` -> ``float_list`` (float32, as Example allows no
   wider float; exact values stay in the stage manifests). The pipeline stores
   the clip id under ``id`` and clip parameters beside it (``source_md5``,
@@ -481,6 +484,20 @@ def _bytes_feature(payload: bytes | memoryview) -> list[bytes | memoryview]:
     return [b"\x0a" + _varint(inner_len) + inner_head, payload]
 
 
+def text_bytes(text: str) -> bytes:
+    """A metadata string's stored bytes: UTF-8, losslessly, and never an error.
+
+    A file name that is not UTF-8 reaches Python as a string with escape characters
+    (`os.fsdecode`'s surrogateescape); it is stored as its original bytes (`os.fsencode`).
+    Any other lone surrogate (only a hand-made string has one) is stored UTF-8-style
+    (surrogatepass). Valid text gives exactly its UTF-8 bytes.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _meta_kind(name: str, value: Any) -> str:
     if isinstance(value, (str, bytes)):
         return "string"
@@ -494,7 +511,7 @@ def _meta_kind(name: str, value: Any) -> str:
 def _meta_feature(name: str, value: Any) -> list[bytes | memoryview]:
     kind = _meta_kind(name, value)
     if kind == "string":
-        return _bytes_feature(value.encode("utf-8") if isinstance(value, str) else bytes(value))
+        return _bytes_feature(text_bytes(value) if isinstance(value, str) else bytes(value))
     if kind == "int":
         packed = _varint(int(value))
         inner = b"\x0a" + _varint(len(packed)) + packed  # Int64List, packed
