@@ -7,7 +7,9 @@ is written once per module; tests that corrupt it work on a copy.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import shutil
 from pathlib import Path
 
@@ -416,6 +418,9 @@ def test_verify_catches_missing_and_extra_shards(copy):
 
 def test_verify_catches_a_record_that_does_not_match_shapes_txt(copy):
     write_shapes(copy / "shapes.txt", {**SMALL_SHAPES, "disc": ("int16", (16, 61))})
+    doc = json.loads((copy / "dataset.json").read_text())
+    del doc["shapes_sha256"]  # as datasets written before it was recorded: each record is still checked
+    (copy / "dataset.json").write_text(json.dumps(doc))
     problems = verify_dataset(copy).problems
     assert any("'disc'" in p and "needs" in p for p in problems), problems
 
@@ -436,3 +441,71 @@ def test_any_metadata_string_is_stored_without_error_and_a_file_name_keeps_its_o
     assert text_bytes("\ud800") == b"\xed\xa0\x80"  # a hand-made lone surrogate: no error either
     record = serialize_example({"x": np.zeros(2, np.float32)}, {"source": os.fsdecode(b"\xff.mid")})
     assert bytes(parse_example(record)["source"][1][0]) == b"\xff.mid"
+
+
+# --- hostile datasets: every fault is one line naming the file, never a crash ------------------------
+
+
+def _huge_length(path: Path) -> None:
+    """Give the shard's first record a length of 2**62 bytes whose header CRC is valid."""
+    data = bytearray(path.read_bytes())
+    length = struct.pack("<Q", 2**62)
+    data[:12] = length + struct.pack("<I", masked_crc32c(length))
+    path.write_bytes(data)
+
+
+def test_verify_reports_a_huge_length_with_a_valid_crc_as_truncated_without_allocating_it(copy):
+    path = copy / "train" / shard_name("train", 0, TRAIN_SHARDS)
+    _huge_length(path)
+    report = verify_dataset(copy)  # once a MemoryError: verify allocated before comparing with the file size
+    assert any(p.startswith(f"train/{path.name}: record 0 (byte 0): truncated shard: record wants {2**62} bytes")
+               for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("old, new", [("x_i32 int32 2,3", "x_i32 int32 3,2"),
+                                      ("encodec float32 128,60", "encodec int32 128,60")])
+def test_a_shapes_txt_swapped_for_one_of_the_same_size_is_refused_by_verify_and_both_readers(copy, old, new):
+    text = (copy / "shapes.txt").read_text()
+    (copy / "shapes.txt").write_text(text.replace(old, new))  # same bytes per array: every record still decodes
+    report = verify_dataset(copy)
+    assert [p for p in report.problems if "shapes_sha256" in p] and not report.ok
+    for read in (lambda: TFRecordIterableDataset(copy, "train"), lambda: make_dataset(copy, "train")):
+        message = _one_line_input_error(read)
+        assert message.startswith(f"{copy / 'shapes.txt'}: its sha256 is not the one dataset.json records")
+
+
+def test_a_shapes_txt_that_is_not_utf8_is_one_line(copy):
+    (copy / "shapes.txt").write_bytes(b"audio float32 1,\xff\n")
+    assert "not UTF-8 text (byte 16" in _one_line_input_error(lambda: read_shapes(copy / "shapes.txt"))
+
+
+def _edit(doc: dict, key: str, value) -> dict:
+    """`doc` with the dotted `key` set to `value` (None: deleted)."""
+    *parents, leaf = key.split(".")
+    node = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return doc
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("", [], "the document: must be a JSON object, got []"),
+    ("format_version", "1", "format_version: must be an integer, got '1'"),
+    ("splits.train", 5, "splits.train: must be a mapping with an integer count and a list of shards, got 5"),
+    ("splits.train.shards.0.records", None, "splits.train.shards[0]: must be {file, records, bytes, sha256}"),
+    ("control_grids", 7, "control_grids: must be a mapping of names to strings, got 7"),
+    ("splits.train.shards.0.file", "../../outside.tfrecord", "splits.train.shards[0]: file '../../outside.tfrecord' lies outside"),
+    ("splits.train.shards.0.file", "/etc/passwd", "splits.train.shards[0]: file '/etc/passwd' is not a relative path"),
+])
+def test_a_malformed_dataset_json_is_one_line_naming_the_key_in_readers_and_verify(copy, key, value, message):
+    path = copy / "dataset.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(value if not key else _edit(doc, key, value)))
+    assert _one_line_input_error(lambda: read_dataset_json(copy)).startswith(f"{path}: {message}")
+    assert _one_line_input_error(lambda: TFRecordIterableDataset(copy, "train")).startswith(f"{path}: {message}")
+    report = verify_dataset(copy)  # never raises for a bad dataset
+    assert report.problems[0].startswith(f"{path}: {message}") and report.records == 0

@@ -188,3 +188,32 @@ def test_a_clip_id_given_on_the_command_line_cannot_name_a_path(built, tmp_path)
         result = invoke(built["audio"], option, "../escaped", "--out-dir", tmp_path / "out")
         assert result.exit_code == 2 and "clip id '../escaped'" in result.output
     assert not list(tmp_path.rglob("escaped*"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda doc: [doc], "dataset.json: the document: must be a JSON object"),
+    (lambda doc: {**doc, "format_version": "1"}, "dataset.json: format_version: must be an integer"),
+    (lambda doc: {**doc, "splits": {"train": 5}}, "dataset.json: splits.train: must be a mapping"),
+    (lambda doc: {**doc, "control_grids": 7}, "dataset.json: control_grids: must be a mapping"),
+])
+def test_inspect_of_a_malformed_dataset_json_is_one_line_naming_the_key(built, tmp_path, edit, message):
+    ds = shutil.copytree(built["audio"], tmp_path / "ds")
+    (ds / "dataset.json").write_text(json.dumps(edit(json.loads((ds / "dataset.json").read_text()))))
+    result = invoke(ds, "--verify")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and message in result.output
+
+
+def test_inspect_verify_of_a_huge_length_with_a_valid_crc_is_a_problem_not_a_memory_error(built, tmp_path):
+    import struct
+
+    from pvtbuild.dataset.tfrecord import masked_crc32c
+
+    ds = shutil.copytree(built["audio"], tmp_path / "ds")
+    shard_file = sorted(ds.glob("*/*.tfrecord"))[0]
+    data = bytearray(shard_file.read_bytes())
+    data[:12] = struct.pack("<Q", 2**62) + struct.pack("<I", masked_crc32c(struct.pack("<Q", 2**62)))
+    shard_file.write_bytes(bytes(data))
+    result = invoke(ds, "--verify")
+    assert result.exit_code == 2 and "truncated shard: record wants" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("pvtbuild: error:") and "Traceback" not in result.output

@@ -25,7 +25,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from ..errors import InputError
-from .shapes import read_shapes
+from .shapes import read_dataset_shapes
 from .tfrecord import DATASET_JSON, SHAPES_FILE, list_shards, read_dataset_json
 
 _META_DTYPES = {"string": tf.string, "int": tf.int64, "float": tf.float32}
@@ -105,7 +105,7 @@ def make_dataset(
 
 def _feature_specs(dataset_dir: Path, names: Sequence[str] | None):  # type: ignore[no-untyped-def]
     """tf.io feature specs for `names` and a function decoding the parsed features."""
-    shapes = read_shapes(dataset_dir / SHAPES_FILE)
+    shapes = read_dataset_shapes(dataset_dir)
     names = list(shapes) if names is None else list(names)
     meta_kinds: dict[str, str] = {}
     if any(n not in shapes for n in names):

@@ -75,6 +75,8 @@ stored beside it, and frame k sits where that format's frame k is centred:
                               "sha256": "9f2c..."}, ...]},
         "valid": {"count": 24000, "shards": [...]}
       },
+      "shapes_sha256": "3b1f...",             sha256 of shapes.txt: readers refuse a shapes.txt
+                                              that is not this one (it would misread every array)
       ...                                     any further keys the stage passes in
     }                                         (config, package versions, SoundFont
                                                sha256, EnCodec weights, ...)
@@ -106,8 +108,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from crc32c import crc32c as _crc32c
 
-from ..errors import InputError
-from ..manifest import atomic_write, atomic_write_bytes
+from ..errors import InputError, brief
+from ..manifest import atomic_write, atomic_write_bytes, path_within
 
 FORMAT = "pvtbuild-tfrecord"
 FORMAT_VERSION = 1
@@ -121,7 +123,7 @@ SUPPORTED_DTYPES = tuple(
 )
 META_KINDS = ("string", "int", "float")
 
-_RESERVED_JSON_KEYS = ("format", "format_version", "meta", "splits")
+_RESERVED_JSON_KEYS = ("format", "format_version", "meta", "splits", "shapes_sha256")
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.tfrecord$")
 
 MetaValue = str | bytes | int | float
@@ -387,7 +389,8 @@ def write_dataset_json(
     """Write dataset.json (schema in the module docstring), atomically, keys sorted.
 
     Args:
-        path: ``DATASET/dataset.json``; shard paths are stored relative to its folder.
+        path: ``DATASET/dataset.json``; shard paths are stored relative to its folder, and the
+            sha256 of the shapes.txt there (write it first) as ``shapes_sha256``.
         splits_info: split name -> its shards in order (empty list: an empty split).
         extra: further top-level keys: config, package versions, SoundFont sha256, ...
         meta_schema: metadata kinds, e.g. from `meta_schema(meta_of_one_record)`.
@@ -413,6 +416,9 @@ def write_dataset_json(
         "splits": splits,
         **extra,
     }
+    shapes = path.parent / SHAPES_FILE
+    if shapes.is_file():  # written first: readers check the shapes.txt they find is this one
+        doc["shapes_sha256"] = hashlib.sha256(shapes.read_bytes()).hexdigest()
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
     return doc
 
@@ -423,14 +429,48 @@ def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: not found (is {dataset_dir} a pvtbuild dataset?)")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON: {e}") from None
+    _expect(isinstance(doc, dict), path, "the document", "a JSON object", doc)
     if doc.get("format") != FORMAT:
-        raise InputError(f"{path}: format is {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{path}: format_version {doc['format_version']} is newer than this pvtbuild reads ({FORMAT_VERSION})")
+        raise InputError(f"{path}: format is {brief(doc.get('format'))}, expected {FORMAT!r}")
+    version = doc.get("format_version", 0)
+    _expect(_is_int(version), path, "format_version", "an integer", version)
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: format_version {version} is newer than this pvtbuild reads ({FORMAT_VERSION})")
+    _check_dataset_doc(doc, path)
     return doc
+
+
+def _check_dataset_doc(doc: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming the key, a dataset.json whose parts readers rely on are malformed,
+    or whose shard `file` lies outside the dataset directory."""
+    for key in ("meta", "control_grids"):
+        value = doc.get(key, {})
+        _expect(isinstance(value, dict) and all(isinstance(v, str) for v in value.values()), path, key,
+                "a mapping of names to strings", value)
+    splits = doc.get("splits")
+    _expect(isinstance(splits, dict), path, "splits", "a mapping of split names to {count, shards}", splits)
+    for split, info in splits.items():
+        key = f"splits.{split}"
+        _expect(isinstance(info, dict) and _is_int(info.get("count")) and isinstance(info.get("shards"), list),
+                path, key, "a mapping with an integer count and a list of shards", info)
+        for i, entry in enumerate(info["shards"]):
+            ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
+                  and _is_int(entry.get("records")) and _is_int(entry.get("bytes")))
+            _expect(ok, path, f"{key}.shards[{i}]", "{file, records, bytes, sha256}", entry)
+            path_within(path.parent, entry["file"], f"{path}: {key}.shards[{i}]")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(ok: bool, path: Path, key: str, what: str, value: Any) -> None:
+    """Raise `PATH: KEY: must be WHAT, got VALUE` (VALUE cut short) unless `ok`."""
+    if not ok:
+        raise InputError(f"{path}: {key}: must be {what}, got {brief(value)}")
 
 
 # --- CRC-32C -------------------------------------------------------------------------
