@@ -204,3 +204,24 @@ def test_ctrl_c_mid_run_is_one_line_saying_how_to_resume_with_exit_130(tmp_path)
     assert err.strip().splitlines()[-1] == ("pvtbuild: interrupted; finished shards are kept: "
                                             "rerun the same command to resume")
     assert not (out / "select" / "manifest.jsonl").exists()  # it really stopped midway
+
+
+@pytest.mark.parametrize("command", [
+    ["select", "--midi", EXAMPLES, "--out", "{file}/out"],
+    ["select", "--midi", EXAMPLES, "--out", "{tmp}/out", "--manifest", "/proc/pvtbuild-test/sel.jsonl"],
+    ["render", "--midi", EXAMPLES, "--out", "/proc/pvtbuild-test/out"],  # /proc: no file can be created there
+    ["train", "--config", REPO / "pipelines" / "train" / "swissroll-edm.yaml", "--out", "{file}/run"],
+])
+def test_an_output_path_that_cannot_be_written_stops_before_any_work_with_one_line(tmp_path, command):
+    """`select --manifest` on a read-only path once failed with a traceback after the whole select had run."""
+    (tmp_path / "a-file").write_text("")
+    args = [str(a).format(file=tmp_path / "a-file", tmp=tmp_path) for a in command]
+    if command[0] != "train":
+        args += ["--pipeline", REPO / "pipelines" / "demo.yaml", "--scheduler", "sync"]
+    result = pvtbuild(*args)
+    assert result.exit_code == 2
+    assert_no_traceback(result)
+    assert result.output.count("\n") == 1
+    assert re.match(r"pvtbuild: error: --(out|manifest) \S+: (\S+ is a file, not a folder|cannot write in /proc)",
+                    result.output), result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # nothing was started or written

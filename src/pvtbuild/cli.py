@@ -19,15 +19,23 @@ import click
 from .clip import clip_path
 from .config import PipelineConfig, load_pipeline
 from .errors import PvtbuildError
+from .manifest import check_writable
 
 DEFAULT_PIPELINE = "pipelines/pvt.yaml"
+
+
+def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Option callback: an output path must be writable, checked before any work (`check_writable`)."""
+    if value is not None:
+        check_writable(value, param.opts[0])
+    return value
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every stage command takes; each overrides its pipeline value when given."""
     options = [
         click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Build directory shared by all stages."),
+                     callback=_writable, help="Build directory shared by all stages."),
         click.option("--seed", type=int, default=None, help="Global seed (pipeline: seed)."),
         click.option("--jobs", type=int, default=None, help="Worker processes (pipeline: exec.jobs)."),
         click.option("--scheduler", default=None,
@@ -82,7 +90,7 @@ def cli() -> None:
 @click.option("--pipeline", default=DEFAULT_PIPELINE, show_default=True, help="Pipeline YAML.")
 @click.option("--midi", "midi", required=True, type=click.Path(path_type=Path), help="A folder of MIDI files.")
 @click.option("--limit", type=int, default=None, help="At most N MIDI files (pipeline: limit).")
-@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable,
               help="Also write the selection here, sources relative to its folder (e.g. manifests/demo.jsonl).")
 @_common
 def select_cmd(pipeline: str, midi: Path, limit: int | None, manifest: Path | None, out: Path,
@@ -193,7 +201,7 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
 @cli.command()
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
 @click.option("--formats", default=None, help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
-@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where the dataset goes (default: OUT/dataset).")
 @click.option("--drop-failing/--keep-failing", default=None,
               help="Leave clips that failed qa out of the dataset (pipeline: qa.drop_failing).")
@@ -214,7 +222,7 @@ def shard(pipeline: str | None, formats: str | None, dataset: Path | None, drop_
 @cli.command("qa")
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
 @click.option("--plot-failing", type=int, default=0, help="Plot controls against the audio's estimates for N failing clips.")
-@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where --plot-failing writes (default: OUT/qa/plots).")
 @_common
 def qa_cmd(pipeline: str | None, plot_failing: int, plot_dir: Path | None, out: Path, seed: int | None,
@@ -268,6 +276,8 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
     from .dataset import verify_dataset
 
     click.echo("\n".join(insp.summary_lines(dataset)))
+    if plot_random or plot_ids or wav_ids:
+        check_writable(out_dir, "--out-dir")
     if plot_random:
         plot_ids += tuple(insp.random_clip_ids(dataset, plot_random, seed))
     for clip_id in plot_ids:
@@ -287,7 +297,7 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
               help="Training YAML (pipelines/train/NAME.yaml).")
 @click.option("--data", "data", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Dataset directory (shapes.txt, train/); toy configs need none.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
               help="Run directory: checkpoints/, log.csv, run.json.")
 @click.option("--steps", type=int, default=None, help="The run's total steps (config: train.steps).")
 @click.option("--resume", is_flag=True, help="Continue the latest checkpoint in --out (same config).")
@@ -314,7 +324,7 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
 @cli.command("sample")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A checkpoint file, or a run directory (its latest).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
               help="Where the samples go (toys: samples.npy; real formats: NNNN.wav/.npy/.controls.npz/.png).")
 @click.option("--n", "n", type=int, default=None, help="Number of samples [toys: 1000; real formats: 4].")
 @click.option("--midi", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -365,7 +375,7 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Valid clips to sample and score.")
 @click.option("--cfg-scale", "cfg_scale", default="1", show_default=True,
               help="Comma-separated guidance scales, one row each (e.g. 1,2,4).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where metrics.json goes [RUN/eval-STEP].")
 @click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per sampler call.")
