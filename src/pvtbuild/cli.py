@@ -7,6 +7,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -353,17 +354,19 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
     from .train.loop import pick_device
     from .train.sample import load_for_sampling, sample_to_wav, sample_toy
 
+    _check_finite("--cfg-scale", cfg_scale)
     request = ControlRequest(midi, track, start, like, controls_file, instrument, bpm)
     dev = pick_device(device)
     sampler = load_for_sampling(checkpoint, dev)
     if sampler.cfg.is_toy:
         if request != ControlRequest() or cfg_scale is not None or data is not None:
             raise PvtbuildError(f"{checkpoint}: a toy model takes no controls, --cfg-scale or --data")
-        path = sample_toy(sampler, out, n or 1000, steps, seed)
-        click.echo(f"sample: {n or 1000} samples in {path}", err=True)
+        count = _sample_count(n, 1000, 1_000_000)
+        path = sample_toy(sampler, out, count, steps, seed)
+        click.echo(f"sample: {count} samples in {path}", err=True)
         return
-    report = sample_to_wav(sampler, out, n or 4, request, data, steps, cfg_scale, seed, batch_size,
-                           dev, plots=not no_plot)
+    report = sample_to_wav(sampler, out, _sample_count(n, 4, 10_000), request, data, steps, cfg_scale, seed,
+                           batch_size, dev, plots=not no_plot)
     _echo_summary(report.lines)
 
 
@@ -396,8 +399,26 @@ def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path
         scales = tuple(float(x) for x in _csv(cfg_scale) or ())
     except ValueError:
         raise PvtbuildError(f"--cfg-scale {cfg_scale!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+    for scale in scales:
+        _check_finite("--cfg-scale", scale)
     report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split)
     click.echo("\n".join(report.lines))
+
+
+def _check_finite(option: str, value: float | None) -> None:
+    """A float option (`--cfg-scale`) must be a number: nan or inf would sample NaN audio without a word."""
+    if value is not None and not math.isfinite(value):
+        raise PvtbuildError(f"{option} must be a finite number, got {value}")
+
+
+def _sample_count(n: int | None, default: int, most: int) -> int:
+    """`--n`, or `default` when not given; 0 once silently meant the default, and a huge count failed late
+    in an allocator: both are refused."""
+    if n is None:
+        return default
+    if not 1 <= n <= most:
+        raise PvtbuildError(f"--n must be within 1..{most}, got {n}")
+    return n
 
 
 def _str(p: Path | None) -> str | None:

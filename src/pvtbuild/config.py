@@ -516,7 +516,17 @@ def _build(cls: type, data: Any, key: str) -> Any:
     if unknown:
         raise ConfigError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {name: _coerce(hints[name], value, _join(key, name)) for name, value in data.items()}
+    for f in dataclasses.fields(cls):
+        value = kwargs.get(f.name)
+        if isinstance(value, float) and math.isinf(value) and not _infinite_default(f):
+            raise ConfigError(f"{_join(key, f.name)}: must be a finite number, got {value}")
     return cls(**kwargs)
+
+
+def _infinite_default(f: dataclasses.Field) -> bool:
+    """Whether a float field may be infinite: only where its default is (EDM's S_max), never elsewhere
+    (`clip_seconds: .inf` or `lr: .inf` once passed the range checks and failed late or trained NaN)."""
+    return isinstance(f.default, float) and math.isinf(f.default)
 
 
 def _join(key: str, name: str) -> str:
@@ -562,7 +572,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float:
         _expect(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
-        _expect(math.isfinite(value), key, "a finite number", value)
+        _expect(not math.isnan(value), key, "a number", value)
         return float(value)
     if tp is str:
         _expect(isinstance(value, str), key, "a string", value)

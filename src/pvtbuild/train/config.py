@@ -57,7 +57,8 @@ class TrainDataConfig:
                 _require(n in CONTROL_NAMES, f"{key}.{k}", f"unknown control {n!r} (known: {', '.join(CONTROL_NAMES)})")
             _require(len(set(names)) == len(names), f"{key}.{k}", f"lists a control twice: {list(names)}")
         _require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
-        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        # bounded: a typo (batch_size: 160000) is one line here, not an allocator traceback at the first batch
+        _require(1 <= self.batch_size <= 65536, f"{key}.batch_size", f"must be within 1..65536, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
 
