@@ -68,13 +68,12 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
         net = build_backbone(cfg, spec)
         prefix = "module."
         net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
-        layout = None
-        if "local_names" in s:
-            layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
-                                   tuple(s["local_groups"]), tuple(s["global_groups"]))
-        formalism = build_formalism(cfg, spec, stats)
     net.to(device).eval()
-    return Sampler(cfg, net, formalism, spec, stats, int(state["step"]), path, layout)
+    layout = None
+    if "local_names" in s:
+        layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
+                               tuple(s["local_groups"]), tuple(s["global_groups"]))
+    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path, layout)
 
 
 def sample_toy(checkpoint: str | Path | Sampler, out_dir: Path, n: int, steps: int | None = None, seed: int = 0,
