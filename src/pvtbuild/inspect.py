@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .clip import check_clip_id
 from .dataset import decode_record, iter_records, list_shards, parse_example, read_dataset_json, read_shapes
 from .dataset.tfrecord import SPLITS
-from .clip import check_clip_id
 from .errors import InputError
 from .manifest import atomic_write
 

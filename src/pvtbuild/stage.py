@@ -86,15 +86,16 @@ def rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
 
 
 def read_record(stage_dir: Path, index: int) -> ShardRecord | None:
-    """Shard `index`'s record, or None (the shard is redone) when it is missing or unusable:
-    not a record, a `file` outside the stage folder, or a row whose id is not a clip id (ids name files)."""
+    """Shard `index`'s record, or None (the shard is redone) when it is missing or unusable: not a
+    record, a `file` outside the folder that holds the stage folder (the build directory; the dataset,
+    for the shard stage's `.shard`, whose files sit beside it), or a row whose id is not a clip id."""
     path = record_path(stage_dir, index)
     if not path.is_file():
         return None
     try:
         rec = ShardRecord.from_dict(json.loads(path.read_text()))
         if rec.file:
-            path_within(stage_dir, rec.file, str(path))
+            path_within(stage_dir.parent, os.path.join(stage_dir.name, rec.file), str(path))
         for row in rec.rows:
             check_clip_id(row["id"], str(path))
     except (ValueError, TypeError, KeyError, InputError):
