@@ -6,9 +6,9 @@
 #   scripts/cluster.sh status
 #
 # Everything lives in $CLUSTER_DIR (default .cluster/): scheduler.json (its address), one
-# <name>.pid and <name>.log per process, and each worker's scratch folder. All traffic stays
-# on 127.0.0.1. Workers are plain `dask worker`s (pvtbuild sets up what it needs in them at run
-# time) with pvtbuild's own local cluster's thread count (`python -m pvtbuild.executor env
+# <name>.pid and <name>.log per process, and each worker's scratch folder. Every process listens
+# on 127.0.0.1 only: the scheduler and its dashboard, each worker, its nanny and its dashboard.
+# Workers are plain `dask worker`s (pvtbuild sets up what it needs in them at run time) with pvtbuild's own local cluster's thread count (`python -m pvtbuild.executor env
 # THREADS`: torch / OpenMP threads = cores / workers) and run one task at a time (--nthreads 1).
 # $WORKER_RESOURCES (e.g. "GPU=1") is passed to every worker as --resources.
 # See docs/cluster.md.
@@ -79,7 +79,8 @@ start() {
   local addr i
   addr=$(address)
   for i in $(seq "$workers"); do
-    spawn "worker-$i" "$DASK" worker "$addr" --host 127.0.0.1 --nthreads 1 --name "worker-$i" \
+    spawn "worker-$i" "$DASK" worker "$addr" --host 127.0.0.1 --dashboard-address 127.0.0.1:0 \
+      --nthreads 1 --name "worker-$i" \
       --local-directory "$DIR/worker-$i" ${WORKER_RESOURCES:+--resources "$WORKER_RESOURCES"}
   done
   "$PY" -c 'import sys; from distributed import Client

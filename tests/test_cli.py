@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from pvtbuild.cli import cli
 from conftest import write_slow_midi
+from test_config_yaml import BOMB
 from paths import EDGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +80,12 @@ BAD_CONFIGS = [
     ("render:\n  gian: 0.5\n", "render.gian: unknown key"),
     ("seed: -1\n", "seed: must be >= 0"),
     ("controls:\n  grids: [{name: 75hz, rate: 0, frames: 600}]\n", "controls.grids[0].rate: must be > 0"),
+    ("seed: 2020-01-01\n", "seed: must be an integer, got '2020-01-01'"),
+    ("seed: !!binary aGVsbG8=\n", "not valid YAML (line 1): binary values are not config data"),
+    ("select:\n  clip_seconds: .inf\n", "select.clip_seconds: must be a finite number, got inf"),
+    ("seed: 9223372036854775808\n", "seed: must be an integer within +-2^63"),
+    ("select:\n  clip_seconds: 8\n  clip_seconds: 4\n", "not valid YAML (line 3): key 'clip_seconds' given twice"),
+    (BOMB, "not a config: its aliases expand it past 100000 values"),
 ]
 
 
@@ -91,7 +98,8 @@ def test_bad_config_value_stops_before_any_work_with_one_line_naming_the_key(tmp
     assert result.exit_code == 2
     assert_no_traceback(result)
     assert result.output.strip().splitlines() == [result.output.strip()]
-    assert result.output.startswith(f"pvtbuild: error: {message}"), result.output
+    named = "" if message.startswith("render.soundfont") else f"{pipeline}: "  # a SoundFont is checked after load
+    assert result.output.startswith(f"pvtbuild: error: {named}{message}"), result.output
     assert not out.exists()  # nothing was started or written
 
 
@@ -196,3 +204,24 @@ def test_ctrl_c_mid_run_is_one_line_saying_how_to_resume_with_exit_130(tmp_path)
     assert err.strip().splitlines()[-1] == ("pvtbuild: interrupted; finished shards are kept: "
                                             "rerun the same command to resume")
     assert not (out / "select" / "manifest.jsonl").exists()  # it really stopped midway
+
+
+@pytest.mark.parametrize("command", [
+    ["select", "--midi", EXAMPLES, "--out", "{file}/out"],
+    ["select", "--midi", EXAMPLES, "--out", "{tmp}/out", "--manifest", "/proc/pvtbuild-test/sel.jsonl"],
+    ["render", "--midi", EXAMPLES, "--out", "/proc/pvtbuild-test/out"],  # /proc: no file can be created there
+    ["train", "--config", REPO / "pipelines" / "train" / "swissroll-edm.yaml", "--out", "{file}/run"],
+])
+def test_an_output_path_that_cannot_be_written_stops_before_any_work_with_one_line(tmp_path, command):
+    """`select --manifest` on a read-only path once failed with a traceback after the whole select had run."""
+    (tmp_path / "a-file").write_text("")
+    args = [str(a).format(file=tmp_path / "a-file", tmp=tmp_path) for a in command]
+    if command[0] != "train":
+        args += ["--pipeline", REPO / "pipelines" / "demo.yaml", "--scheduler", "sync"]
+    result = pvtbuild(*args)
+    assert result.exit_code == 2
+    assert_no_traceback(result)
+    assert result.output.count("\n") == 1
+    assert re.match(r"pvtbuild: error: --(out|manifest) \S+: (\S+ is a file, not a folder|cannot write in /proc)",
+                    result.output), result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # nothing was started or written

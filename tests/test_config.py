@@ -43,7 +43,7 @@ def test_a_hand_given_frame_count_the_clip_does_not_have_is_one_line_naming_the_
     with pytest.raises(ConfigError) as e:
         load_pipeline(pipeline)
     msg = str(e.value)
-    assert msg.startswith("controls.grids[0].frames: 600, but EnCodec has 300 frames") and "\n" not in msg
+    assert msg.startswith(f"{pipeline}: controls.grids[0].frames: 600, but EnCodec has 300 frames") and "\n" not in msg
     with pytest.raises(ConfigError, match=r"^controls\.grids\[1\]\.frames: 1921, but the centred CQT \(hop 100\) has 961"):
         config_from_dict({"select": {"clip_seconds": 4},
                           "controls": {"grids": [{"name": "75hz", "serves": "encodec"},

@@ -7,6 +7,9 @@ is written once per module; tests that corrupt it work on a copy.
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 import shutil
 from pathlib import Path
 
@@ -415,6 +418,9 @@ def test_verify_catches_missing_and_extra_shards(copy):
 
 def test_verify_catches_a_record_that_does_not_match_shapes_txt(copy):
     write_shapes(copy / "shapes.txt", {**SMALL_SHAPES, "disc": ("int16", (16, 61))})
+    doc = json.loads((copy / "dataset.json").read_text())
+    del doc["shapes_sha256"]  # as datasets written before it was recorded: each record is still checked
+    (copy / "dataset.json").write_text(json.dumps(doc))
     problems = verify_dataset(copy).problems
     assert any("'disc'" in p and "needs" in p for p in problems), problems
 
@@ -425,3 +431,145 @@ def test_verify_catches_non_finite_floats(tmp_path):
     write_shapes(tmp_path / "shapes.txt", array_shapes(arrays))
     write_dataset_json(tmp_path / "dataset.json", {"train": [info]}, {})
     assert any("non-finite" in p for p in verify_dataset(tmp_path).problems)
+
+
+def test_any_metadata_string_is_stored_without_error_and_a_file_name_keeps_its_own_bytes():
+    from pvtbuild.dataset.tfrecord import text_bytes
+
+    assert text_bytes("café.mid") == "café.mid".encode()  # valid text: its UTF-8, as before
+    assert text_bytes(os.fsdecode(b"caf\xe9.mid")) == b"caf\xe9.mid"  # os.fsencode's bytes
+    assert text_bytes("\ud800") == b"\xed\xa0\x80"  # a hand-made lone surrogate: no error either
+    record = serialize_example({"x": np.zeros(2, np.float32)}, {"source": os.fsdecode(b"\xff.mid")})
+    assert bytes(parse_example(record)["source"][1][0]) == b"\xff.mid"
+
+
+# --- hostile datasets: every fault is one line naming the file, never a crash ------------------------
+
+
+def _huge_length(path: Path) -> None:
+    """Give the shard's first record a length of 2**62 bytes whose header CRC is valid."""
+    data = bytearray(path.read_bytes())
+    length = struct.pack("<Q", 2**62)
+    data[:12] = length + struct.pack("<I", masked_crc32c(length))
+    path.write_bytes(data)
+
+
+def test_verify_reports_a_huge_length_with_a_valid_crc_as_truncated_without_allocating_it(copy):
+    path = copy / "train" / shard_name("train", 0, TRAIN_SHARDS)
+    _huge_length(path)
+    report = verify_dataset(copy)  # once a MemoryError: verify allocated before comparing with the file size
+    assert any(p.startswith(f"train/{path.name}: record 0 (byte 0): truncated shard: record wants {2**62} bytes")
+               for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("old, new", [("x_i32 int32 2,3", "x_i32 int32 3,2"),
+                                      ("encodec float32 128,60", "encodec int32 128,60")])
+def test_a_shapes_txt_swapped_for_one_of_the_same_size_is_refused_by_verify_and_both_readers(copy, old, new):
+    text = (copy / "shapes.txt").read_text()
+    (copy / "shapes.txt").write_text(text.replace(old, new))  # same bytes per array: every record still decodes
+    report = verify_dataset(copy)
+    assert [p for p in report.problems if "shapes_sha256" in p] and not report.ok
+    for read in (lambda: TFRecordIterableDataset(copy, "train"), lambda: make_dataset(copy, "train")):
+        message = _one_line_input_error(read)
+        assert message.startswith(f"{copy / 'shapes.txt'}: its sha256 is not the one dataset.json records")
+
+
+def test_a_shapes_txt_that_is_not_utf8_is_one_line(copy):
+    (copy / "shapes.txt").write_bytes(b"audio float32 1,\xff\n")
+    assert "not UTF-8 text (byte 16" in _one_line_input_error(lambda: read_shapes(copy / "shapes.txt"))
+
+
+def _edit(doc: dict, key: str, value) -> dict:
+    """`doc` with the dotted `key` set to `value` (None: deleted)."""
+    *parents, leaf = key.split(".")
+    node = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return doc
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("", [], "the document: must be a JSON object, got []"),
+    ("format_version", "1", "format_version: must be an integer, got '1'"),
+    ("splits.train", 5, "splits.train: must be a mapping with an integer count and a list of shards, got 5"),
+    ("splits.train.shards.0.records", None, "splits.train.shards[0]: must be {file, records, bytes, sha256}"),
+    ("control_grids", 7, "control_grids: must be a mapping of names to strings, got 7"),
+    ("splits.train.shards.0.file", "../../outside.tfrecord", "splits.train.shards[0]: file '../../outside.tfrecord' lies outside"),
+    ("splits.train.shards.0.file", "/etc/passwd", "splits.train.shards[0]: file '/etc/passwd' is not a relative path"),
+])
+def test_a_malformed_dataset_json_is_one_line_naming_the_key_in_readers_and_verify(copy, key, value, message):
+    path = copy / "dataset.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(value if not key else _edit(doc, key, value)))
+    assert _one_line_input_error(lambda: read_dataset_json(copy)).startswith(f"{path}: {message}")
+    assert _one_line_input_error(lambda: TFRecordIterableDataset(copy, "train")).startswith(f"{path}: {message}")
+    report = verify_dataset(copy)  # never raises for a bad dataset
+    assert report.problems[0].startswith(f"{path}: {message}") and report.records == 0
+
+
+# --- fuzz: damaged shards never crash, hang or over-allocate a reader -------------------------------
+
+FUZZ_SHAPES = {"audio": ("float32", (1, 64)), "disc": ("int16", (4, 8)), "velocity_75hz": ("float32", (8,))}
+
+
+def _mutations(blob: bytes, rng: np.random.Generator, n: int) -> list[tuple[str, bytes]]:
+    """`n` damaged copies of a shard: byte flips, truncations, and length fields set to random values whose
+    header CRC is valid (so only the length itself can stop a reader)."""
+    starts, pos = [], 0
+    while pos < len(blob):
+        starts.append(pos)
+        pos += 16 + struct.unpack_from("<Q", blob, pos)[0]
+    out = []
+    for k in range(n):
+        data = bytearray(blob)
+        kind = ("flip", "truncate", "length")[k % 3]
+        if kind == "flip":
+            for at in rng.integers(0, len(data), rng.integers(1, 4)):
+                data[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == "truncate":
+            data = data[:int(rng.integers(0, len(data)))]
+        else:
+            at = starts[int(rng.integers(0, len(starts)))]
+            lengths = [int(rng.integers(0, 2**16)), int(rng.integers(0, 2**63)), 2**64 - 1]
+            length = struct.pack("<Q", lengths[int(rng.integers(0, 3))])
+            data[at:at + 12] = length + struct.pack("<I", masked_crc32c(length))
+        out.append((kind, bytes(data)))
+    return out
+
+
+def test_fuzzed_shards_give_the_right_records_or_one_line_errors_in_both_readers_and_verify(tmp_path):
+    """300 seeded damages of a small real shard: the torch reader returns the records written (a prefix, when
+    a cut falls between records) or one InputError line; verify never raises and fails every damaged file;
+    tf.data (every 10th case) returns them, or raises the framing check's InputError or its own CRC error
+    (tf.errors.OpError). A reader that allocated for a length field would fail here with a MemoryError
+    (lengths reach 2**64 - 1); tf.data given case 20 unchecked crashed the test process."""
+    root = tmp_path / "ds"
+    _write_dataset(root, FUZZ_SHAPES, {"train": [[0, 1, 2]]})
+    shard = root / "train" / shard_name("train", 0, 1)
+    blob = shard.read_bytes()
+    want = [(_meta(i)["id"], _arrays(i, FUZZ_SHAPES)) for i in range(3)]
+    for case, (kind, data) in enumerate(_mutations(blob, np.random.default_rng(21), 300)):
+        shard.write_bytes(data)
+        try:
+            got = list(TFRecordIterableDataset(root, "train", names=["id", *FUZZ_SHAPES]))
+        except InputError as e:
+            assert "\n" not in str(e) and str(shard) in str(e), (case, kind, str(e))
+        else:
+            assert len(got) <= 3 and (len(got) == 3 or kind == "truncate"), (case, kind, len(got))
+            for g, (clip_id, arrays) in zip(got, want):
+                assert g["id"] == clip_id and all(np.array_equal(g[n].numpy(), arrays[n]) for n in FUZZ_SHAPES)
+        report = verify_dataset(root)
+        assert report.ok == (data == blob) and all("\n" not in p for p in report.problems), (case, kind)
+        if case % 10 == 0:
+            try:
+                got_tf = list(make_dataset(root, "train", names=["audio"], batch_size=None))
+            except InputError as e:  # its framing check, before tf.data sees the file (once: a segfault)
+                assert "\n" not in str(e) and str(shard) in str(e), (case, kind, str(e))
+                continue
+            except tf.errors.OpError:  # tf.data's own CRC check
+                continue
+            assert all(np.array_equal(g["audio"].numpy(), a["audio"]) for g, (_, a) in zip(got_tf, want))

@@ -234,7 +234,8 @@ def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = No
              "--dashboard-address", "127.0.0.1:0"], cwd=tmp_path, env=stock_env(),
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"), start_new_session=True))
         procs.append(subprocess.Popen(
-            [str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"], cwd=tmp_path,
+            [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+             "--nworkers", "2", "--nthreads", "1"], cwd=tmp_path,
             env={**stock_env(), **(worker_env or {})}, stdout=subprocess.DEVNULL,
             stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
         with Client(address, timeout="60s") as client:
@@ -364,6 +365,27 @@ def run_killing_a_worker(stage_dir: Path, worker_pid_file: Path, *args: str | Pa
     finally:
         kill_session(proc)
     assert proc.returncode == 0, err
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, int, str]]:
+    """(ip, port, process name) of every listening TCP socket of `pids` and all their descendants."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        parent = psutil.Process(pid)
+        for proc in [parent, *parent.children(recursive=True)]:
+            found += [(c.laddr.ip, c.laddr.port, " ".join(proc.cmdline()[1:4]))
+                      for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def test_cluster_script_listens_on_loopback_only_scheduler_workers_nannies_and_dashboards(cluster):
+    """cluster.sh's workers once served their dashboards on 0.0.0.0; a dask worker runs whatever it is sent."""
+    _, cluster_dir = cluster
+    sockets = listening_sockets([int(p.read_text()) for p in sorted(cluster_dir.glob("*.pid"))])
+    assert len(sockets) >= 2 + 2 * 3, sockets  # scheduler + dashboard; per worker: worker, nanny, dashboard
+    assert [s for s in sockets if s[0] not in ("127.0.0.1", "::1")] == []
 
 
 def test_killing_one_of_two_workers_mid_render_loses_no_clip(inputs, cluster, tmp_path):

@@ -215,7 +215,8 @@ def test_an_address_where_nothing_listens_is_one_clear_error():
             pass
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "http://127.0.0.1:8786", "tcp://:8786"])
+@pytest.mark.parametrize("address", ["127.0.0.1", "http://127.0.0.1:8786", "tcp://:8786", "tcp://host:99999",
+                                     "tcp://host:port"])
 def test_a_malformed_scheduler_address_is_one_clear_error(address):
     with pytest.raises(PvtbuildError, match="expected tcp://HOST:PORT, 'sync', or nothing"):
         with open_executor(address, jobs=1):

@@ -149,3 +149,71 @@ def test_wav_is_decoded_from_each_stored_format_with_the_clip_length_and_rate(bu
         ref = render_audio(built["out"], clip_id)
         got = pcm / 32767
         assert np.corrcoef(got, ref)[0, 1] > 0.8
+
+
+# --- hostile datasets ---------------------------------------------------------------------
+
+
+def rewrite_ids(ds: Path, new_id: str) -> None:
+    """Give every record of `ds` the id `new_id`, keeping dataset.json's sizes and sha256s true
+    (a hostile dataset that passes every checksum)."""
+    from pvtbuild.dataset import decode_record, iter_records, read_shapes, serialize_example, write_shard
+
+    shapes = read_shapes(ds)
+    doc = json.loads((ds / "dataset.json").read_text())
+    for info in doc["splits"].values():
+        for entry in info["shards"]:
+            path = ds / entry["file"]
+            clips = [decode_record(rec, shapes, list(shapes) + list(doc["meta"])) for rec in iter_records(path)]
+            records = [serialize_example({n: c[n] for n in shapes}, {**{m: c[m] for m in doc["meta"]}, "id": new_id})
+                       for c in clips]
+            written = write_shard(path, records)
+            entry.update(bytes=written.bytes, sha256=written.sha256)
+    (ds / "dataset.json").write_text(json.dumps(doc))
+
+
+def test_a_dataset_whose_clip_id_is_a_path_writes_nothing_outside_the_out_dir(built, tmp_path):
+    ds = shutil.copytree(built["audio"], tmp_path / "ds")
+    rewrite_ids(ds, "../../escaped")
+    out_dir = tmp_path / "a" / "b" / "out"
+    result = invoke(ds, "--plot-random", 3, "--out-dir", out_dir)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("pvtbuild: error:") and "clip id" in result.output
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_a_clip_id_given_on_the_command_line_cannot_name_a_path(built, tmp_path):
+    for option in ("--plot", "--wav"):
+        result = invoke(built["audio"], option, "../escaped", "--out-dir", tmp_path / "out")
+        assert result.exit_code == 2 and "clip id '../escaped'" in result.output
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda doc: [doc], "dataset.json: the document: must be a JSON object"),
+    (lambda doc: {**doc, "format_version": "1"}, "dataset.json: format_version: must be an integer"),
+    (lambda doc: {**doc, "splits": {"train": 5}}, "dataset.json: splits.train: must be a mapping"),
+    (lambda doc: {**doc, "control_grids": 7}, "dataset.json: control_grids: must be a mapping"),
+])
+def test_inspect_of_a_malformed_dataset_json_is_one_line_naming_the_key(built, tmp_path, edit, message):
+    ds = shutil.copytree(built["audio"], tmp_path / "ds")
+    (ds / "dataset.json").write_text(json.dumps(edit(json.loads((ds / "dataset.json").read_text()))))
+    result = invoke(ds, "--verify")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and message in result.output
+
+
+def test_inspect_verify_of_a_huge_length_with_a_valid_crc_is_a_problem_not_a_memory_error(built, tmp_path):
+    import struct
+
+    from pvtbuild.dataset.tfrecord import masked_crc32c
+
+    ds = shutil.copytree(built["audio"], tmp_path / "ds")
+    shard_file = sorted(ds.glob("*/*.tfrecord"))[0]
+    data = bytearray(shard_file.read_bytes())
+    data[:12] = struct.pack("<Q", 2**62) + struct.pack("<I", masked_crc32c(struct.pack("<Q", 2**62)))
+    shard_file.write_bytes(bytes(data))
+    result = invoke(ds, "--verify")
+    assert result.exit_code == 2 and "truncated shard: record wants" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("pvtbuild: error:") and "Traceback" not in result.output

@@ -62,3 +62,42 @@ def test_a_missing_or_compressed_member_is_one_line_naming_file_and_member():
         npz_arrays(saved(id=np.array(["a"])), ["audio"], "x.npz")
     with pytest.raises(InputError, match=r"^x.npz: audio is compressed"):
         npz_arrays(saved(compressed=True, audio=np.zeros(10, np.float32)), ["audio"], "x.npz")
+
+
+def stored_member(name: str, header: dict, data: bytes, allow_pickle_array: np.ndarray | None = None) -> bytes:
+    """A one-member uncompressed .npz whose .npy header says `header` (whatever the data is)."""
+    import zipfile
+
+    npy = io.BytesIO()
+    if allow_pickle_array is not None:
+        np.lib.format.write_array(npy, allow_pickle_array, allow_pickle=True)
+    else:
+        np.lib.format.write_array_header_1_0(npy, header)
+        npy.write(data)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{name}.npy", npy.getvalue())
+    return buf.getvalue()
+
+
+HOSTILE_MEMBERS = {
+    # a shape of 8 TB in a file of a few hundred bytes: once a MemoryError in NpzRows (seen by the
+    # stage's quorum as "the environment"), now a damaged file like any other
+    "huge shape": (stored_member("id", {"descr": "<U4", "fortran_order": False, "shape": (2**40,)}, b"x" * 32),
+                   "truncated (id: <U4 [1099511627776] does not fit in the file's"),
+    "object dtype": (stored_member("id", {}, b"", np.array([{"a": 1}], dtype=object)), "id holds Python objects"),
+    "not .npy": (stored_member("id", {"descr": "<f4", "fortran_order": False, "shape": (1,)}, bytes(4)).replace(
+        b"\x93NUMPY", b"\x93NOTPY"), "id is not a readable .npy member"),
+    "not a zip": (b"PK but not a zip" * 8, "not a readable .npz"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_MEMBERS)
+def test_a_stage_file_whose_contents_no_stage_writes_is_one_line_in_both_readers(tmp_path, case):
+    blob, message = HOSTILE_MEMBERS[case]
+    path = tmp_path / "x.npz"
+    path.write_bytes(blob)
+    for read in (lambda: npz_arrays(blob, ["id"], path), lambda: NpzRows(path)):
+        with pytest.raises(InputError) as err:
+            read()
+        assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)

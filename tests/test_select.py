@@ -5,6 +5,7 @@ stay valid when moved with their MIDI files, and the stage resumes and refuses m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from dataclasses import replace
@@ -175,3 +176,19 @@ def test_unusable_selection_manifests_are_one_line_errors(tmp_path, content, mes
     with pytest.raises(PvtbuildError, match=message) as err:
         read_selection(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"clip_id": "../../../../../SOMEWHERE/PWNED"}, "clip id '../../../../../SOMEWHERE/PWNED'"),
+    ({"clip_id": "/etc/passwd"}, "clip id '/etc/passwd'"),
+    ({"source": 5}, "field 'source': expected str, got 5"),
+    ({"track": "3"}, "field 'track': expected int"),
+    ([1, 2], "a row must be a JSON object, got list"),
+])
+def test_a_selection_row_with_a_path_for_an_id_or_a_wrong_type_is_refused_naming_the_line(tmp_path, row, message):
+    good = json.loads(DEMO_MANIFEST.read_text().splitlines()[0])
+    path = tmp_path / "sel.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row} if isinstance(row, dict) else row) + "\n")
+    with pytest.raises(PvtbuildError, match=re.escape(message)) as err:
+        read_selection(path)
+    assert f"{path}:2: not a clip selection row" in str(err.value) and "\n" not in str(err.value)

@@ -339,3 +339,28 @@ def test_cli_shard_before_render_is_a_one_line_error(tmp_path):
                                       "--scheduler", "sync"])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "pvtbuild render" in result.output
+
+
+def test_a_midi_file_whose_name_is_not_utf8_shards_with_its_neighbours_and_keeps_its_name(tmp_path):
+    """`source` once went through str.encode("utf-8"), which fails on such a name: the whole shard
+    failed on every rerun and no dataset.json was written."""
+    import os
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    bad = os.fsdecode(b"caf\xe9-latin1.mid")  # a Latin-1 name, as old archives have
+    shutil.copy(LAKH / "00fe58e0b555088db366097cc15634e0.mid", midi / bad)  # copies: select resolves links
+    shutil.copy(LAKH / "024bdf7815ae8b97ac8cac959cce3c5f.mid", midi / "plain.mid")
+    out = tmp_path / "out"
+    cfg = make_config(midi)
+    assert run_render(cfg, out)[-1].total_ok >= 2
+    summary = run_shard_stage(out, out / "dataset", cfg, ("audio",))
+    assert not summary.failed_shards
+    report = verify_dataset(out / "dataset")
+    assert report.ok, report.problems
+    splits = [s for s, info in read_dataset_json(out / "dataset")["splits"].items() if info["count"]]
+    stored = {bytes(ex["source"].numpy()).rsplit(b"/", 1)[-1]
+              for s in splits for ex in make_dataset(out / "dataset", s, ["source"], batch_size=None)}
+    assert stored == {b"caf\xe9-latin1.mid", b"plain.mid"}  # the file system's own bytes, losslessly
+    shown = {ex["source"].rsplit("/", 1)[-1] for s in splits for ex in TFRecordIterableDataset(out / "dataset", s, ["source"])}
+    assert shown == {"caf\ufffd-latin1.mid", "plain.mid"}

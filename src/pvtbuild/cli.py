@@ -7,6 +7,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,17 +17,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
+from .clip import clip_path
 from .config import PipelineConfig, load_pipeline
 from .errors import PvtbuildError
+from .manifest import check_writable
 
 DEFAULT_PIPELINE = "pipelines/pvt.yaml"
+
+
+def _writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Option callback: an output path must be writable, checked before any work (`check_writable`)."""
+    if value is not None:
+        check_writable(value, param.opts[0])
+    return value
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every stage command takes; each overrides its pipeline value when given."""
     options = [
         click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Build directory shared by all stages."),
+                     callback=_writable, help="Build directory shared by all stages."),
         click.option("--seed", type=int, default=None, help="Global seed (pipeline: seed)."),
         click.option("--jobs", type=int, default=None, help="Worker processes (pipeline: exec.jobs)."),
         click.option("--scheduler", default=None,
@@ -81,7 +91,7 @@ def cli() -> None:
 @click.option("--pipeline", default=DEFAULT_PIPELINE, show_default=True, help="Pipeline YAML.")
 @click.option("--midi", "midi", required=True, type=click.Path(path_type=Path), help="A folder of MIDI files.")
 @click.option("--limit", type=int, default=None, help="At most N MIDI files (pipeline: limit).")
-@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable,
               help="Also write the selection here, sources relative to its folder (e.g. manifests/demo.jsonl).")
 @_common
 def select_cmd(pipeline: str, midi: Path, limit: int | None, manifest: Path | None, out: Path,
@@ -192,7 +202,7 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
 @cli.command()
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
 @click.option("--formats", default=None, help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
-@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where the dataset goes (default: OUT/dataset).")
 @click.option("--drop-failing/--keep-failing", default=None,
               help="Leave clips that failed qa out of the dataset (pipeline: qa.drop_failing).")
@@ -213,7 +223,7 @@ def shard(pipeline: str | None, formats: str | None, dataset: Path | None, drop_
 @cli.command("qa")
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
 @click.option("--plot-failing", type=int, default=0, help="Plot controls against the audio's estimates for N failing clips.")
-@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where --plot-failing writes (default: OUT/qa/plots).")
 @_common
 def qa_cmd(pipeline: str | None, plot_failing: int, plot_dir: Path | None, out: Path, seed: int | None,
@@ -267,12 +277,14 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
     from .dataset import verify_dataset
 
     click.echo("\n".join(insp.summary_lines(dataset)))
+    if plot_random or plot_ids or wav_ids:
+        check_writable(out_dir, "--out-dir")
     if plot_random:
         plot_ids += tuple(insp.random_clip_ids(dataset, plot_random, seed))
     for clip_id in plot_ids:
-        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, out_dir / f'{clip_id}.png')}")
+        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, clip_path(out_dir, clip_id, '.png'))}")
     for clip_id in wav_ids:
-        path, fmt = insp.export_wav(dataset, clip_id, out_dir / f"{clip_id}.wav")
+        path, fmt = insp.export_wav(dataset, clip_id, clip_path(out_dir, clip_id, ".wav"))
         click.echo(f"wav: {path} (decoded from {fmt})")
     if verify:
         report = verify_dataset(dataset)
@@ -286,7 +298,7 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
               help="Training YAML (pipelines/train/NAME.yaml).")
 @click.option("--data", "data", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Dataset directory (shapes.txt, train/); toy configs need none.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
               help="Run directory: checkpoints/, log.csv, run.json.")
 @click.option("--steps", type=int, default=None, help="The run's total steps (config: train.steps).")
 @click.option("--resume", is_flag=True, help="Continue the latest checkpoint in --out (same config).")
@@ -313,7 +325,7 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
 @cli.command("sample")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A checkpoint file, or a run directory (its latest).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
               help="Where the samples go (toys: samples.npy; real formats: NNNN.wav/.npy/.controls.npz/.png).")
 @click.option("--n", "n", type=int, default=None, help="Number of samples [toys: 1000; real formats: 4].")
 @click.option("--midi", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -342,17 +354,19 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
     from .train.loop import pick_device
     from .train.sample import load_for_sampling, sample_to_wav, sample_toy
 
+    _check_finite("--cfg-scale", cfg_scale)
     request = ControlRequest(midi, track, start, like, controls_file, instrument, bpm)
     dev = pick_device(device)
     sampler = load_for_sampling(checkpoint, dev)
     if sampler.cfg.is_toy:
         if request != ControlRequest() or cfg_scale is not None or data is not None:
             raise PvtbuildError(f"{checkpoint}: a toy model takes no controls, --cfg-scale or --data")
-        path = sample_toy(sampler, out, n or 1000, steps, seed)
-        click.echo(f"sample: {n or 1000} samples in {path}", err=True)
+        count = _sample_count(n, 1000, 1_000_000)
+        path = sample_toy(sampler, out, count, steps, seed)
+        click.echo(f"sample: {count} samples in {path}", err=True)
         return
-    report = sample_to_wav(sampler, out, n or 4, request, data, steps, cfg_scale, seed, batch_size,
-                           dev, plots=not no_plot)
+    report = sample_to_wav(sampler, out, _sample_count(n, 4, 10_000), request, data, steps, cfg_scale, seed,
+                           batch_size, dev, plots=not no_plot)
     _echo_summary(report.lines)
 
 
@@ -364,7 +378,7 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Valid clips to sample and score.")
 @click.option("--cfg-scale", "cfg_scale", default="1", show_default=True,
               help="Comma-separated guidance scales, one row each (e.g. 1,2,4).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_writable,
               help="Where metrics.json goes [RUN/eval-STEP].")
 @click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per sampler call.")
@@ -388,9 +402,27 @@ def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path
         scales = tuple(float(x) for x in _csv(cfg_scale) or ())
     except ValueError:
         raise PvtbuildError(f"--cfg-scale {cfg_scale!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+    for scale in scales:
+        _check_finite("--cfg-scale", scale)
     report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split,
                       judge_model=judge_model)
     click.echo("\n".join(report.lines))
+
+
+def _check_finite(option: str, value: float | None) -> None:
+    """A float option (`--cfg-scale`) must be a number: nan or inf would sample NaN audio without a word."""
+    if value is not None and not math.isfinite(value):
+        raise PvtbuildError(f"{option} must be a finite number, got {value}")
+
+
+def _sample_count(n: int | None, default: int, most: int) -> int:
+    """`--n`, or `default` when not given; 0 once silently meant the default, and a huge count failed late
+    in an allocator: both are refused."""
+    if n is None:
+        return default
+    if not 1 <= n <= most:
+        raise PvtbuildError(f"--n must be within 1..{most}, got {n}")
+    return n
 
 
 def _str(p: Path | None) -> str | None:

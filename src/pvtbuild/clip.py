@@ -12,10 +12,33 @@ re-derives them from the files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import InputError, brief
+
+# What a clip id may be. Ids name files (`inspect --plot` and `qa --plot-failing` write ID.png,
+# `inspect --wav` ID.wav), so an id read from a manifest, record or dataset must not be able to
+# name a path: no separator, no leading dot, bounded. pvtbuild's own ids are 16 hex digits.
+_CLIP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float)}  # ClipSpec field annotation -> JSON types
+
+
+def check_clip_id(value: Any, where: str) -> str:
+    """`value` if it is a valid clip id (`_CLIP_ID`), else an `InputError` naming `where` (a file, a row)."""
+    if isinstance(value, str) and _CLIP_ID.fullmatch(value):
+        return value
+    raise InputError(f"{where}: clip id {brief(value)} is not 1-128 letters, digits, '_', '.' or '-' "
+                     "starting with a letter or digit")
+
+
+def clip_path(folder: Path, clip_id: str, suffix: str) -> Path:
+    """`folder/ID.suffix` for a file named after a clip; an id that could leave `folder` is refused."""
+    return Path(folder) / f"{check_clip_id(clip_id, str(folder))}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -46,9 +69,26 @@ class ClipSpec:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # all fields are scalars: no deep copy
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClipSpec":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: Any) -> "ClipSpec":
+        """A `ClipSpec` from a JSON row; `InputError` (the field and why) for a row that is not one.
+
+        Rows come from files a user may hand in (selection manifests), so every field is type-checked
+        and the id checked (`check_clip_id`) here, where they enter.
+        """
+        if not isinstance(d, dict):
+            raise InputError(f"a row must be a JSON object, got {type(d).__name__}")
+        values = {}
+        for f in fields(cls):
+            if f.name not in d:
+                if f.default is not MISSING:
+                    continue
+                raise InputError(f"field {f.name!r} missing")
+            value = d[f.name]
+            if isinstance(value, bool) or not isinstance(value, _KINDS[str(f.type)]):
+                raise InputError(f"field {f.name!r}: expected {f.type}, got {brief(value)}")
+            values[f.name] = value
+        check_clip_id(values["clip_id"], "field 'clip_id'")
+        return cls(**values)
 
 
 @dataclass

@@ -9,6 +9,8 @@ downstream reads only these frozen objects.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -17,11 +19,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Iterable, Iterator, Literal, Union
 
-import yaml
+from .config_yaml import load_config_yaml
+from .errors import ConfigError, brief
 
-from .errors import ConfigError
+MAX_INT = 2**63  # every integer of a config fits int64 (numpy seeds, torch), or is refused at load
 
 
 @dataclass(frozen=True)
@@ -370,19 +373,27 @@ def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
     data = read_config_file(p, "pipeline file")
     if isinstance(data.get("midi"), str) and data["midi"] and not Path(data["midi"]).is_absolute():
         data["midi"] = str((p.parent / data["midi"]).resolve())
-    return config_from_dict(data, **overrides)
+    with naming_file(p, [key for key, value in overrides.items() if value is not None]):
+        return config_from_dict(data, **overrides)
+
+
+@contextlib.contextmanager
+def naming_file(path: Path, overridden: Iterable[str] = ()) -> Iterator[None]:
+    """Prefix a `ConfigError` raised in the block with the config file it is about (`FILE: key: reason`),
+    unless it is about a key in `overridden` (a command-line option: the file is not to blame)."""
+    try:
+        yield
+    except ConfigError as e:
+        if str(e).startswith(tuple(f"{key}:" for key in overridden)):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def read_config_file(p: Path, what: str) -> dict[str, Any]:
     """A YAML config file as a mapping of sections (`name` defaults to the file's stem); one line on any mistake."""
     if not p.is_file():
         raise ConfigError(f"{p}: {what} not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = load_config_yaml(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
     data.setdefault("name", p.stem)
@@ -390,7 +401,7 @@ def read_config_file(p: Path, what: str) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
-    data = json.loads(json.dumps(data))  # deep copy
+    data = copy.deepcopy(data)  # overrides must not change the caller's dict
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -501,11 +512,21 @@ def _build(cls: type, data: Any, key: str) -> Any:
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise ConfigError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {name: _coerce(hints[name], value, _join(key, name)) for name, value in data.items()}
+    for f in dataclasses.fields(cls):
+        value = kwargs.get(f.name)
+        if isinstance(value, float) and math.isinf(value) and not _infinite_default(f):
+            raise ConfigError(f"{_join(key, f.name)}: must be a finite number, got {value}")
     return cls(**kwargs)
+
+
+def _infinite_default(f: dataclasses.Field) -> bool:
+    """Whether a float field may be infinite: only where its default is (EDM's S_max), never elsewhere
+    (`clip_seconds: .inf` or `lr: .inf` once passed the range checks and failed late or trained NaN)."""
+    return isinstance(f.default, float) and math.isinf(f.default)
 
 
 def _join(key: str, name: str) -> str:
@@ -513,6 +534,8 @@ def _join(key: str, name: str) -> str:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` as type `tp`, or a `ConfigError` naming `key`; messages are formatted only when raised
+    (a value may be huge: formatting it on every call once made a YAML bomb hang)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (Union, types.UnionType):
@@ -521,33 +544,43 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is Literal:
-        _require(value in args, key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        _expect(isinstance(value, (str, int, float, bool, type(None))) and value in args, key,
+                f"one of {', '.join(map(str, args))}", value)
         return value
     if tp is InstrumentConfig and isinstance(value, str):
-        _require(value in KNOWN_INSTRUMENTS, key,
-                 f"unknown instrument {value!r} (known: {', '.join(KNOWN_INSTRUMENTS)}; or give name, program, source_programs)")
+        if value not in KNOWN_INSTRUMENTS:
+            raise ConfigError(f"{key}: unknown instrument {brief(value)} (known: {', '.join(KNOWN_INSTRUMENTS)}; "
+                              "or give name, program, source_programs)")
         return KNOWN_INSTRUMENTS[value]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:
-        _require(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        _expect(isinstance(value, (list, tuple)), key, "a list", value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        _require(len(value) == len(args), key, f"must have {len(args)} items, got {value!r}")
+        _expect(len(value) == len(args), key, f"a list of {len(args)} items", value)
         return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
-        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        _expect(isinstance(value, dict), key, "a mapping", value)
         return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
-        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        _expect(isinstance(value, bool), key, "true or false", value)
         return value
     if tp is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        _expect(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        _expect(-MAX_INT <= value < MAX_INT, key, "an integer within +-2^63", value)
         return value
     if tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        _expect(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        _expect(not math.isnan(value), key, "a number", value)
         return float(value)
     if tp is str:
-        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        _expect(isinstance(value, str), key, "a string", value)
         return value
     raise TypeError(f"config type {tp!r} at {key} is not supported")  # a bug, not a user mistake
+
+
+def _expect(ok: bool, key: str, what: str, value: Any) -> None:
+    """Raise `key: must be WHAT, got VALUE` (VALUE cut short) unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: must be {what}, got {brief(value)}")

@@ -6,6 +6,15 @@ anything else is a bug and keeps its traceback.
 """
 
 
+from typing import Any
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: a message quoting a value from a file (which may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 class PvtbuildError(Exception):
     """A mistake the user can fix; its message is printed as one line."""
 

@@ -391,13 +391,17 @@ def _environ_restored() -> Iterator[None]:
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
     """Fail in seconds, with one line, when nothing listens at the scheduler address."""
     url = urlparse(address if "://" in address else f"tcp://{address}")
-    if url.scheme not in ("tcp", "tls") or not url.hostname or not url.port:
+    try:
+        port = url.port  # raises for a port out of 0..65535 or not a number
+    except ValueError:
+        port = None
+    if url.scheme not in ("tcp", "tls") or not url.hostname or not port:
         raise PvtbuildError(f"--scheduler {address!r}: expected tcp://HOST:PORT, 'sync', or nothing for a local cluster "
                             "(tls://HOST:PORT for a TLS scheduler)")
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((url.hostname, url.port), timeout=1.0):
+            with socket.create_connection((url.hostname, port), timeout=1.0):
                 return
         except OSError as e:
             if time.monotonic() > deadline:

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .clip import check_clip_id
 from .dataset import decode_record, iter_records, list_shards, parse_example, read_dataset_json, read_shapes
 from .dataset.tfrecord import SPLITS
 from .errors import InputError
@@ -63,7 +64,14 @@ def summary_lines(dataset: Path) -> list[str]:
 
 def clip_ids(dataset: Path) -> list[str]:
     """Every clip id of the dataset, split by split, in shard order."""
-    return [str(parse_example(rec)["id"][1][0], "utf-8") for _, rec in _records(dataset)]
+    return [_record_id(rec, dataset) for _, rec in _records(dataset)]
+
+
+def _record_id(rec: bytearray, dataset: Path) -> str:
+    """A record's clip id, checked (`check_clip_id`): ids become file names (ID.png, ID.wav)."""
+    kind, values = parse_example(rec).get("id", ("", []))
+    raw = bytes(values[0]).decode("utf-8", "replace") if kind == "bytes" and len(values) == 1 else values
+    return check_clip_id(raw, f"{dataset}: a record")
 
 
 def find_clip(dataset: Path, clip_id: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .errors import InputError, PvtbuildError
+
 
 @dataclass
 class ManifestRow:
@@ -44,6 +46,42 @@ class ManifestRow:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ManifestRow":
         return cls(**d)
+
+
+def path_within(folder: str | Path, name: Any, where: str) -> Path:
+    """`folder / name` for a relative file name read from a record or dataset.json (`where`).
+
+    A name that is not a string, is absolute, or resolves outside `folder` (`..`, a symlink out)
+    is an `InputError`: no path built from data may leave its folder, for reading or writing.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\0" in name:
+        raise InputError(f"{where}: file {name!r:.60} is not a relative path")
+    root = Path(folder).resolve()
+    path = Path(folder) / name
+    if not path.resolve().is_relative_to(root):
+        raise InputError(f"{where}: file {name!r:.60} lies outside {folder}")
+    return path
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Raise `PvtbuildError` unless `path` (a folder, or a file's folder) could be created and written,
+    so that a command stops before its work rather than after it; leaves nothing behind.
+
+    Its nearest existing ancestor must be a folder in which a file can be created: tried for real
+    (a temporary, removed at once), as permission bits say nothing for root and nothing of a
+    read-only or special file system.
+    """
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PvtbuildError(f"{what} {path}: {existing} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".pvtbuild-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PvtbuildError(f"{what} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def skip_reason(status: str) -> str:

@@ -25,19 +25,34 @@ from .errors import InputError
 
 
 def member_header(fh: BinaryIO, info: zipfile.ZipInfo, path: str | Path) -> tuple[int, np.dtype, tuple[int, ...]]:
-    """(offset of the array's data in the file, dtype, shape) of one stored (uncompressed) member."""
+    """(offset of the array's data in the file, dtype, shape) of one stored (uncompressed) member.
+
+    Raises:
+        InputError: one line naming `path` for a member no stage writes: compressed, Fortran order,
+            a header that is not .npy, Python objects, or data the file is too short to hold (checked
+            here, so that no reader allocates for a shape a damaged or hostile header claims).
+    """
     name = info.filename[:-4]
     if info.compress_type != zipfile.ZIP_STORED:
         raise InputError(f"{path}: {name} is compressed; pvtbuild stages write uncompressed .npz")
-    fh.seek(info.header_offset + 26)
-    name_len, extra_len = struct.unpack("<HH", fh.read(4))
-    fh.seek(info.header_offset + 30 + name_len + extra_len)
-    version = np.lib.format.read_magic(fh)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(fh)
+    try:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except (ValueError, struct.error, EOFError) as e:
+        raise InputError(f"{path}: {name} is not a readable .npy member ({' '.join(str(e).split())[:80]})") from None
     if fortran:
         raise InputError(f"{path}: {name} is stored in Fortran order")
-    return fh.tell(), dtype, tuple(shape)
+    if dtype.hasobject:
+        raise InputError(f"{path}: {name} holds Python objects; pvtbuild stages store plain arrays")
+    offset = fh.tell()
+    size = fh.seek(0, io.SEEK_END)
+    if offset + math.prod(shape) * dtype.itemsize > size:
+        raise InputError(f"{path}: truncated ({name}: {dtype} {list(shape)} does not fit in the file's {size} bytes)")
+    return offset, dtype, tuple(shape)
 
 
 def npz_arrays(blob: bytes, names: Iterable[str], path: str | Path) -> dict[str, np.ndarray]:
@@ -47,18 +62,11 @@ def npz_arrays(blob: bytes, names: Iterable[str], path: str | Path) -> dict[str,
         InputError: one line naming `path`: not a zip, a member missing, compressed or cut short.
     """
     fh = io.BytesIO(blob)
-    try:
-        with zipfile.ZipFile(fh) as zf:
-            members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
-    except zipfile.BadZipFile as e:
-        raise InputError(f"{path}: not a readable .npz ({e})") from None
+    members = _members(fh, path)
     arrays = {}
     for name in names:
-        offset, dtype, shape = member_header(fh, _member(members, name, path), path)
-        count = math.prod(shape)
-        if offset + count * dtype.itemsize > len(blob):
-            raise InputError(f"{path}: truncated ({name} ends early)")
-        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset, dtype, shape = member_header(fh, _member(members, name, path), path)  # fits in the blob
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
     return arrays
 
 
@@ -93,6 +101,15 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _members(source: BinaryIO | Path, path: str | Path) -> dict[str, zipfile.ZipInfo]:
+    """Array name -> zip entry of the .npz `source` (a file object or path); `InputError` if not a zip."""
+    try:
+        with zipfile.ZipFile(source) as zf:
+            return {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npz ({e})") from None
+
+
 def _member(members: dict[str, zipfile.ZipInfo], name: str, path: str | Path) -> zipfile.ZipInfo:
     if name not in members:
         raise InputError(f"{path}: holds no array {name!r} (has {', '.join(members)})")
@@ -109,8 +126,7 @@ class NpzRows:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with zipfile.ZipFile(self.path) as zf:
-            self._members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+        self._members = _members(self.path, self.path)
         self._headers: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
         ids = self._read("id", 0, self.header("id")[2][0])
         self._row_of = {str(i): n for n, i in enumerate(ids)}

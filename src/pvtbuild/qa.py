@@ -44,6 +44,7 @@ import numpy as np
 
 from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence_batch, analyse, analyse_batch, near_changes,
                        check_pitch_yin, one_blas_thread, pitch_yin, timbre_distances)
+from .clip import clip_path
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import PvtbuildError
 from .executor import Executor, Task
@@ -419,7 +420,7 @@ def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list
                 ax[2].legend(loc="upper left")
                 fig.suptitle(f"{cid} ({failing[cid]['info'].get('instrument', '')}): "
                              f"{', '.join(failing[cid]['info']['reasons'])}")
-                path = plot_dir / f"{cid}.png"
+                path = clip_path(plot_dir, cid, ".png")
                 fig.savefig(path, dpi=80)
                 plt.close(fig)
                 paths.append(path)

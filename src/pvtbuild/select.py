@@ -203,8 +203,8 @@ def read_selection(path: Path) -> list[ClipSpec]:
     for n, d in enumerate(_read_rows(path), start=1):
         try:
             spec = ClipSpec.from_dict(d)
-        except TypeError as e:
-            raise PvtbuildError(f"{path}:{n}: not a clip selection row ({e})") from None
+        except InputError as e:
+            raise InputError(f"{path}:{n}: not a clip selection row ({e})") from None
         source = Path(spec.source)
         clips.append(ClipSpec.from_dict(dict(d, source=str(source if source.is_absolute() else (base / source).resolve()))))
     return clips

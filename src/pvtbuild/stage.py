@@ -32,10 +32,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import written_shards
+from .clip import check_clip_id
 from .errors import InputError, PvtbuildError
 from .executor import After, Executor, Task, TaskFailure
-from .manifest import (ManifestRow, atomic_write, atomic_write_bytes, remove_stale_temporaries, read_jsonl,
-                       sha256_bytes, sha256_file, skip_reason, write_jsonl)
+from .manifest import (ManifestRow, atomic_write, atomic_write_bytes, path_within, remove_stale_temporaries,
+                       read_jsonl, sha256_bytes, sha256_file, skip_reason, write_jsonl)
 from .npz import npz_arrays, npz_bytes
 
 
@@ -85,13 +86,21 @@ def rendered_rows(render: ShardRecord) -> list[dict[str, Any]]:
 
 
 def read_record(stage_dir: Path, index: int) -> ShardRecord | None:
+    """Shard `index`'s record, or None (the shard is redone) when it is missing or unusable: not a
+    record, a `file` outside the folder that holds the stage folder (the build directory; the dataset,
+    for the shard stage's `.shard`, whose files sit beside it), or a row whose id is not a clip id."""
     path = record_path(stage_dir, index)
     if not path.is_file():
         return None
     try:
-        return ShardRecord.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError):
-        return None  # unreadable record: the shard is redone
+        rec = ShardRecord.from_dict(json.loads(path.read_text()))
+        if rec.file:
+            path_within(stage_dir.parent, os.path.join(stage_dir.name, rec.file), str(path))
+        for row in rec.rows:
+            check_clip_id(row["id"], str(path))
+    except (ValueError, TypeError, KeyError, InputError):
+        return None
+    return rec
 
 
 def check_shard_file(stage_dir: Path, rec: ShardRecord, data: bytes | None = None) -> None:

@@ -28,6 +28,7 @@ dataset.json under ``config.controls.grids``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..manifest import atomic_write_bytes
-from .tfrecord import SUPPORTED_DTYPES
+from .tfrecord import DATASET_JSON, SHAPES_FILE, SUPPORTED_DTYPES, read_dataset_json
 
 Shapes = dict[str, tuple[np.dtype, tuple[int, ...]]]
 
@@ -62,13 +63,44 @@ def write_shapes(path: str | Path, shapes: Mapping[str, tuple[Any, Sequence[int]
 
 
 def read_shapes(path: str | Path) -> Shapes:
-    """name -> (np.dtype, shape) from a shapes.txt file (or a dataset directory holding one)."""
+    """name -> (np.dtype, shape) from a shapes.txt file, or from a dataset directory holding one
+    (then checked against dataset.json's `shapes_sha256`: `read_dataset_shapes`)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "shapes.txt"
+        return read_dataset_shapes(path)
+    return parse_shapes(_shapes_text(_shapes_bytes(path), path), str(path))
+
+
+def read_dataset_shapes(dataset_dir: str | Path) -> Shapes:
+    """A dataset's shapes.txt, refused unless its sha256 is the one dataset.json records.
+
+    A shapes.txt with the same byte count but other dims (``600,128`` for ``128,600``) or
+    another dtype of the same size (int32 for float32) decodes every record without error,
+    into wrong arrays; the hash catches it. A dataset without dataset.json (a plain reader
+    of bare shards), or one written before pvtbuild recorded the hash, is read as it is.
+    """
+    root = Path(dataset_dir)
+    path = root / SHAPES_FILE
+    blob = _shapes_bytes(path)
+    if (root / DATASET_JSON).is_file():
+        want = read_dataset_json(root).get("shapes_sha256")
+        if want is not None and hashlib.sha256(blob).hexdigest() != want:
+            raise InputError(f"{path}: its sha256 is not the one dataset.json records (shapes_sha256): it was "
+                             "edited or swapped, and would misread every array")
+    return parse_shapes(_shapes_text(blob, path), str(path))
+
+
+def _shapes_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise InputError(f"{path}: not found (every pvtbuild dataset has one beside its shards)")
-    return parse_shapes(path.read_text(), str(path))
+    return path.read_bytes()
+
+
+def _shapes_text(blob: bytes, path: Path) -> str:
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def parse_shapes(text: str, where: str = "shapes.txt") -> Shapes:

@@ -14,7 +14,8 @@ seeded shuffle of serialized records -> batch -> ``parse_example`` +
 ``decode_raw`` + reshape, vectorised over the batch -> prefetch. Shuffling the
 serialized records before parsing is the same as shuffling parsed examples
 and parses a batch in one op instead of one op per example. TFRecordDataset
-checks every record's CRC.
+checks every record's CRC; its length fields are checked first (`check_framing`,
+one small read per record), as a hostile one crashed TensorFlow.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from ..errors import InputError
-from .shapes import read_shapes
-from .tfrecord import DATASET_JSON, SHAPES_FILE, list_shards, read_dataset_json
+from .shapes import read_dataset_shapes
+from .tfrecord import DATASET_JSON, SHAPES_FILE, check_framing, list_shards, read_dataset_json
 
 _META_DTYPES = {"string": tf.string, "int": tf.int64, "float": tf.float32}
 
@@ -72,6 +73,8 @@ def make_dataset(
             f"files are split per worker, so write the dataset with more (smaller) shards"
         )
     features, decode = _feature_specs(Path(dataset_dir), names)
+    for path in files[shard_index::num_shards]:
+        check_framing(path)  # tf.data trusts length fields: a hostile one crashed the process
 
     ds = tf.data.Dataset.from_tensor_slices(files).shard(num_shards, shard_index)
     n_files = len(files[shard_index::num_shards])
@@ -105,7 +108,7 @@ def make_dataset(
 
 def _feature_specs(dataset_dir: Path, names: Sequence[str] | None):  # type: ignore[no-untyped-def]
     """tf.io feature specs for `names` and a function decoding the parsed features."""
-    shapes = read_shapes(dataset_dir / SHAPES_FILE)
+    shapes = read_dataset_shapes(dataset_dir)
     names = list(shapes) if names is None else list(names)
     meta_kinds: dict[str, str] = {}
     if any(n not in shapes for n in names):

@@ -33,7 +33,10 @@ beside their final one and renamed when complete, so a visible shard is whole.
   of exactly one value: the array's C-order bytes, little-endian, with the
   dtype and shape given by shapes.txt (nothing about the array is stored in
   the record itself);
-- metadata scalars: ``str`` -> ``bytes_list`` (UTF-8), ``int``/``bool`` ->
+- metadata scalars: ``str`` -> ``bytes_list`` (UTF-8; a source file name that is
+  not UTF-8 is stored as the file system's own bytes, `text_bytes`, so it
+  survives losslessly; readers show it with U+FFFD for the bytes UTF-8 lacks),
+  ``int``/``bool`` ->
   ``int64_list``, ``float`` -> ``float_list`` (float32, as Example allows no
   wider float; exact values stay in the stage manifests). The pipeline stores
   the clip id under ``id`` and clip parameters beside it (``source_md5``,
@@ -72,6 +75,8 @@ stored beside it, and frame k sits where that format's frame k is centred:
                               "sha256": "9f2c..."}, ...]},
         "valid": {"count": 24000, "shards": [...]}
       },
+      "shapes_sha256": "3b1f...",             sha256 of shapes.txt: readers refuse a shapes.txt
+                                              that is not this one (it would misread every array)
       ...                                     any further keys the stage passes in
     }                                         (config, package versions, SoundFont
                                                sha256, EnCodec weights, ...)
@@ -103,8 +108,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from crc32c import crc32c as _crc32c
 
-from ..errors import InputError
-from ..manifest import atomic_write, atomic_write_bytes
+from ..errors import InputError, brief
+from ..manifest import atomic_write, atomic_write_bytes, path_within
 
 FORMAT = "pvtbuild-tfrecord"
 FORMAT_VERSION = 1
@@ -118,7 +123,7 @@ SUPPORTED_DTYPES = tuple(
 )
 META_KINDS = ("string", "int", "float")
 
-_RESERVED_JSON_KEYS = ("format", "format_version", "meta", "splits")
+_RESERVED_JSON_KEYS = ("format", "format_version", "meta", "splits", "shapes_sha256")
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.tfrecord$")
 
 MetaValue = str | bytes | int | float
@@ -218,14 +223,7 @@ def read_records(fh: IO[bytes], name: str, verify_crc: bool = True, size: int | 
         head = fh.read(12)
         if not head:
             return
-        if len(head) < 12:
-            raise InputError(f"{name}: truncated record header at byte {offset}")
-        (length,) = struct.unpack_from("<Q", head)
-        if struct.unpack_from("<I", head, 8)[0] != masked_crc32c(head[:8]):
-            raise InputError(f"{name}: length CRC mismatch in the record header at byte {offset} (corrupt shard)")
-        if size is not None and length > size - offset - 16:
-            raise InputError(f"{name}: truncated record at byte {offset} (wants {length} bytes, "
-                             f"{max(0, size - offset - 16)} left in the file)")
+        length = _record_length(head, name, offset, size)
         data = bytearray(length)
         got = fh.readinto(data)
         foot = fh.read(4)
@@ -235,6 +233,39 @@ def read_records(fh: IO[bytes], name: str, verify_crc: bool = True, size: int | 
             raise InputError(f"{name}: data CRC mismatch in record at byte {offset} (corrupt shard)")
         offset += 16 + length
         yield data
+
+
+def check_framing(path: str | Path) -> int:
+    """Walk a TFRecord file's record headers (lengths and their CRCs) without reading the records;
+    returns the record count, or raises `InputError` as `iter_records` would.
+
+    For readers that hand files to code which trusts a length field: tf.data's TFRecordDataset
+    crashed the process (a segfault) on a header whose length CRC was valid and whose length
+    was near 2**62. Costs one 12-byte read per record.
+    """
+    count = offset = 0
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while head := fh.read(12):
+            length = _record_length(head, str(path), offset, size)
+            offset += 16 + length
+            fh.seek(offset)
+            count += 1
+    return count
+
+
+def _record_length(head: bytes, name: str, offset: int, size: int | None) -> int:
+    """The data length a 12-byte record header at `offset` gives, checked against its CRC and against the
+    `size` of the file (when known) before anything is allocated for it."""
+    if len(head) < 12:
+        raise InputError(f"{name}: truncated record header at byte {offset}")
+    (length,) = struct.unpack_from("<Q", head)
+    if struct.unpack_from("<I", head, 8)[0] != masked_crc32c(head[:8]):
+        raise InputError(f"{name}: length CRC mismatch in the record header at byte {offset} (corrupt shard)")
+    if size is not None and length > size - offset - 16:
+        raise InputError(f"{name}: truncated record at byte {offset} (wants {length} bytes, "
+                         f"{max(0, size - offset - 16)} left in the file)")
+    return length
 
 
 def shard_info(path: str | Path, verify_crc: bool = True) -> ShardInfo:
@@ -384,7 +415,8 @@ def write_dataset_json(
     """Write dataset.json (schema in the module docstring), atomically, keys sorted.
 
     Args:
-        path: ``DATASET/dataset.json``; shard paths are stored relative to its folder.
+        path: ``DATASET/dataset.json``; shard paths are stored relative to its folder, and the
+            sha256 of the shapes.txt there (write it first) as ``shapes_sha256``.
         splits_info: split name -> its shards in order (empty list: an empty split).
         extra: further top-level keys: config, package versions, SoundFont sha256, ...
         meta_schema: metadata kinds, e.g. from `meta_schema(meta_of_one_record)`.
@@ -410,6 +442,9 @@ def write_dataset_json(
         "splits": splits,
         **extra,
     }
+    shapes = path.parent / SHAPES_FILE
+    if shapes.is_file():  # written first: readers check the shapes.txt they find is this one
+        doc["shapes_sha256"] = hashlib.sha256(shapes.read_bytes()).hexdigest()
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
     return doc
 
@@ -420,14 +455,48 @@ def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: not found (is {dataset_dir} a pvtbuild dataset?)")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON: {e}") from None
+    _expect(isinstance(doc, dict), path, "the document", "a JSON object", doc)
     if doc.get("format") != FORMAT:
-        raise InputError(f"{path}: format is {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{path}: format_version {doc['format_version']} is newer than this pvtbuild reads ({FORMAT_VERSION})")
+        raise InputError(f"{path}: format is {brief(doc.get('format'))}, expected {FORMAT!r}")
+    version = doc.get("format_version", 0)
+    _expect(_is_int(version), path, "format_version", "an integer", version)
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: format_version {version} is newer than this pvtbuild reads ({FORMAT_VERSION})")
+    _check_dataset_doc(doc, path)
     return doc
+
+
+def _check_dataset_doc(doc: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming the key, a dataset.json whose parts readers rely on are malformed,
+    or whose shard `file` lies outside the dataset directory."""
+    for key in ("meta", "control_grids"):
+        value = doc.get(key, {})
+        _expect(isinstance(value, dict) and all(isinstance(v, str) for v in value.values()), path, key,
+                "a mapping of names to strings", value)
+    splits = doc.get("splits")
+    _expect(isinstance(splits, dict), path, "splits", "a mapping of split names to {count, shards}", splits)
+    for split, info in splits.items():
+        key = f"splits.{split}"
+        _expect(isinstance(info, dict) and _is_int(info.get("count")) and isinstance(info.get("shards"), list),
+                path, key, "a mapping with an integer count and a list of shards", info)
+        for i, entry in enumerate(info["shards"]):
+            ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
+                  and _is_int(entry.get("records")) and _is_int(entry.get("bytes")))
+            _expect(ok, path, f"{key}.shards[{i}]", "{file, records, bytes, sha256}", entry)
+            path_within(path.parent, entry["file"], f"{path}: {key}.shards[{i}]")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(ok: bool, path: Path, key: str, what: str, value: Any) -> None:
+    """Raise `PATH: KEY: must be WHAT, got VALUE` (VALUE cut short) unless `ok`."""
+    if not ok:
+        raise InputError(f"{path}: {key}: must be {what}, got {brief(value)}")
 
 
 # --- CRC-32C -------------------------------------------------------------------------
@@ -481,6 +550,20 @@ def _bytes_feature(payload: bytes | memoryview) -> list[bytes | memoryview]:
     return [b"\x0a" + _varint(inner_len) + inner_head, payload]
 
 
+def text_bytes(text: str) -> bytes:
+    """A metadata string's stored bytes: UTF-8, losslessly, and never an error.
+
+    A file name that is not UTF-8 reaches Python as a string with escape characters
+    (`os.fsdecode`'s surrogateescape); it is stored as its original bytes (`os.fsencode`).
+    Any other lone surrogate (only a hand-made string has one) is stored UTF-8-style
+    (surrogatepass). Valid text gives exactly its UTF-8 bytes.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _meta_kind(name: str, value: Any) -> str:
     if isinstance(value, (str, bytes)):
         return "string"
@@ -494,7 +577,7 @@ def _meta_kind(name: str, value: Any) -> str:
 def _meta_feature(name: str, value: Any) -> list[bytes | memoryview]:
     kind = _meta_kind(name, value)
     if kind == "string":
-        return _bytes_feature(value.encode("utf-8") if isinstance(value, str) else bytes(value))
+        return _bytes_feature(text_bytes(value) if isinstance(value, str) else bytes(value))
     if kind == "int":
         packed = _varint(int(value))
         inner = b"\x0a" + _varint(len(packed)) + packed  # Int64List, packed

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import InputError
-from .shapes import read_shapes
+from .shapes import read_dataset_shapes
 from .tfrecord import DATASET_JSON, SHAPES_FILE, decode_record, iter_records, list_shards, read_dataset_json
 
 
@@ -78,7 +78,7 @@ class TFRecordIterableDataset(IterableDataset):
                 f"{dataset_dir}/{split}: {len(self.files)} shard files for {world_size} ranks; "
                 f"files are split per rank, so write the dataset with more (smaller) shards"
             )
-        self.shapes = read_shapes(self.dataset_dir / SHAPES_FILE)
+        self.shapes = read_dataset_shapes(self.dataset_dir)
         self.names = list(self.shapes) if names is None else list(names)
         unknown = [n for n in self.names if n not in self.shapes]
         if unknown and (self.dataset_dir / DATASET_JSON).is_file():

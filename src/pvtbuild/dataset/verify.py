@@ -23,8 +23,8 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import InputError
-from .shapes import Shapes, read_shapes
-from .tfrecord import SHAPES_FILE, decode_record, masked_crc32c, read_dataset_json, shard_name
+from .shapes import Shapes, read_dataset_shapes
+from .tfrecord import decode_record, masked_crc32c, read_dataset_json, shard_name
 
 _MAX_PER_SHARD = 5  # record-level problems reported per shard before "... and N more"
 
@@ -56,7 +56,7 @@ def verify_dataset(dataset_dir: str | Path) -> VerifyReport:
     report = VerifyReport()
     try:
         doc = read_dataset_json(root)
-        shapes = read_shapes(root / SHAPES_FILE)
+        shapes = read_dataset_shapes(root)
     except InputError as e:
         report.problems.append(str(e))
         return report
@@ -95,7 +95,7 @@ def _verify_shard(root: Path, entry: dict[str, Any], shapes: Shapes, report: Ver
         report.problems.append(f"{rel}: {size} bytes, dataset.json says {entry['bytes']} (truncated or rewritten)")
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        count, bad, whole = _read_shard(_HashingReader(fh, h), rel, shapes, report)
+        count, bad, whole = _read_shard(_HashingReader(fh, h), rel, shapes, report, size)
         h.update(fh.read())  # what is left after a broken frame
     if bad > _MAX_PER_SHARD:
         report.problems.append(f"{rel}: ... and {bad - _MAX_PER_SHARD} more bad records")
@@ -107,8 +107,13 @@ def _verify_shard(root: Path, entry: dict[str, Any], shapes: Shapes, report: Ver
         report.problems.append(f"{rel}: {count} records read, dataset.json says {entry['records']}")
 
 
-def _read_shard(fh: "_HashingReader", rel: str, shapes: Shapes, report: VerifyReport) -> tuple[int, int, bool]:
-    """Walk the framing; returns (records, bad records, framing intact to the end)."""
+def _read_shard(fh: "_HashingReader", rel: str, shapes: Shapes, report: VerifyReport,
+                size: int) -> tuple[int, int, bool]:
+    """Walk the framing of a file of `size` bytes; returns (records, bad records, framing intact to the end).
+
+    A length field is compared with the bytes left before anything is allocated for it: a huge
+    length whose CRC is valid must be a "truncated" problem, not a MemoryError.
+    """
     count = bad = offset = 0
 
     def problem(msg: str) -> None:
@@ -127,6 +132,9 @@ def _read_shard(fh: "_HashingReader", rel: str, shapes: Shapes, report: VerifyRe
         (length,) = struct.unpack_from("<Q", head)
         if struct.unpack_from("<I", head, 8)[0] != masked_crc32c(head[:8]):
             problem("length CRC mismatch (corrupt shard); cannot read past it")
+            return count, bad, False
+        if length > size - offset - 16:
+            problem(f"truncated shard: record wants {length} bytes, file ends first")
             return count, bad, False
         data = bytearray(length)
         got = fh.readinto(data)

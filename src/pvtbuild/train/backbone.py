@@ -62,14 +62,16 @@ class UNetConfig:
     dropout: float = 0.0  # inside every block, after the modulation
 
     def check(self, key: str) -> None:
-        _require(self.channels >= 1, f"{key}.channels", f"must be >= 1, got {self.channels}")
+        # bounded so that a typo (channels: 51200) is one line here, not an allocator traceback at build
+        _require(1 <= self.channels <= 4096, f"{key}.channels", f"must be within 1..4096, got {self.channels}")
         _require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), f"{key}.channel_mults",
                  f"must be a non-empty list of integers >= 1, got {list(self.channel_mults)}")
         if self.up_channel_mults is not None:
             _require(len(self.up_channel_mults) == len(self.channel_mults) and all(m >= 1 for m in self.up_channel_mults),
                      f"{key}.up_channel_mults", f"must have one integer >= 1 per level ({len(self.channel_mults)}), "
                      f"got {list(self.up_channel_mults)}")
-        _require(self.control_channels >= 1, f"{key}.control_channels", f"must be >= 1, got {self.control_channels}")
+        _require(1 <= self.control_channels <= 4096, f"{key}.control_channels",
+                 f"must be within 1..4096, got {self.control_channels}")
         _require(all(h >= 1 for h in self.global_mlp), f"{key}.global_mlp",
                  f"must be a list of integers >= 1, got {list(self.global_mlp)}")
         _require(self.code_embed_dim >= 1, f"{key}.code_embed_dim", f"must be >= 1, got {self.code_embed_dim}")

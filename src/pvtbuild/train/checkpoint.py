@@ -12,13 +12,14 @@ plain containers, never pickled code.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..manifest import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
@@ -69,7 +70,43 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"{p}: not a readable pvtbuild checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise InputError(f"{p}: not a pvtbuild checkpoint (no config / model)")
+    _check_parts(state, p)
     return state
+
+
+# What every checkpoint the loop writes holds, and the container each part must be: a file
+# missing one, or holding another kind of value, is refused here in one line, not by a
+# KeyError or TypeError deep in resuming or sampling.
+PARTS: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "model": dict, "ema": dict, "optimizer": dict, "scheduler": dict, "rng": dict,
+    "position": dict, "stats": dict, "spec": dict, "step": int, "skipped": int,
+}
+
+
+def _check_parts(state: dict[str, Any], path: Path) -> None:
+    for name, kind in PARTS.items():
+        if name not in state:
+            raise InputError(f"{path}: not a whole pvtbuild checkpoint (it has no {name})")
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            raise InputError(f"{path}: its {name} is a {type(state[name]).__name__}, not a {kind.__name__}"
+                             " (a damaged or foreign checkpoint)")
+    if not isinstance(state["spec"].get("shape"), (list, tuple)):
+        raise InputError(f"{path}: its spec has no shape (a damaged or foreign checkpoint)")
+
+
+@contextlib.contextmanager
+def restoring(path: Path, what: str) -> Iterator[None]:
+    """Around the few lines that rebuild a run from checkpoint `path` (`what`: "sample", "resume"):
+    a checkpoint whose stored config, data facts and weights do not fit together is one `InputError`
+    naming it. Keep the block to those lines: it turns their errors into a verdict on the file."""
+    try:
+        yield
+    except ConfigError as e:
+        raise InputError(f"{path}: its stored config: {e}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())[:160]
+        raise InputError(f"{path}: cannot {what} from it: its weights, config and data facts do not fit "
+                         f"together ({type(e).__name__}: {reason})") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import FORMATS, _build, _require, _to_plain, read_config_file
+from ..config import FORMATS, _build, _require, _to_plain, naming_file, read_config_file
 from ..controls import CONTROL_NAMES
-from ..errors import ConfigError
+from ..errors import ConfigError, brief
 
 TOYS = ("swissroll", "swissroll-disc")
 # control -> encoding -> channels it gives the network (`data.encodings`; data.encode_control computes them)
@@ -73,7 +73,8 @@ class TrainDataConfig:
             _require(enc in known, f"{key}.encodings.{name}",
                      f"must be one of {', '.join(known) or '(none: this control has no other encoding)'}, got {enc!r}")
         _require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
-        _require(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        # bounded: a typo (batch_size: 160000) is one line here, not an allocator traceback at the first batch
+        _require(1 <= self.batch_size <= 65536, f"{key}.batch_size", f"must be within 1..65536, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
         _require(self.crop_seconds is None or self.crop_seconds >= 0, f"{key}.crop_seconds",
@@ -178,9 +179,10 @@ class TrainConfig:
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read and validate a training config; `overrides` are dotted keys (`train.steps`) set on top."""
     data = read_config_file(Path(path), "training config")
-    for key in ("formalism_name", "sigma_data_auto"):
-        _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
-    return train_config_from_dict(data, **overrides)
+    with naming_file(Path(path)):
+        for key in ("formalism_name", "sigma_data_auto"):
+            _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
+        return train_config_from_dict(data, **overrides)
 
 
 def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
@@ -200,7 +202,8 @@ def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfi
         raise ConfigError(f"formalism: must be a mapping with a name (one of {', '.join(FORMALISMS)})")
     formalism = dict(formalism)
     name = formalism.pop("name")
-    _require(name in FORMALISMS, "formalism.name", f"must be one of {', '.join(FORMALISMS)}, got {name!r}")
+    if not isinstance(name, str) or name not in FORMALISMS:
+        raise ConfigError(f"formalism.name: must be one of {', '.join(FORMALISMS)}, got {brief(name)}")
     cfg = _build(TrainConfig, data, "")
     model_cls = ToyMLPConfig if cfg.is_toy else UNetConfig
     formalism_cls = FORMALISMS[name][0]

@@ -38,7 +38,7 @@ from ..errors import ConfigError, InputError, PvtbuildError
 from ..encode.device import pick_device as encode_device
 from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import list_checkpoints, load_checkpoint, restoring, rng_state, save_checkpoint, set_rng_state
 from .config import OptimConfig, TrainConfig, first_difference, train_config_from_dict
 from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
                    mix_seed, seeded_crop)
@@ -96,6 +96,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     device = pick_device(device_name, info.local_rank)
     state = _resume_state(cfg, run_dir, resume, dry_run)
     source, stats = _data_source(cfg, dataset, state, info)
+    if state is not None:
+        _check_same_data(state, source, run_dir, dataset)
     torch.manual_seed(mix_seed(cfg.seed, 0))  # same initial weights on every rank
     model = build_backbone(cfg, source.spec).to(device)
     formalism = build_formalism(cfg, source.spec, stats)
@@ -117,13 +119,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
     step, position, skipped = 0, Position(), 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, skipped = int(state["step"]), int(state["skipped"])
-        position = Position(**state["position"])
-        set_rng_state(state["rng"])
+        with restoring(list_checkpoints(run_dir)[-1], "resume"):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, skipped = int(state["step"]), int(state["skipped"])
+            position = Position(**state["position"])
+            set_rng_state(state["rng"])
         echo(f"train: resuming {run_dir} at step {step}")
     net: nn.Module = model
     if info.enabled:
@@ -279,6 +282,18 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool | str, dry_run: 
                           f"({_lookup(old, key)!r} there, {_lookup(new, key)!r} now); "
                           f"resume with the same config, or train into another --out")
     return state
+
+
+def _check_same_data(state: dict[str, Any], source: BatchSource, run_dir: Path, dataset: Path | None) -> None:
+    """Resume only on data of the shape the run was trained on: other data would fail deep in torch."""
+    facts = ("shape", "num_classes", "local_channels", "global_channels")
+    was = {k: state["spec"].get(k) for k in facts}
+    now = {k: v for k, v in _spec_dict(source).items() if k in facts}
+    was["shape"] = list(was["shape"])
+    if was != now:
+        key = next(k for k in facts if was[k] != now[k])
+        raise InputError(f"{run_dir}: its run was trained on data with {key} {was[key]}, but --data {dataset} has "
+                         f"{now[key]}; resume on the dataset it was trained on, or train into another --out")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import InputError, PvtbuildError
 from ..manifest import atomic_write
 from .build import build_backbone, build_formalism
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint, restoring
 from .config import TrainConfig, train_config_from_dict
 from .data import DatasetLayout, DataSpec, DataStats, mix_seed
 from .guidance import Controls
@@ -60,13 +60,14 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
     """Rebuild a run's network from its checkpoint (file or run directory) and load the EMA weights."""
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
-    cfg = train_config_from_dict(state["config"])
-    s = state["spec"]
-    spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
-    stats = DataStats(**state["stats"])
-    net = build_backbone(cfg, spec)
-    prefix = "module."
-    net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+    with restoring(path, "sample"):
+        cfg = train_config_from_dict(state["config"])
+        s = state["spec"]
+        spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
+        stats = DataStats(**state["stats"])
+        net = build_backbone(cfg, spec)
+        prefix = "module."
+        net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
     net.to(device).eval()
     layout = None
     if "local_names" in s:
