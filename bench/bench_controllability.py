@@ -46,6 +46,7 @@ TRAIN_CONFIG = REPO / "pipelines" / "train" / "proof-cqt.yaml"
 GPU_PIPELINE = REPO / "pipelines" / "proof-gpu.yaml"  # --gpu: 8 s clips and a wider U-Net, bf16 on CUDA
 GPU_TRAIN_CONFIG = REPO / "pipelines" / "train" / "proof-cqt-gpu.yaml"
 MIDI = REPO / "tests" / "data" / "midi" / "lakh-sample"
+CURVE_JSON = "bench_curve.json"
 TARGET = {"chroma": 0.6, "chroma_over_floor": 3.0, "voicing": 0.8, "coverage": 0.7}
 
 
@@ -97,7 +98,7 @@ def build(out: Path, args: argparse.Namespace) -> Path:
     """The proof's dataset, through the pipeline (a rerun on the same --out resumes it)."""
     t0 = time.monotonic()
     done = _pvtbuild(["run", args.pipeline, "--midi", args.midi, "--out", str(out), "--random-weights"], 2)
-    summary = [line for line in done.stdout.splitlines() if line.startswith(("render:", "shard:"))]
+    summary = [line for line in done.stdout.splitlines() if "clips written" in line]
     print("\n".join(summary))
     print(f"build: {time.monotonic() - t0:.0f} s", flush=True)
     return out / "dataset"
@@ -109,8 +110,8 @@ def train(run: Path, dataset: Path, args: argparse.Namespace) -> list[tuple[int,
 
     cfg = load_train_config(Path(args.config))
     last = args.steps or cfg.train.steps
-    curve: list[tuple[int, float]] = []
-    spent, step = 0.0, _step_of(run)
+    curve = _load_curve(run)  # a rerun on the same --out resumes the run, and its clock
+    spent, step = (curve[-1][1] * 60 if curve else 0.0), _step_of(run)
     every = cfg.train.eval_every or cfg.train.checkpoint_every
     while step < last and spent < args.minutes * 60:
         target = min(last, (step // every + 1) * every)
@@ -120,10 +121,17 @@ def train(run: Path, dataset: Path, args: argparse.Namespace) -> list[tuple[int,
         spent += time.monotonic() - t0
         step = _step_of(run)
         curve.append((step, spent / 60))
+        (run / CURVE_JSON).write_text(json.dumps(curve))
         row = _eval_rows(run).get(step, {})
         print(f"  step {step:>5}  {spent / 60:5.1f} min  " + "  ".join(f"{k} {_f(v)}" for k, v in row.items()
                                                                        if k != "step"), flush=True)
     return curve
+
+
+def _load_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, minutes of training) at the end of each chunk so far (RUN/bench_curve.json)."""
+    path = run / CURVE_JSON
+    return [(int(s), float(m)) for s, m in json.loads(path.read_text())] if path.is_file() else []
 
 
 def _step_of(run: Path) -> int:
