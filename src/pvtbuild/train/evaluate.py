@@ -206,19 +206,25 @@ def encodec_frames(codec: Any, audio: np.ndarray, batch_size: int = 8) -> np.nda
     return np.concatenate(out).astype(np.float64)
 
 
-def frechet_sets(sampler: Any, decoder: Any, vggish: Path | None) -> tuple[list[FrechetSet], str]:
-    """The embeddings the Fréchet distances are taken in (EnCodec always, VGGish with its weights), and a
-    line on VGGish."""
-    codec = decoder.codec if sampler.cfg.data.format in ("encodec", "disc") else _codec_for_embedding(decoder)
+def frechet_sets(sampler: Any, decoder: Any, vggish: Path | None) -> tuple[list[FrechetSet], dict[str, str]]:
+    """The embeddings the Fréchet distances are taken in (EnCodec when it has weights here, VGGish with its
+    weights), and for each one left out, why."""
     sr = decoder.sample_rate
-    sets = [FrechetSet("fd_encodec", f"EnCodec 24 kHz encoder output (128-d per 75 Hz frame, frames of all "
-                                     f"clips pooled); weights: {_weights_of(decoder)}",
-                       lambda audio: encodec_frames(codec, audio))]
+    sets, notes = [], {}
+    codec, note = (decoder.codec, "") if sampler.cfg.data.format in ("encodec", "disc") else _codec_for_embedding(decoder)
+    if codec is not None:
+        sets.append(FrechetSet("fd_encodec", f"EnCodec 24 kHz encoder output (128-d per 75 Hz frame, frames of all "
+                                             f"clips pooled); weights: {_weights_of(decoder)}",
+                               lambda audio: encodec_frames(codec, audio)))
+    else:
+        notes["fd_encodec"] = note
     model, note = _vggish(vggish)
     if model is not None:
         sets.append(FrechetSet("fad_vggish", "VGGish (128-d per 0.96 s example, examples of all clips pooled)",
                                lambda audio: model.embed_frames(audio, sr)))
-    return sets, note
+    else:
+        notes["fad_vggish"] = note
+    return sets, notes
 
 
 # --- which metrics a model is graded on --------------------------------------------------------
@@ -268,7 +274,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
 
     real = np.stack([c.audio for c in clips])
     rows = reference_rows(judging, real, [c.controls for c in clips], real_from)
-    sets, vggish_note = frechet_sets(sampler, decoder, vggish)
+    sets, not_computed = frechet_sets(sampler, decoder, vggish)
     for fs in sets:
         fs.fit_real(real)
     controls = model_controls([RequestedControls(dict(c.controls)) for c in clips], space)
@@ -286,7 +292,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
         "seed": seed, "cfg_scales": list(cfg_scales), "trained_controls": list(trained), "metric_keys": keys,
         "metrics_left_out": left_out, "judges": {"crepe": judge.label, "searched": _SEARCHED,
                                                  "frechet": "train.frechet: frames of all clips pooled"},
-        "embeddings": {"fad_vggish": f"not computed: {vggish_note}", **embeddings},
+        "embeddings": {**{k: f"not computed: {why}" for k, why in not_computed.items()}, **embeddings},
         "frechet_sets": {fs.key: {"real_clips": fs.real_clips, "real_frames": fs.real.frames} for fs in sets},
         "decoder": decoder.label(sampler.cfg.data.format), "rows": rows, "seconds": time.perf_counter() - t0,
     }
@@ -300,7 +306,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
              f"evaluate: C: = {judge.label}, never told the asked pitch; s: = {_SEARCHED}",
              *table(rows, keys),
              *(f"evaluate: {key}: {metrics['embeddings'][key]}; {_frames_line(rows, key)}" for key in embeddings),
-             *([] if "fad_vggish" in embeddings else [f"evaluate: FAD_vggish not computed: {vggish_note}"]),
+             *(f"evaluate: {_SHORT[k]} not computed: {why}" for k, why in not_computed.items()),
              f"evaluate: decoder: {metrics['decoder']}",
              *(f"evaluate: {r['row']}: {r['samples_per_s']:.3g} samples/s, NFE {r['nfe_per_sample']:g} per sample"
                for r in rows if r["cfg_scale"] is not None),
@@ -459,14 +465,20 @@ def _frames_line(rows: list[dict[str, Any]], key: str) -> str:
             f"({f['real_frames']} frames); FAD∞ {f['inf']}")
 
 
-def _codec_for_embedding(decoder: Any) -> Any:
-    """EnCodec for the embedding of a CQT model's audio: the dataset's recorded weights when it has EnCodec
-    formats, else the pretrained model from torch hub's cache (an InputError saying so when absent)."""
+def _codec_for_embedding(decoder: Any) -> tuple[Any, str]:
+    """EnCodec for the embedding of a CQT model's audio, or None and why: the dataset's recorded weights when
+    it has EnCodec formats, else the pretrained model from torch hub's cache when it is there. (A dataset
+    without EnCodec formats, on a machine without the checkpoint, gets no fd_encodec: random weights drawn
+    here would embed in a space nobody else could compare with.)"""
     if (decoder.doc.get("encoder") or {}).get("weights") in ("random", "pretrained"):
-        return decoder.codec
-    from ..encode.encodec import EncodecEncoder
+        return decoder.codec, ""
+    from ..encode.encodec import EncodecEncoder, hub_checkpoint_path
 
-    return EncodecEncoder.load(checkpoint=None, random_weights=False, seed=0, bandwidth=12.0, device=decoder.device)
+    if not hub_checkpoint_path().is_file():
+        return None, (f"the dataset stores no EnCodec format and EnCodec's pretrained checkpoint is not at "
+                      f"{hub_checkpoint_path()}")
+    return EncodecEncoder.load(checkpoint=None, random_weights=False, seed=0, bandwidth=12.0,
+                               device=decoder.device), ""
 
 
 def _weights_of(decoder: Any) -> str:
