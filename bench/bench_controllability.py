@@ -12,7 +12,8 @@ Everything goes through the commands a user types, with the repository's own fil
    [2, 60, 121], whose inverse keeps pitch) and shard;
 2. `pvtbuild train --config pipelines/train/proof-cqt.yaml` in chunks of the config's
    `train.eval_every` steps (`--auto-resume` between them: exact, so the chunks make the same run as
-   one call), until the config's steps (or `--steps`) or `--minutes` of training. Validation while
+   one call), until the config's steps (or `--steps`), or until the next chunk would end past `--minutes`
+   of training (its length estimated by the last one's). Validation while
    training (`train.eval_every`, `eval_clips`) samples valid clips under their own controls at every
    chunk's end, decodes them with the CQT inverse and has CREPE judge them (`train/judge.py`; never
    told the requested pitch): that is the curve;
@@ -105,7 +106,8 @@ def build(out: Path, args: argparse.Namespace) -> Path:
 
 
 def train(run: Path, dataset: Path, args: argparse.Namespace) -> list[tuple[int, float]]:
-    """Train in chunks of --eval-every steps until the last step or the time budget; (step, minutes) per chunk."""
+    """Train in chunks of train.eval_every steps until the last step, or until the next chunk (as long as the last
+    one) would end past the time budget; (step, minutes of training) per chunk."""
     from pvtbuild.train.config import load_train_config
 
     cfg = load_train_config(Path(args.config))
@@ -113,12 +115,14 @@ def train(run: Path, dataset: Path, args: argparse.Namespace) -> list[tuple[int,
     curve = _load_curve(run)  # a rerun on the same --out resumes the run, and its clock
     spent, step = (curve[-1][1] * 60 if curve else 0.0), _step_of(run)
     every = cfg.train.eval_every or cfg.train.checkpoint_every
-    while step < last and spent < args.minutes * 60:
+    chunk = 0.0  # seconds the last chunk took: a chunk that would end past the budget is not started
+    while step < last and spent + chunk <= args.minutes * 60:
         target = min(last, (step // every + 1) * every)
         t0 = time.monotonic()
         _pvtbuild(["train", "--config", args.config, "--data", str(dataset), "--out", str(run), "--steps", str(target),
                    "--auto-resume"], args.threads)
-        spent += time.monotonic() - t0
+        chunk = time.monotonic() - t0
+        spent += chunk
         step = _step_of(run)
         curve.append((step, spent / 60))
         (run / CURVE_JSON).write_text(json.dumps(curve))
