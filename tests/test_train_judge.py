@@ -111,7 +111,8 @@ def test_a_clips_verdict_is_the_same_whatever_else_is_judged_with_it(judge, hear
     np.testing.assert_array_equal(again.pitch[0], heard.pitch[1])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchaudio") is not None, reason="torchaudio is installed")
+@pytest.mark.skipif(importlib.util.find_spec("torchaudio") is not None,
+                    reason="the stand-in is used only where torchaudio is absent; installed, torchcrepe imports it")
 def test_torchcrepe_imports_without_torchaudio_and_its_file_reader_says_why_it_fails():
     code = textwrap.dedent("""
         import sys

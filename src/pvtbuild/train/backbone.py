@@ -146,7 +146,7 @@ class FrequencyEmbedding(nn.Module):
     def __init__(self, channels: int, bins: int, control_channels: int) -> None:
         super().__init__()
         self.table = nn.Parameter(torch.randn(channels, bins))
-        self.weight = nn.Parameter(torch.randn(channels, control_channels, bins) / math.sqrt(max(control_channels, 1))) \
+        self.weight = nn.Parameter(torch.randn(channels, control_channels, bins) / math.sqrt(control_channels)) \
             if control_channels else None
 
     def forward(self, controls: Tensor | None, batch: int, length: int) -> Tensor:
