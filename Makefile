@@ -10,7 +10,7 @@ DEMO_OUT ?= demo-out
 WORKERS ?= 2
 SCHEDULER_PORT ?= 8786
 
-.PHONY: setup test demo demo-manifest bench lint clean cluster cluster-stop
+.PHONY: setup test demo demo-manifest bench gpu-check lint clean cluster cluster-stop
 
 setup: .setup-stamp
 
@@ -33,6 +33,13 @@ demo-manifest: .setup-stamp
 
 bench: .setup-stamp
 	$(PY) bench/run_all.py
+
+# Every CUDA path in one table (bench/gpu_check.py): prepares .gpucheck/ (clips, wheels), then runs the check.
+# On a machine without CUDA the GPU rows say "no CUDA"; on a GPU machine carry .gpucheck and run
+# `python3 bench/gpu_check.py` there.
+gpu-check: .setup-stamp
+	$(PY) bench/gpu_check.py --prepare
+	$(PY) bench/gpu_check.py
 
 # A dask scheduler + WORKERS workers on 127.0.0.1 in the background (logs, pids: .cluster/; see docs/cluster.md).
 # e.g. make cluster WORKERS=4 SCHEDULER_PORT=9786 WORKER_RESOURCES=GPU=1
