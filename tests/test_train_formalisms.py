@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pvtbuild.errors import ConfigError
+from pvtbuild.train.backbone import UNetConfig, build_unet
 from pvtbuild.train.data import DataSpec
 from pvtbuild.train.formalisms import (DDPM, EDM, FORMALISMS, IADB, DDPMConfig, DiscDPM, DiscDPMConfig, EDMConfig,
-                                       IADBConfig, make_formalism)
+                                       IADBConfig, discdpm, make_formalism)
 from pvtbuild.train.guidance import Controls, guided
 from pvtbuild.train.toys import (ToyMLPConfig, build_toy_mlp, disc_to_points, nearest_neighbour_distance,
                                  sliced_wasserstein, swissroll, swissroll_disc)
@@ -299,6 +300,9 @@ def test_discdpm_fast_posterior_is_the_reference_distribution_on_hand_made_cases
     logits = _HAND_LOGITS  # [1, 4, K]: for 1-D toy data the class axis is last and dim 2 alike
     want = ref.q_posterior_log(_HAND_X_T, torch.log_softmax(_HAND_LOGITS, -1), torch.tensor([t]), torch.tensor([s]))
     torch.testing.assert_close(_mixture(d, _HAND_X_T, logits, t, s), want.exp().double(), atol=1e-6, rtol=1e-5)
+    # the same four positions as codes [B = 1, C = 2, T = 2]: logits [1, 2, K, 2], reduced over dim 2
+    codes = _mixture(d, _HAND_X_T.reshape(1, 2, 2), _HAND_LOGITS.reshape(1, 2, 2, 5).movedim(-1, 2), t, s)
+    torch.testing.assert_close(codes, want.exp().double().reshape(1, 2, 2, 5), atol=1e-6, rtol=1e-5)
 
 
 def test_discdpm_draws_follow_the_reference_posterior():
@@ -322,8 +326,6 @@ def test_discdpm_draws_follow_the_reference_posterior():
 
 
 def _tiny_disc_unet():
-    from pvtbuild.train.backbone import UNetConfig, build_unet
-
     torch.manual_seed(0)  # a 3-level U-Net on [4, 26] codes of K = 64: T padded to 28, so its logits are a cropped view
     spec = DataSpec((4, 26), num_classes=64, local_channels=0)
     return build_unet(UNetConfig(channels=8, channel_mults=(1, 2, 2), code_embed_dim=4,
@@ -335,8 +337,6 @@ def test_discdpm_loss_and_gradients_equal_the_reference(chunk, monkeypatch):
     """Same loss and same parameter gradients as the reference KL, on the swiss-roll toy MLP (K = 40) and on a
     U-Net's [B, C, K, T] logits (K = 64), over seeds that draw t = 1 (the NLL term) and t >= 2 alike; the
     chunked class reductions give the same whether they take one row at a time or everything at once."""
-    from pvtbuild.train.formalisms import discdpm
-
     monkeypatch.setattr(discdpm, "_CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     toy = build_toy_mlp(ToyMLPConfig(hidden=32, layers=2, embed=16), DataSpec(shape=(2,), num_classes=40))
