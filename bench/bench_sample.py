@@ -160,7 +160,8 @@ def bench_discdpm_step() -> None:
     ts = list(reversed(d.timesteps_for(d.cfg.sample_steps).tolist())) + [0]
     print(f"3. DiscDPM sampling step, reference against fast, discdpm-disc-tiny U-Net, batch {b} x "
           f"{list(SHAPES['disc'])} codes, K = {d.K} (ms, median of {STEP_REPEATS})")
-    print(f"   {'jump t -> s':>12} {'net':>7} {'reference draw':>15} {'fast draw':>10} {'draw x':>7} {'whole step x':>13}")
+    print(f"   {'jump t -> s':>12} {'net':>7} {'reference draw':>15} {'fast draw':>10} {'draw x':>7} "
+          f"{'whole step x':>13}")
     totals = [0.0, 0.0, 0.0]
     with torch.no_grad():
         for i in (0, len(ts) // 2, len(ts) - 2):

@@ -379,7 +379,8 @@ def _discdpm_loss_memory(batch: int) -> None:
     print(f"\n4. DiscDPM loss step (forward + backward) at logits {list(shape)} "
           f"({4 * math.prod(shape) / 2**30:.2f} GiB of float32), CPU, {torch.get_num_threads()} torch thread(s); "
           f"load average {_load()}")
-    print(f"  {'variant':30s} {'peak RSS':>9s} {'before loss':>11s} {'added by the loss':>17s} {'seconds':>8s} {'loss':>10s}")
+    print(f"  {'variant':30s} {'peak RSS':>9s} {'before loss':>11s} {'added by the loss':>17s} {'seconds':>8s} "
+          f"{'loss':>10s}")
     rows = {}
     for variant in ("reference", "fast"):
         out = subprocess.run([sys.executable, __file__, DISC_CHILD_FLAG, variant, str(batch)],

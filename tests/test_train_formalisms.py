@@ -289,7 +289,8 @@ def test_discdpm_posterior_mixture_sums_to_1_and_matches_eq_2_15_by_hand():
 
 # Hand-made logits [1, 4 positions, K = 5]: a confident net, a flat one, a random one, one sure of a class
 # that is not x_t; x_t on the confident class, elsewhere, elsewhere, elsewhere.
-_HAND_LOGITS = torch.tensor([[[9.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5, [1.5, -2.0, 0.3, 4.0, -0.7], [0.0, 0.0, 60.0, 0.0, 0.0]]])
+_HAND_LOGITS = torch.tensor([[[9.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5, [1.5, -2.0, 0.3, 4.0, -0.7],
+                              [0.0, 0.0, 60.0, 0.0, 0.0]]])
 _HAND_X_T = torch.tensor([[0, 3, 1, 4]])
 
 
@@ -542,7 +543,8 @@ def test_sampling_is_reproducible_from_the_generator():
     for name in ("edm", "ddpm", "iadb", "discdpm"):
         disc = name == "discdpm"
         torch.manual_seed(0)
-        net = build_toy_mlp(ToyMLPConfig(hidden=16, layers=1, embed=8), DataSpec(shape=(2,), num_classes=40 if disc else 0))
+        spec = DataSpec(shape=(2,), num_classes=40 if disc else 0)
+        net = build_toy_mlp(ToyMLPConfig(hidden=16, layers=1, embed=8), spec)
         f = make_formalism(name, {"num_classes": 40} if disc else None)
         a = f.sample(net, (8, 2), Controls(), 4, 1.0, _gen(7))
         assert torch.equal(a, f.sample(net, (8, 2), Controls(), 4, 1.0, _gen(7)))
