@@ -4,6 +4,7 @@ report's measurement (64 x 8 s, EDM on EnCodec latents: 12.7 s on its GPU) estim
     python bench/bench_sample.py             # a few minutes on a 2-core laptop
     python bench/bench_sample.py --batch 16  # samples per sampler call (default 8)
     python bench/bench_sample.py --threads 2 # torch threads (default 1)
+    python bench/bench_sample.py --discdpm   # only section 3: DiscDPM's step, reference against fast
 
 One torch thread by default: on a machine whose cores other processes also use, a 2-thread team
 stalls whenever one of its threads is descheduled (measured here on 2 shared cores: 0.03 s per
@@ -16,13 +17,11 @@ the config's U-Net freshly initialised, with the controls of the tiny configs (v
 
 1. The tiny configs (`pipelines/train/*-tiny.yaml`) at their formalism's default steps: EDM (18 Heun
    steps: 35 NFE), DDPM (100 respaced steps), IADB (the edm-encodec-tiny U-Net with `formalism: iadb`,
-   128 steps, as the swiss-roll config), DiscDPM and EDM on the CQT. DiscDPM's default is every one of
-   its T = 1000 timesteps; it is measured at `DISC_STEPS` and its time at 1000 is extrapolated (cost
-   is linear in the steps: one net call each), said so in the table. DiscDPM and the CQT run
+   128 steps, as the swiss-roll config), DiscDPM and EDM on the CQT. DiscDPM (default 100 exact skip
+   steps) is measured at `DISC_STEPS` and its time at its default is extrapolated (cost is linear in
+   the steps: one net call each), said so in the table. DiscDPM and the CQT run
    `SMALL_BATCH` samples per call (seconds per call on a CPU; samples/s hardly depends on the batch
-   there). DiscDPM's step is dominated by its categorical posterior over 1024 classes at every
-   position (log-space sums, Gumbel noise: ~95 % of a step in cProfile, the tiny net ~5 %), so
-   its cost barely shrinks with the model. Two 3-step calls warm each model up first (a model's first calls cost up to 20x the
+   there). Two 3-step calls warm each model up first (a model's first calls cost up to 20x the
    later ones on CPU); the encodec rows are the median of 3 runs.
    Guidance scale 1 (one net pass per step); a scale != 1 doubles the batch of every call.
 2. The report's number: the full-size `edm-encodec` U-Net (Table 4.1/4.2 size, 227.7 M parameters)
@@ -30,6 +29,15 @@ the config's U-Net freshly initialised, with the controls of the tiny configs (v
    median of `FULL_REPEATS`); 64 clips x 35 NFE are then estimated from the per-example cost at
    batch 2 (CPU batching gains little beyond it). That is a CPU estimate: set it against the
    report's 12.7 s on one GPU for the ratio, not as a like-for-like comparison.
+3. DiscDPM's sampling step, the reference (`discdpm_reference.py`: the math before issue 19, a
+   posterior over all 1024 classes at every position in log space and a Gumbel-max draw) against
+   the fast form (`DiscDPM.posterior` + its draw: one logsumexp and one gather per position, a
+   categorical draw only where the mixture draws from the net's distribution), both in this run, on
+   the discdpm-disc-tiny U-Net's logits at `SMALL_BATCH` x [16, 600] codes. Three steps of the
+   100-step schedule (its first, middle and last jump); per step the median of `STEP_REPEATS` runs of
+   the net call, the reference's and the fast posterior-and-draw. Target: a whole step (net call
+   included) >= 4x faster. Before, ~95 % of a step was the posterior (cProfile), so its cost
+   barely shrank with the model.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +66,8 @@ FULL_REPEATS = 3
 REPORT_SECONDS, REPORT_CLIPS = 12.7, 64
 SHAPES = {"encodec": (128, 600), "disc": (16, 600), "cqt": (2, 216, 1921)}
 GROUPS = (1, 1, 3)  # velocity, chroma, instrument
+STEP_REPEATS = 3
+STEP_TARGET = 4.0
 
 
 def _config(name: str, formalism: dict | None = None):
@@ -101,7 +112,7 @@ def bench_tiny(batch: int) -> None:
         gen = sorted(runs, key=lambda g: g.seconds)[len(runs) // 2]  # the median run
         label = cfg.name
         note = ""
-        if steps is not None:  # DiscDPM: measured at DISC_STEPS, its default (T) extrapolated
+        if steps is not None:  # DiscDPM: measured at DISC_STEPS, its default extrapolated
             full = sampler.formalism.cfg.sample_steps or sampler.formalism.T
             note = f"   -> at its default {full} steps: {gen.samples_per_s * gen.nfe / full:.3g} samples/s (extrapolated)"
         print(f"   {label:<34} {cfg.formalism_name:<9} {batch:>5} {steps or '-':>5} {gen.nfe:>5g} {gen.samples_per_s:>10.3g} "
@@ -134,16 +145,66 @@ def bench_full() -> None:
           f"on this CPU, {estimate / REPORT_SECONDS:.0f}x the report's {REPORT_SECONDS} s on its GPU")
 
 
+def bench_discdpm_step() -> None:
+    """Section 3 of the module docstring: the reference DiscDPM step against the fast one, same logits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from discdpm_reference import ReferenceDiscDPM
+
+    sampler = _sampler(_config("discdpm-disc-tiny"))
+    d, b = sampler.formalism, SMALL_BATCH
+    ref = ReferenceDiscDPM(d)
+    c = _controls(SHAPES["disc"][1])
+    controls = Controls(c.local.expand(b, -1, -1).contiguous(), None, GROUPS, ())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(d.K, (b, *SHAPES["disc"]), generator=gen)
+    ts = list(reversed(d.timesteps_for(d.cfg.sample_steps).tolist())) + [0]
+    print(f"3. DiscDPM sampling step, reference against fast, discdpm-disc-tiny U-Net, batch {b} x "
+          f"{list(SHAPES['disc'])} codes, K = {d.K} (ms, median of {STEP_REPEATS})")
+    print(f"   {'jump t -> s':>12} {'net':>7} {'reference draw':>15} {'fast draw':>10} {'draw x':>7} "
+          f"{'whole step x':>13}")
+    totals = [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        for i in (0, len(ts) // 2, len(ts) - 2):
+            t, s = torch.full((b,), ts[i]), torch.full((b,), ts[i + 1])
+            level = d.noise_level(t)
+            net_s = _median_time(lambda: sampler.net(x, level, controls))
+            logits = sampler.net(x, level, controls)
+            slow = _median_time(lambda: ref.step(x, logits, t, s, gen))
+            fast = _median_time(lambda: d.draw(x, logits, *d.posterior(x, logits, t, s), gen))
+            for j, v in enumerate((net_s, slow, fast)):
+                totals[j] += v
+            print(f"   {f'{ts[i]} -> {ts[i + 1]}':>12} {1e3 * net_s:7.0f} {1e3 * slow:15.0f} {1e3 * fast:10.0f} "
+                  f"{slow / fast:7.1f} {(net_s + slow) / (net_s + fast):13.1f}")
+    net_s, slow, fast = totals
+    ratio = (net_s + slow) / (net_s + fast)
+    print(f"   the three steps: posterior and draw x{slow / fast:.1f} faster; a whole step x{ratio:.1f} faster "
+          f"(target >= {STEP_TARGET:g}: {'met' if ratio >= STEP_TARGET else 'NOT MET'}); with the default steps "
+          f"down from {d.T} to {d.cfg.sample_steps}, a sample costs about x{ratio * d.T / d.cfg.sample_steps:.0f} less")
+
+
+def _median_time(fn) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(STEP_REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--discdpm", action="store_true", help="only section 3, DiscDPM's step against the reference")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"bench_sample: CPU, load average {load:.1f} over {os.cpu_count()} cores (a busy machine slows every row)")
-    bench_tiny(args.batch)
-    bench_full()
+    if not args.discdpm:
+        bench_tiny(args.batch)
+        bench_full()
+    bench_discdpm_step()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ Everything is measured in one run, so the machine's load (printed) hits all alik
    coarse below 0.1 examples/s). Fewer than 2 steps in the budget: skipped with a note.
 3. Parameter counts of the report's Table 4.1 configs, built on the meta device (no memory), next
    to the report's; the issue asks for each within 2 %.
+4. DiscDPM's loss step at the real `disc` shape (`discdpm-disc.yaml`: batch 16 of [16, 600] codes, K =
+   1024, so logits [16, 16, 1024, 600], 629 MB of float32): the reference (`discdpm_reference.py`,
+   the math before issue 19) against `DiscDPM.loss`, forward and backward, same draws. The net is left
+   out (it is the same for both): a leaf tensor stands for its logits. Each variant runs in its own
+   child process, which reports its peak resident set size (`VmHWM` of /proc/self/status, the kernel's
+   high-water mark of the whole process: every torch allocation, whatever the allocator) and its RSS
+   just before the loss (logits and codes made): their difference is what the loss step adds. Target:
+   >= 3x lower. `python bench/bench_train.py --discdpm [BATCH]` runs this section alone (no dataset).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import statistics
 import subprocess
@@ -77,6 +86,9 @@ FULL_BATCH = 1
 FULL_STEPS = 4  # 1 warm-up + up to 3 timed
 FULL_BUDGET_S = 80.0
 CHILD_FLAG = "--full-size-child"  # the time-boxed child process of section 2
+DISC_FLAG, DISC_CHILD_FLAG = "--discdpm", "--discdpm-child"  # section 4 alone; its per-variant child
+DISC_SHAPE, DISC_BATCH, DISC_CLASSES = (16, 600), 16, 1024  # discdpm-disc.yaml's codes and batch
+DISC_MEMORY_TARGET = 3.0
 STAMPS = "stamps.txt"
 
 TABLE_4_1 = (  # config, the report's learnable parameters (Table 4.1)
@@ -116,6 +128,12 @@ class TrainSpeed:
 def main(argv: list[str]) -> int:
     if argv[1:2] == [CHILD_FLAG]:
         _full_size_child(Path(argv[2]), Path(argv[3]))
+        return 0
+    if argv[1:2] == [DISC_CHILD_FLAG]:
+        _discdpm_child(argv[2], int(argv[3]))
+        return 0
+    if argv[1:2] == [DISC_FLAG]:
+        _discdpm_loss_memory(int(argv[2]) if len(argv) > 2 else DISC_BATCH)
         return 0
     dataset = Path(argv[1]) if len(argv) > 1 else DEMO_DATASET
     if not (dataset / "dataset.json").is_file():
@@ -182,6 +200,7 @@ def _run(dataset: Path) -> int:
         diff = n / report - 1
         ok = "ok" if abs(diff) <= TABLE_TOLERANCE else f"OFF (> {TABLE_TOLERANCE:.0%})"
         print(f"  {name:14s} {cfg.data.format:8s} {n:13,d} {_mega(report):>8s} {diff:+10.2%}  {ok}")
+    _discdpm_loss_memory(DISC_BATCH)
     print(f"\nload average {_load()} at end")
     return 0
 
@@ -349,6 +368,65 @@ def _spec(cfg: TrainConfig, dataset: Path | None) -> DataSpec:
         return ToySource(cfg.data, cfg.seed).spec
     assert dataset is not None
     return dataset_layout(cfg.data, dataset, cfg.name).spec
+
+
+# --- 4. DiscDPM's loss step: peak memory ----------------------------------------------------
+
+
+def _discdpm_loss_memory(batch: int) -> None:
+    """The reference against the fast DiscDPM loss, one child process each (section 4 of the docstring)."""
+    shape = (batch, DISC_SHAPE[0], DISC_CLASSES, DISC_SHAPE[1])
+    print(f"\n4. DiscDPM loss step (forward + backward) at logits {list(shape)} "
+          f"({4 * math.prod(shape) / 2**30:.2f} GiB of float32), CPU, {torch.get_num_threads()} torch thread(s); "
+          f"load average {_load()}")
+    print(f"  {'variant':30s} {'peak RSS':>9s} {'before loss':>11s} {'added by the loss':>17s} {'seconds':>8s} "
+          f"{'loss':>10s}")
+    rows = {}
+    for variant in ("reference", "fast"):
+        out = subprocess.run([sys.executable, __file__, DISC_CHILD_FLAG, variant, str(batch)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"  {variant}: failed (exit {out.returncode}): {(out.stderr.strip().splitlines() or [''])[-1]}")
+            return
+        peak, before, seconds, loss = (float(v) for v in out.stdout.split())
+        rows[variant] = peak - before
+        label = "reference (before issue 19)" if variant == "reference" else "fast (DiscDPM.loss)"
+        print(f"  {label:30s} {peak / 2**30:8.2f}G {before / 2**30:10.2f}G {(peak - before) / 2**30:16.2f}G "
+              f"{seconds:8.1f} {loss:10.6f}")
+    ratio = rows["reference"] / rows["fast"]
+    verdict = "met" if ratio >= DISC_MEMORY_TARGET else "NOT MET"
+    print(f"  memory added by the loss step: reference / fast = x{ratio:.1f}  "
+          f"(target >= {DISC_MEMORY_TARGET:g}: {verdict}); the losses agree to float32 rounding")
+
+
+def _rss_bytes(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _discdpm_child(variant: str, batch: int) -> None:
+    """One DiscDPM loss step, forward and backward; prints peak RSS, RSS before the loss, seconds, loss."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from discdpm_reference import ReferenceDiscDPM
+
+    from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig
+    from pvtbuild.train.guidance import Controls
+
+    d = DiscDPM(DiscDPMConfig(num_classes=DISC_CLASSES))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(DISC_CLASSES, (batch, *DISC_SHAPE), generator=g)
+    logits = torch.empty(batch, DISC_SHAPE[0], DISC_CLASSES, DISC_SHAPE[1])  # filled in place: no temporaries,
+    logits.normal_(generator=g).mul_(2).requires_grad_(True)  # so the high-water mark before the loss is the RSS
+    loss_of = d.loss if variant == "fast" else ReferenceDiscDPM(d).loss
+    before = _rss_bytes("VmRSS")
+    t0 = time.perf_counter()
+    loss = loss_of(lambda x, level, controls: logits, x0, Controls(), torch.Generator().manual_seed(1))
+    loss.backward()
+    seconds = time.perf_counter() - t0
+    print(_rss_bytes("VmHWM"), before, seconds, float(loss))
 
 
 # --- printing -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def _net(spec: DataSpec, cfg: UNetConfig = TINY, seed: int = 0) -> UNet:
 @pytest.mark.parametrize("spec,expected", [
     (CQT, (3, 2, 36, 97)),
     (ENCODEC, (3, 8, 50)),
-    (DISC, (3, 4, 40, 7)),  # logits, class axis last
+    (DISC, (3, 4, 7, 40)),  # logits [B, C, K, T]: the class axis is 2
     (DataSpec((2,)), (3, 2)),  # toy points: a length-1 sequence
     (DataSpec((2,), num_classes=40), (3, 2, 40)),
 ])

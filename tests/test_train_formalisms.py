@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pvtbuild.errors import ConfigError
+from pvtbuild.train.backbone import UNetConfig, build_unet
 from pvtbuild.train.data import DataSpec
 from pvtbuild.train.formalisms import (DDPM, EDM, FORMALISMS, IADB, DDPMConfig, DiscDPM, DiscDPMConfig, EDMConfig,
-                                       IADBConfig, make_formalism)
+                                       IADBConfig, discdpm, make_formalism)
 from pvtbuild.train.guidance import Controls, guided
 from pvtbuild.train.toys import (ToyMLPConfig, build_toy_mlp, disc_to_points, nearest_neighbour_distance,
                                  sliced_wasserstein, swissroll, swissroll_disc)
@@ -188,18 +189,82 @@ def test_ddpm_sampler_with_the_exact_gaussian_eps_gives_the_data_variance(schedu
 # --- DiscDPM ------------------------------------------------------------------------------
 
 
+class _ReferenceDiscDPM:
+    """The reference: DiscDPM's math as it was before issue 19 (kept here, verbatim but for the class axis,
+    so that the fast form in src is tested against it): the posterior as a ``[..., K]`` log-distribution,
+    class axis last, built by log-space sums over K; the KL summed over K against a one-hot's posterior;
+    a sampling step by Gumbel-max over K. It reads the schedule tables of the `DiscDPM` it wraps."""
+
+    def __init__(self, d: DiscDPM):
+        self.d, self.K, self.T = d, d.K, d.T
+        self.log_abar, self.log_1m_abar = d.log_abar.float(), d.log_1m_abar.float()
+
+    def q_posterior_log(self, x_t, log_x0, t, s=None):
+        s = t - 1 if s is None else s
+        shape = (-1,) + (1,) * x_t.dim()
+        log_k = math.log(self.K)
+        log_a_ts = (self.log_abar[t] - self.log_abar[s]).clamp(max=0).reshape(shape)
+        log_1m_a_ts = torch.log(-torch.expm1(log_a_ts))
+        from_x0 = torch.logaddexp(self.log_abar[s].reshape(shape) + log_x0.float(),
+                                  self.log_1m_abar[s].reshape(shape) - log_k)
+        off = log_1m_a_ts - log_k
+        on_minus_off = torch.logaddexp(log_a_ts, off) - off
+        unnorm = (from_x0 + off).scatter_add(-1, x_t.unsqueeze(-1), on_minus_off.expand(*x_t.shape, 1))
+        return unnorm - torch.logsumexp(unnorm, dim=-1, keepdim=True)
+
+    def log_onehot(self, x):
+        return torch.where(torch.nn.functional.one_hot(x, self.K).bool(), 0.0, -math.inf)
+
+    def loss(self, net, x0, controls, generator):
+        x0 = x0.long()
+        b = x0.shape[0]
+        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=x0.device)
+        x_t = self.d.q_sample(x0, t, generator)
+        logits = net(x_t, self.d.noise_level(t), controls).movedim(2, -1)  # class axis last, as it was
+        log_pred = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+        log_model = self.q_posterior_log(x_t, log_pred, t)
+        log_true = self.q_posterior_log(x_t, self.log_onehot(x0), t)
+        p_true = log_true.exp()
+        kl = torch.where(p_true > 0, p_true * (log_true - log_model), 0.0).sum(-1)
+        nll = -log_model.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        first = (t == 1).reshape(-1, *([1] * (x0.dim() - 1)))
+        return torch.where(first, nll, kl).mean()
+
+    def sample_step(self, x, logits, t, s, generator):
+        """One draw of x_s given x_t and the net's logits ``[B, C, K, *rest]``, by Gumbel-max."""
+        log_post = self.q_posterior_log(x, torch.log_softmax(logits.movedim(2, -1).float(), dim=-1), t, s)
+        tiny = torch.finfo(torch.float32).tiny
+        u = torch.rand(log_post.shape, generator=generator).clamp(min=tiny)
+        return (log_post - torch.log((-torch.log(u)).clamp(min=tiny))).argmax(dim=-1)
+
+
+def _mixture(d: DiscDPM, x_t: torch.Tensor, logits: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """The full distribution ``[B, C, *rest, K]`` (class axis last) of the fast posterior's mixture."""
+    b = x_t.shape[0]
+    keep, from_pi = d.posterior(x_t, logits, torch.full((b,), t), torch.full((b,), s))
+    pi = torch.softmax(logits.movedim(2, -1).double(), dim=-1)
+    kept = torch.nn.functional.one_hot(x_t, d.K).double()
+    return keep.double().unsqueeze(-1) * kept + (1 - keep.double().unsqueeze(-1)) * \
+        (from_pi.double().unsqueeze(-1) * pi + (1 - from_pi.double().unsqueeze(-1)) / d.K)
+
+
+def _onehot_logits(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits ``[B, C, K, *rest]`` whose softmax is x's one-hot (0 and -inf): x0 known exactly."""
+    return torch.where(torch.nn.functional.one_hot(x, k).bool(), 0.0, -math.inf).movedim(-1, 2)
+
+
 def _transition(alpha: float, k: int) -> torch.Tensor:
     """Q[i, j] = q(x_t = j | x_{t-1} = i) = alpha [i == j] + (1 - alpha) / K."""
     return alpha * torch.eye(k, dtype=torch.float64) + (1 - alpha) / k
 
 
-def test_discdpm_posterior_sums_to_1_and_matches_eq_2_15_by_hand():
+def test_discdpm_posterior_mixture_sums_to_1_and_matches_eq_2_15_by_hand():
     k, T = 3, 5
-    d = DiscDPM(DiscDPMConfig(num_classes=k, timesteps=T, schedule="cosine"))
+    d = DiscDPM(DiscDPMConfig(num_classes=k, timesteps=T, schedule="cosine", sample_steps=T))
     abar = d.log_abar.exp()  # index t, abar_0 = 1
     x_t, x0 = torch.tensor([[2, 0]]), torch.tensor([[1, 0]])
     for t in range(1, T + 1):
-        got = d.q_posterior_log(x_t, d.log_onehot(x0), torch.tensor([t])).exp().double()[0]
+        got = _mixture(d, x_t, _onehot_logits(x0, k), t, t - 1)[0]
         alpha_t = float(abar[t] / abar[t - 1])
         ab_prev = float(abar[t - 1])
         for pos in range(2):
@@ -209,17 +274,90 @@ def test_discdpm_posterior_sums_to_1_and_matches_eq_2_15_by_hand():
         if t == 1:  # abar_0 = 1: x_0 is known
             torch.testing.assert_close(got[0], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
     # soft x0 (a net's prediction), skipped steps: normalised, and equal to Bayes over the product of transitions
-    log_x0 = torch.log_softmax(torch.randn(1, 2, k, generator=_gen(0)), -1)
+    logits = torch.randn(1, 2, k, generator=_gen(0))
     for t, s in [(5, 2), (4, 0), (3, 2)]:
-        got = d.q_posterior_log(x_t, log_x0, torch.tensor([t]), torch.tensor([s])).exp().double()[0]
+        got = _mixture(d, x_t, logits, t, s)[0]
         torch.testing.assert_close(got.sum(-1), torch.ones(2, dtype=torch.float64))
         q_ts = torch.eye(k, dtype=torch.float64)
         for u in range(s + 1, t + 1):
             q_ts = q_ts @ _transition(float(abar[u] / abar[u - 1]), k)
-        q_s0 = float(abar[s]) * log_x0[0].double().exp() + (1 - float(abar[s])) / k  # q(x_s | x0 dist) [2, K]
+        q_s0 = float(abar[s]) * torch.softmax(logits[0].double(), -1) + (1 - float(abar[s])) / k  # q(x_s | x0 dist)
         for pos in range(2):
             bayes = q_ts[:, x_t[0, pos]] * q_s0[pos]
             torch.testing.assert_close(got[pos], bayes / bayes.sum(), atol=1e-6, rtol=1e-5)
+
+
+# Hand-made logits [1, 4 positions, K = 5]: a confident net, a flat one, a random one, one sure of a class
+# that is not x_t; x_t on the confident class, elsewhere, elsewhere, elsewhere.
+_HAND_LOGITS = torch.tensor([[[9.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5, [1.5, -2.0, 0.3, 4.0, -0.7],
+                              [0.0, 0.0, 60.0, 0.0, 0.0]]])
+_HAND_X_T = torch.tensor([[0, 3, 1, 4]])
+
+
+@pytest.mark.parametrize("t,s", [(1, 0), (2, 1), (50, 49), (100, 99), (100, 0), (80, 20), (30, 29)])
+def test_discdpm_fast_posterior_is_the_reference_distribution_on_hand_made_cases(t, s):
+    d = DiscDPM(DiscDPMConfig(num_classes=5, timesteps=100))
+    ref = _ReferenceDiscDPM(d)
+    logits = _HAND_LOGITS  # [1, 4, K]: for 1-D toy data the class axis is last and dim 2 alike
+    want = ref.q_posterior_log(_HAND_X_T, torch.log_softmax(_HAND_LOGITS, -1), torch.tensor([t]), torch.tensor([s]))
+    torch.testing.assert_close(_mixture(d, _HAND_X_T, logits, t, s), want.exp().double(), atol=1e-6, rtol=1e-5)
+    # the same four positions as codes [B = 1, C = 2, T = 2]: logits [1, 2, K, 2], reduced over dim 2
+    codes = _mixture(d, _HAND_X_T.reshape(1, 2, 2), _HAND_LOGITS.reshape(1, 2, 2, 5).movedim(-1, 2), t, s)
+    torch.testing.assert_close(codes, want.exp().double().reshape(1, 2, 2, 5), atol=1e-6, rtol=1e-5)
+
+
+def test_discdpm_draws_follow_the_reference_posterior():
+    """100 000 draws of each hand-made position from the fast sampler's step (mixture, inverse CDF at the positions
+    that draw from pi) against the reference's distribution, and the reference's Gumbel-max draws alike."""
+    d = DiscDPM(DiscDPMConfig(num_classes=5, timesteps=100))
+    ref = _ReferenceDiscDPM(d)
+    n = 100_000
+    x_t = _HAND_X_T.expand(n, -1).contiguous()
+    logits = _HAND_LOGITS.expand(n, -1, -1).contiguous()  # [n, 4, K]
+    for t, s in [(60, 40), (10, 9)]:
+        tt, ss = torch.full((n,), t), torch.full((n,), s)
+        want = ref.q_posterior_log(_HAND_X_T, torch.log_softmax(_HAND_LOGITS, -1), tt[:1], ss[:1]).exp()[0]
+        keep, from_pi = d.posterior(x_t, logits, tt, ss)
+        fast = d.draw(x_t, logits, keep, from_pi, _gen(t))
+        slow = ref.sample_step(x_t, logits, tt, ss, _gen(t))
+        for draws in (fast, slow):
+            freq = torch.nn.functional.one_hot(draws, 5).double().mean(0)  # [4, K]
+            assert (freq - want.double()).abs().max().item() < 0.006  # 4 sigma of a 100 000-draw frequency
+        assert not torch.equal(fast, x_t)  # some positions move
+
+
+def _tiny_disc_unet():
+    torch.manual_seed(0)  # a 3-level U-Net on [4, 26] codes of K = 64: T padded to 28, so its logits are a cropped view
+    spec = DataSpec((4, 26), num_classes=64, local_channels=0)
+    return build_unet(UNetConfig(channels=8, channel_mults=(1, 2, 2), code_embed_dim=4,
+                                 noise_embed_dim=8), spec), spec
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 22], ids=["row-by-row", "one-chunk"])
+def test_discdpm_loss_and_gradients_equal_the_reference(chunk, monkeypatch):
+    """Same loss and same parameter gradients as the reference KL, on the swiss-roll toy MLP (K = 40) and on a
+    U-Net's [B, C, K, T] logits (K = 64), over seeds that draw t = 1 (the NLL term) and t >= 2 alike; the
+    chunked class reductions give the same whether they take one row at a time or everything at once."""
+    monkeypatch.setattr(discdpm, "_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    toy = build_toy_mlp(ToyMLPConfig(hidden=32, layers=2, embed=16), DataSpec(shape=(2,), num_classes=40))
+    unet, spec = _tiny_disc_unet()
+    cases = [(toy, swissroll_disc(64, 0), 40), (unet, torch.randint(64, (3, *spec.shape), generator=_gen(2)), 64)]
+    for net, x0, k in cases:
+        for timesteps in (2, 1000):  # T = 2: t = 1 in about half of the examples
+            d = DiscDPM(DiscDPMConfig(num_classes=k, timesteps=timesteps, sample_steps=2))
+            ref = _ReferenceDiscDPM(d)
+            for seed in range(2):
+                fast = d.loss(net, x0, Controls(), _gen(seed))
+                fast_grads = torch.autograd.grad(fast, list(net.parameters()))
+                slow = ref.loss(net, x0, Controls(), _gen(seed))
+                slow_grads = torch.autograd.grad(slow, list(net.parameters()))
+                assert fast.dtype == torch.float32 and fast.dim() == 0
+                torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+                scale = max(g.abs().max().item() for g in slow_grads)
+                assert scale > 0
+                for a, b in zip(fast_grads, slow_grads):  # the reference's float32 sums over K are themselves
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)  # up to 6e-5 x scale off float64
 
 
 def test_discdpm_cosine_schedule_ends_uniform_and_forward_draws_follow_eq_2_14():
@@ -248,21 +386,25 @@ def test_discdpm_loss_is_finite_nonnegative_and_zero_for_a_perfect_predictor():
     assert 0 <= good.item() < 1e-5
     assert math.isfinite(bad.item()) and bad.item() > 0.01
     # the t = 1 term alone (a T = 2 chain draws t = 1 half the time) is -log p(x0 | x1): still ~0 when perfect
-    d2 = DiscDPM(DiscDPMConfig(num_classes=40, timesteps=2))
+    d2 = DiscDPM(DiscDPMConfig(num_classes=40, timesteps=2, sample_steps=2))
     assert 0 <= d2.loss(perfect, x0, Controls(), _gen(1)).item() < 1e-5
     assert d2.loss(rubbish, x0, Controls(), _gen(1)).item() > 0.1
 
 
-def test_discdpm_sampler_with_a_perfect_predictor_returns_the_data():
-    d = DiscDPM(DiscDPMConfig(num_classes=40, timesteps=100))
+def test_discdpm_samples_with_100_steps_by_default_and_a_perfect_predictor_returns_the_data():
+    d = DiscDPM(DiscDPMConfig(num_classes=40, timesteps=1000))
     target = swissroll_disc(64, 3)
+    calls = []
 
     def perfect(x_t, level, controls):
+        calls.append(level[0].item())
         return torch.nn.functional.one_hot(target, 40).float() * 60.0
 
     for steps in (None, 10):
+        calls.clear()
         out = d.sample(perfect, (64, 2), Controls(), steps, 1.0, _gen(4))
         assert out.dtype == torch.int64 and torch.equal(out, target)
+        assert len(calls) == (steps or 100) and calls[0] == 1000.0 and calls[-1] == 1.0
 
 
 # --- IADB ---------------------------------------------------------------------------------
@@ -340,7 +482,7 @@ def test_guidance_scale_1_is_the_conditional_output_and_w_combines_affinely():
 @pytest.mark.parametrize("name", sorted(FORMALISMS))
 def test_every_sampler_guides_in_one_doubled_batch_and_returns_float32_or_classes(name):
     disc = name == "discdpm"
-    f = make_formalism(name, {"num_classes": 40, "timesteps": 50} if disc else None)
+    f = make_formalism(name, {"num_classes": 40, "timesteps": 50, "sample_steps": 50} if disc else None)
     calls = []
 
     def spy(x, level, controls):  # answers in bf16, as a net under autocast would
@@ -375,7 +517,7 @@ def _oracle(f, x0: torch.Tensor):
         if isinstance(f, IADB):
             a = per(level / 1000)
             return x0 - (x - a * x0) / (1 - a)
-        return torch.nn.functional.one_hot(x0, f.K).float() * 60.0
+        return torch.nn.functional.one_hot(x0, f.K).float().movedim(-1, 2) * 60.0  # [B, C, K, *rest]
     return net
 
 
@@ -385,22 +527,25 @@ def test_formalisms_take_the_real_formats_shapes(name, shape):
     """Per-example noise levels broadcast over [B, C, T] (encodec, disc) and [B, 2, F, T] (cqt) alike:
     the exact answer for each example scores ~0, and samples come back in the batch's shape."""
     disc = name == "discdpm"
-    f = make_formalism(name, {"num_classes": 7, "timesteps": 30} if disc else None)
+    f = make_formalism(name, {"num_classes": 7, "timesteps": 30, "sample_steps": 30} if disc else None)
     x0 = torch.randint(7, shape, generator=_gen(0)) if disc else torch.randn(shape, generator=_gen(0))
     assert f.loss(_oracle(f, x0), x0, Controls(), _gen(1)).item() < 1e-5
     assert f.loss(_oracle(f, x0.flip(0)), x0, Controls(), _gen(1)).item() > 1e-2  # another example's answer
 
     def net(x, level, controls):
-        return torch.zeros(*x.shape, 7) if disc else torch.zeros_like(x)
+        return torch.zeros(*x.shape[:2], 7, *x.shape[2:]) if disc else torch.zeros_like(x)
 
     out = f.sample(net, shape, Controls(), 3, 1.0, _gen(2))
     assert out.shape == shape and out.dtype == (torch.int64 if disc else torch.float32)
 
 
 def test_sampling_is_reproducible_from_the_generator():
-    net = build_toy_mlp(ToyMLPConfig(hidden=16, layers=1, embed=8), DataSpec(shape=(2,)))
-    for name in ("edm", "ddpm", "iadb"):
-        f = make_formalism(name)
+    for name in ("edm", "ddpm", "iadb", "discdpm"):
+        disc = name == "discdpm"
+        torch.manual_seed(0)
+        spec = DataSpec(shape=(2,), num_classes=40 if disc else 0)
+        net = build_toy_mlp(ToyMLPConfig(hidden=16, layers=1, embed=8), spec)
+        f = make_formalism(name, {"num_classes": 40} if disc else None)
         a = f.sample(net, (8, 2), Controls(), 4, 1.0, _gen(7))
         assert torch.equal(a, f.sample(net, (8, 2), Controls(), 4, 1.0, _gen(7)))
         assert not torch.equal(a, f.sample(net, (8, 2), Controls(), 4, 1.0, _gen(8)))

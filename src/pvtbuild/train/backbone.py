@@ -3,7 +3,8 @@
 It knows nothing of EDM, DDPM or IADB: a formalism hands it the noisy input, one float per
 example saying how noisy it is (``ln(sigma)/4``, a timestep, ``1000 alpha``: the embedding does
 not care), and the batch's `Controls`; it returns a tensor shaped like the data (continuous
-formats) or logits ``[B, *shape, K]`` (discrete codes, class axis last).
+formats) or logits ``[B, C, K, *rest]`` (discrete codes ``[B, C, *rest]``, class axis 2: the output
+convolution's ``[B, C * K, T]`` viewed, no transposed copy).
 
 Layout, following Ronneberger et al. 2015 as the report does:
 
@@ -237,7 +238,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_level: Tensor, controls: Controls) -> Tensor:
         """`x`: ``[B, *shape]`` floats (int64 classes for discrete data); `noise_level`: ``[B]``.
-        Returns ``[B, *shape]`` (continuous) or logits ``[B, *shape, K]`` (discrete)."""
+        Returns ``[B, *shape]`` (continuous) or logits ``[B, C, K, *rest]`` (discrete)."""
         spec = self.spec
         self._check_shape(tuple(x.shape[1:]))
         flat = len(spec.shape) == 1
@@ -292,9 +293,9 @@ class UNet(nn.Module):
         out = self.out(h)
 
         out = out[(..., *[slice(0, s) for s in sizes])]  # crop the padding
-        if self.embed is not None:  # [B, C * K, T] -> [B, C, T, K]
-            out = out.reshape(batch, spec.shape[0], self.num_classes, length).transpose(2, 3)
-            return out.squeeze(2) if flat else out
+        if self.embed is not None:  # [B, C * K, T] -> [B, C, K, T], a view
+            out = out.reshape(batch, spec.shape[0], self.num_classes, length)
+            return out.squeeze(-1) if flat else out
         return out.squeeze(-1) if flat else out
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:

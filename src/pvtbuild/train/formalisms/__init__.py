@@ -7,7 +7,7 @@
 `net` is the backbone, ``net(x_in, noise_level, controls) -> F``; the formalism owns
 everything else (preconditioning, noise schedule, sampler). Continuous formalisms
 take and return float tensors ``[B, *shape]``; DiscDPM takes and returns int64
-classes ``[B, *shape]`` and its net returns logits ``[B, *shape, K]``.
+classes ``[B, C, *rest]`` and its net returns logits ``[B, C, K, *rest]`` (class axis 2).
 """
 
 from __future__ import annotations
