@@ -29,7 +29,7 @@ the config's U-Net freshly initialised, with the controls of the tiny configs (v
    median of `FULL_REPEATS`); 64 clips x 35 NFE are then estimated from the per-example cost at
    batch 2 (CPU batching gains little beyond it). That is a CPU estimate: set it against the
    report's 12.7 s on one GPU for the ratio, not as a like-for-like comparison.
-3. DiscDPM's sampling step, the reference (`discdpm_reference.py`: the math before issue 19, a
+3. DiscDPM's sampling step, the reference (`tests/discdpm_reference.py`: the math before issue 19, a
    posterior over all 1024 classes at every position in log space and a Gumbel-max draw) against
    the fast form (`DiscDPM.posterior` + its draw: one logsumexp and one gather per position, a
    categorical draw only where the mixture draws from the net's distribution), both in this run, on
@@ -147,7 +147,7 @@ def bench_full() -> None:
 
 def bench_discdpm_step() -> None:
     """Section 3 of the module docstring: the reference DiscDPM step against the fast one, same logits."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(REPO / "tests"))  # the reference lives beside the tests that check against it
     from discdpm_reference import ReferenceDiscDPM
 
     sampler = _sampler(_config("discdpm-disc-tiny"))

@@ -30,7 +30,7 @@ Everything is measured in one run, so the machine's load (printed) hits all alik
 3. Parameter counts of the report's Table 4.1 configs, built on the meta device (no memory), next
    to the report's; the issue asks for each within 2 %.
 4. DiscDPM's loss step at the real `disc` shape (`discdpm-disc.yaml`: batch 16 of [16, 600] codes, K =
-   1024, so logits [16, 16, 1024, 600], 629 MB of float32): the reference (`discdpm_reference.py`,
+   1024, so logits [16, 16, 1024, 600], 629 MB of float32): the reference (`tests/discdpm_reference.py`,
    the math before issue 19) against `DiscDPM.loss`, forward and backward, same draws. The net is left
    out (it is the same for both): a leaf tensor stands for its logits. Each variant runs in its own
    child process, which reports its peak resident set size (`VmHWM` of /proc/self/status, the kernel's
@@ -409,7 +409,7 @@ def _rss_bytes(field: str) -> int:
 
 def _discdpm_child(variant: str, batch: int) -> None:
     """One DiscDPM loss step, forward and backward; prints peak RSS, RSS before the loss, seconds, loss."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(REPO / "tests"))  # the reference lives beside the tests that check against it
     from discdpm_reference import ReferenceDiscDPM
 
     from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from discdpm_reference import ReferenceDiscDPM
 from pvtbuild.errors import ConfigError
 from pvtbuild.train.backbone import UNetConfig, build_unet
 from pvtbuild.train.data import DataSpec
@@ -189,55 +190,6 @@ def test_ddpm_sampler_with_the_exact_gaussian_eps_gives_the_data_variance(schedu
 # --- DiscDPM ------------------------------------------------------------------------------
 
 
-class _ReferenceDiscDPM:
-    """The reference: DiscDPM's math as it was before issue 19 (kept here, verbatim but for the class axis,
-    so that the fast form in src is tested against it): the posterior as a ``[..., K]`` log-distribution,
-    class axis last, built by log-space sums over K; the KL summed over K against a one-hot's posterior;
-    a sampling step by Gumbel-max over K. It reads the schedule tables of the `DiscDPM` it wraps."""
-
-    def __init__(self, d: DiscDPM):
-        self.d, self.K, self.T = d, d.K, d.T
-        self.log_abar, self.log_1m_abar = d.log_abar.float(), d.log_1m_abar.float()
-
-    def q_posterior_log(self, x_t, log_x0, t, s=None):
-        s = t - 1 if s is None else s
-        shape = (-1,) + (1,) * x_t.dim()
-        log_k = math.log(self.K)
-        log_a_ts = (self.log_abar[t] - self.log_abar[s]).clamp(max=0).reshape(shape)
-        log_1m_a_ts = torch.log(-torch.expm1(log_a_ts))
-        from_x0 = torch.logaddexp(self.log_abar[s].reshape(shape) + log_x0.float(),
-                                  self.log_1m_abar[s].reshape(shape) - log_k)
-        off = log_1m_a_ts - log_k
-        on_minus_off = torch.logaddexp(log_a_ts, off) - off
-        unnorm = (from_x0 + off).scatter_add(-1, x_t.unsqueeze(-1), on_minus_off.expand(*x_t.shape, 1))
-        return unnorm - torch.logsumexp(unnorm, dim=-1, keepdim=True)
-
-    def log_onehot(self, x):
-        return torch.where(torch.nn.functional.one_hot(x, self.K).bool(), 0.0, -math.inf)
-
-    def loss(self, net, x0, controls, generator):
-        x0 = x0.long()
-        b = x0.shape[0]
-        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=x0.device)
-        x_t = self.d.q_sample(x0, t, generator)
-        logits = net(x_t, self.d.noise_level(t), controls).movedim(2, -1)  # class axis last, as it was
-        log_pred = torch.nn.functional.log_softmax(logits.float(), dim=-1)
-        log_model = self.q_posterior_log(x_t, log_pred, t)
-        log_true = self.q_posterior_log(x_t, self.log_onehot(x0), t)
-        p_true = log_true.exp()
-        kl = torch.where(p_true > 0, p_true * (log_true - log_model), 0.0).sum(-1)
-        nll = -log_model.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        first = (t == 1).reshape(-1, *([1] * (x0.dim() - 1)))
-        return torch.where(first, nll, kl).mean()
-
-    def sample_step(self, x, logits, t, s, generator):
-        """One draw of x_s given x_t and the net's logits ``[B, C, K, *rest]``, by Gumbel-max."""
-        log_post = self.q_posterior_log(x, torch.log_softmax(logits.movedim(2, -1).float(), dim=-1), t, s)
-        tiny = torch.finfo(torch.float32).tiny
-        u = torch.rand(log_post.shape, generator=generator).clamp(min=tiny)
-        return (log_post - torch.log((-torch.log(u)).clamp(min=tiny))).argmax(dim=-1)
-
-
 def _mixture(d: DiscDPM, x_t: torch.Tensor, logits: torch.Tensor, t: int, s: int) -> torch.Tensor:
     """The full distribution ``[B, C, *rest, K]`` (class axis last) of the fast posterior's mixture."""
     b = x_t.shape[0]
@@ -297,7 +249,7 @@ _HAND_X_T = torch.tensor([[0, 3, 1, 4]])
 @pytest.mark.parametrize("t,s", [(1, 0), (2, 1), (50, 49), (100, 99), (100, 0), (80, 20), (30, 29)])
 def test_discdpm_fast_posterior_is_the_reference_distribution_on_hand_made_cases(t, s):
     d = DiscDPM(DiscDPMConfig(num_classes=5, timesteps=100))
-    ref = _ReferenceDiscDPM(d)
+    ref = ReferenceDiscDPM(d)
     logits = _HAND_LOGITS  # [1, 4, K]: for 1-D toy data the class axis is last and dim 2 alike
     want = ref.q_posterior_log(_HAND_X_T, torch.log_softmax(_HAND_LOGITS, -1), torch.tensor([t]), torch.tensor([s]))
     torch.testing.assert_close(_mixture(d, _HAND_X_T, logits, t, s), want.exp().double(), atol=1e-6, rtol=1e-5)
@@ -310,7 +262,7 @@ def test_discdpm_draws_follow_the_reference_posterior():
     """100 000 draws of each hand-made position from the fast sampler's step (mixture, inverse CDF at the positions
     that draw from pi) against the reference's distribution, and the reference's Gumbel-max draws alike."""
     d = DiscDPM(DiscDPMConfig(num_classes=5, timesteps=100))
-    ref = _ReferenceDiscDPM(d)
+    ref = ReferenceDiscDPM(d)
     n = 100_000
     x_t = _HAND_X_T.expand(n, -1).contiguous()
     logits = _HAND_LOGITS.expand(n, -1, -1).contiguous()  # [n, 4, K]
@@ -319,7 +271,7 @@ def test_discdpm_draws_follow_the_reference_posterior():
         want = ref.q_posterior_log(_HAND_X_T, torch.log_softmax(_HAND_LOGITS, -1), tt[:1], ss[:1]).exp()[0]
         keep, from_pi = d.posterior(x_t, logits, tt, ss)
         fast = d.draw(x_t, logits, keep, from_pi, _gen(t))
-        slow = ref.sample_step(x_t, logits, tt, ss, _gen(t))
+        slow = ref.step(x_t, logits, tt, ss, _gen(t))
         for draws in (fast, slow):
             freq = torch.nn.functional.one_hot(draws, 5).double().mean(0)  # [4, K]
             assert (freq - want.double()).abs().max().item() < 0.006  # 4 sigma of a 100 000-draw frequency
@@ -346,7 +298,7 @@ def test_discdpm_loss_and_gradients_equal_the_reference(chunk, monkeypatch):
     for net, x0, k in cases:
         for timesteps in (2, 1000):  # T = 2: t = 1 in about half of the examples
             d = DiscDPM(DiscDPMConfig(num_classes=k, timesteps=timesteps, sample_steps=2))
-            ref = _ReferenceDiscDPM(d)
+            ref = ReferenceDiscDPM(d)
             for seed in range(2):
                 fast = d.loss(net, x0, Controls(), _gen(seed))
                 fast_grads = torch.autograd.grad(fast, list(net.parameters()))

@@ -1,12 +1,12 @@
-"""DiscDPM's math as it was before issue 19, the baseline that `bench_sample.py` and `bench_train.py` time
-and measure the fast form in `pvtbuild.train.formalisms.discdpm` against, in the same run.
+"""DiscDPM's math as it was before issue 19: what `tests/test_train_formalisms.py` checks the fast form in
+`pvtbuild.train.formalisms.discdpm` against, and the baseline `bench/bench_sample.py` and
+`bench/bench_train.py` time and measure it against in the same run (they put tests/ on their path).
 
-Not a benchmark itself (`run_all.py` runs `bench_*.py` only) and not part of pvtbuild: the reference
+Not part of pvtbuild: the reference
 builds the posterior as a ``[..., K]`` log-distribution with the class axis last (log-space sums over
 K), takes the KL against a one-hot's posterior by a sum over K, and draws by Gumbel-max over K. It
 takes logits ``[B, C, K, T]`` and moves the class axis last, which is exactly the transposed view the
-U-Net returned then. The test suite keeps its own copy (`tests/test_train_formalisms.py`), so that
-the tests do not import from bench/.
+U-Net returned then.
 """
 
 from __future__ import annotations
