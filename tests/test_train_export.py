@@ -82,17 +82,18 @@ def test_an_export_is_never_overwritten_and_a_changed_weights_file_is_one_line(t
         load_export(tmp_path / "ex", torch.device("cpu"))
 
 
+@pytest.mark.slow  # ~1 min on a loaded 2-core box, most of it evaluate's judges (CREPE, EnCodec embeddings)
 def test_a_real_format_export_samples_the_same_wavs_alone_and_evaluate_accepts_it(real_run, dataset, tmp_path):
     res = invoke("export", "--checkpoint", real_run, "--out", tmp_path / "ex")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ex" / "dataset.json").read_text()) == json.loads((dataset / "dataset.json").read_text())
     outs = {}
     for src, out in ((real_run, "a"), (tmp_path / "ex", "b")):  # the export needs no --data: its dataset.json decodes
-        res = invoke("sample", "--checkpoint", src, "--out", tmp_path / out, "--n", "2", "--steps", "2", "--bpm", "120",
+        res = invoke("sample", "--checkpoint", src, "--out", tmp_path / out, "--n", "1", "--steps", "2", "--bpm", "120",
                      "--instrument", "piano", "--no-plot")
         assert res.exit_code == 0, res.output
         outs[out] = {p.name: p.read_bytes() for p in (tmp_path / out).iterdir() if p.suffix in (".wav", ".npy")}
-    assert len(outs["a"]) == 4 and outs["a"] == outs["b"]
+    assert sorted(outs["a"]) == ["0000.npy", "0000.wav"] and outs["a"] == outs["b"]
     res = invoke("evaluate", "--checkpoint", tmp_path / "ex", "--data", dataset, "--n", "2", "--split", "train",
                  "--steps", "1", "--out", tmp_path / "e", "--judge-model", "tiny")
     assert res.exit_code == 0, res.output
@@ -100,6 +101,7 @@ def test_a_real_format_export_samples_the_same_wavs_alone_and_evaluate_accepts_i
     assert metrics["checkpoint"] == str(tmp_path / "ex") and metrics["step"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the context is built, never entered, here
 def test_sampling_autocasts_the_network_only_on_cuda_with_bf16_training():
     bf16, plain = config("swissroll-edm"), config("swissroll-edm", train={"amp": "none"})
     assert bf16.train.amp == "bf16"

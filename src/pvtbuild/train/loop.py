@@ -110,7 +110,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     formalism = build_formalism(cfg, source.spec, stats)
     echo(f"train: {cfg.name}: {cfg.formalism_name} on {cfg.data.toy or cfg.data.format} "
          f"{list(source.spec.shape)}, {count_parameters(model):,} learnable parameters, device {device}"
-         + (f", {info.world_size} processes" if info.enabled else ""))
+         + (f", {info.world_size} processes" if info.enabled else "")
+         + (f", {cfg.train.accumulate} micro-batches of {cfg.data.batch_size} a step" if cfg.train.accumulate > 1 else ""))
     if dry_run:
         _, batch = next(source.batches(Position()))
         batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, 0)
