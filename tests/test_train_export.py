@@ -109,3 +109,16 @@ def test_sampling_autocasts_the_network_only_on_cuda_with_bf16_training():
     assert isinstance(cuda, torch.autocast) and cuda.device == "cuda" and cuda.fast_dtype == torch.bfloat16
     for cfg, device in ((bf16, torch.device("cpu")), (plain, torch.device("cuda", 0))):
         assert not isinstance(sampling_autocast(cfg, device), torch.autocast)
+
+
+def test_init_from_an_export_starts_from_its_ema_weights(toy_run, tmp_path):
+    export_run(toy_run, tmp_path / "ex")
+    lines: list[str] = []
+    cfg = config("swissroll-edm", optim={"lr": 1e-9, "warmup_steps": 0})  # one step that barely moves
+    train(cfg, tmp_path / "ft", steps=1, echo=lines.append, init_from=tmp_path / "ex")
+    assert any("fine-tuning from" in line and "config keys changed: optim.lr, optim.warmup_steps" in line
+               for line in lines)
+    ema = load_export(tmp_path / "ex", torch.device("cpu")).net.state_dict()
+    ft = load_checkpoint(tmp_path / "ft")
+    assert all(torch.allclose(ft["model"][k], v, atol=1e-8) for k, v in ema.items())
+    assert int(ft["ema"]["n_averaged"]) == int(load_checkpoint(toy_run)["ema"]["n_averaged"]) + 1

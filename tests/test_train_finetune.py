@@ -80,12 +80,17 @@ def test_a_cosine_schedule_decays_to_its_floor_and_stays_there():
 
 
 def test_a_cosine_schedule_without_floor_refuses_to_train_past_its_end(tmp_path):
+    cfg = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 100, "decay_steps": 200})
     with pytest.raises(ConfigError, match=r"^train\.steps: 3000 steps train past step 300, .*optim\.min_lr_ratio"):
-        config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 100, "decay_steps": 200})
+        train(cfg, tmp_path / "run", echo=quiet)
+    assert not (tmp_path / "run").exists()  # refused before any work
     cfg = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 1, "decay_steps": 2},
                  train={"steps": 3})
     with pytest.raises(ConfigError, match=r"^--steps: 5 steps train past step 3"):
         train(cfg, tmp_path / "run", steps=5, echo=quiet)
+    floored = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 1, "decay_steps": 2,
+                                             "min_lr_ratio": 0.1}, train={"steps": 3})
+    assert train(floored, tmp_path / "run", steps=5, echo=quiet).step == 5
 
 
 # --- gradient accumulation ----------------------------------------------------------------------

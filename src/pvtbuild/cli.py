@@ -307,7 +307,7 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print its parameter count and a batch's shapes, exit.")
 @click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None,
-              help="Fine-tune: start from this checkpoint's (or run's) weights and EMA; fresh optimizer, step 0.")
+              help="Fine-tune: start from the weights and EMA of this checkpoint, run or export; fresh optimizer, step 0.")
 def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resume: bool, auto_resume: bool,
               device: str, dry_run: bool, init_from: Path | None) -> None:
     """Train a diffusion model on a dataset (or a toy) into --out; torchrun runs it on several GPUs."""

@@ -129,7 +129,8 @@ class OptimConfig:
                  f"must be > 0 (or null: no warm-up), got {self.ema_rampup_ratio}")
 
     def check_steps(self, steps: int, key: str = "train.steps") -> None:
-        """Refuse a cosine schedule that would train at lr 0: past warmup + decay_steps without a floor."""
+        """Refuse a cosine schedule that would train at lr 0: past warmup + decay_steps without a floor.
+        The loop checks it before any work (not at load: a stored config must still load to sample)."""
         end = self.warmup_steps + self.decay_steps
         _require(self.schedule != "cosine" or self.min_lr_ratio > 0 or steps <= end, key,
                  f"{steps} steps train past step {end}, where the cosine schedule reaches lr 0 and stays; "
@@ -257,7 +258,6 @@ def differences(a: Any, b: Any, key: str = "") -> list[str]:
 
 def _check(cfg: TrainConfig) -> None:
     _require(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-    cfg.optim.check_steps(cfg.train.steps)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and hasattr(value, "check"):

@@ -7,8 +7,8 @@
 - `config.yaml`: the run's training config as YAML spells it (`pvtbuild train --config` reads it);
 - `export.json`: `format` (`pvtbuild-export`), `format_version`, the step, the checkpoint it came from,
   the data spec (shape, classes, control channels and names), the data statistics (the model works on
-  data / `stats.scale`), the training dataset's path as run.json recorded it, and the sha256 of
-  `model.safetensors`;
+  data / `stats.scale`), the training dataset's path as run.json recorded it, the sha256 of
+  `model.safetensors` and the EMA's update count (what its warm-up continues from when fine-tuned);
 - `dataset.json`: a copy of the training dataset's summary (its pipeline config, encoder weights, control
   grids, ...), so `sample` decodes and reads controls from the export alone; absent for toys.
 
@@ -37,6 +37,7 @@ from .build import build_backbone, build_formalism
 from .checkpoint import load_checkpoint, resolve_checkpoint, restoring
 from .config import train_config_from_dict
 from .data import DataSpec, DataStats
+from .loop import RUN_JSON
 
 EXPORT_JSON = "export.json"
 WEIGHTS = "model.safetensors"
@@ -73,7 +74,7 @@ def export_run(checkpoint: str | Path, out: Path, data: Path | None = None) -> P
         record = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": int(state["step"]),
                   "checkpoint": str(path.resolve()), "spec": _plain(state["spec"]), "stats": _plain(state["stats"]),
                   "dataset": None if dataset is None else str(dataset.resolve()),
-                  "weights_sha256": _sha256(tmp / WEIGHTS)}
+                  "weights_sha256": _sha256(tmp / WEIGHTS), "ema_updates": int(state["ema"].get("n_averaged", 0))}
         (tmp / EXPORT_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp (and safetensors) make them private
         for f in tmp.iterdir():
@@ -89,16 +90,7 @@ def load_export(folder: Path, device: torch.device) -> Any:
     """A `sample.Sampler` of an export directory: JSON, YAML and safetensors only, checked for fit."""
     from .sample import Sampler, spec_layout
 
-    record = _read_record(folder)
-    cfg_path = folder / CONFIG_YAML
-    try:
-        config = yaml.safe_load(cfg_path.read_text())
-        weights = load_file(str(folder / WEIGHTS), device="cpu")
-    except (OSError, yaml.YAMLError, SafetensorError) as e:
-        raise InputError(f"{folder}: not a readable pvtbuild export ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]})") from None
-    if _sha256(folder / WEIGHTS) != record.get("weights_sha256"):
-        raise InputError(f"{folder / WEIGHTS}: its sha256 is not the one export.json records (a changed or damaged file)")
+    record, config, weights = read_export(folder)
     with restoring(folder, "sample"):
         cfg = train_config_from_dict(config)
         s = record["spec"]
@@ -110,6 +102,31 @@ def load_export(folder: Path, device: torch.device) -> Any:
     net.to(device).eval()
     return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(record["step"]), folder, layout,
                    exported=True)
+
+
+def read_export(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """An export's (export.json record, config as a plain dict, EMA weights), each checked: one line on any fault."""
+    record = _read_record(folder)
+    try:
+        config = yaml.safe_load((folder / CONFIG_YAML).read_text())
+        weights = load_file(str(folder / WEIGHTS), device="cpu")
+    except (OSError, yaml.YAMLError, SafetensorError) as e:
+        raise InputError(f"{folder}: not a readable pvtbuild export ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
+    if _sha256(folder / WEIGHTS) != record.get("weights_sha256"):
+        raise InputError(f"{folder / WEIGHTS}: its sha256 is not the one export.json records (a changed or damaged file)")
+    if not isinstance(config, dict):
+        raise InputError(f"{folder / CONFIG_YAML}: not a mapping of config sections")
+    return record, config, weights
+
+
+def fine_tune_source(folder: Path) -> dict[str, Any]:
+    """An export as the parts of a checkpoint that `--init-from` reads: its EMA weights stand for both the
+    model and the EMA (whose update count export.json keeps)."""
+    record, config, weights = read_export(folder)
+    ema: dict[str, Any] = {f"module.{k}": v for k, v in weights.items()}
+    ema["n_averaged"] = torch.tensor(int(record.get("ema_updates", 0)), dtype=torch.long)
+    return {"config": config, "step": record["step"], "model": weights, "ema": ema}
 
 
 def _read_record(folder: Path) -> dict[str, Any]:
@@ -143,8 +160,6 @@ def _dataset_of(checkpoint: Path, toy: bool, data: Path | None) -> Path | None:
         if not (Path(data) / DATASET_JSON).is_file():
             raise InputError(f"{data}: no {DATASET_JSON} (not a pvtbuild dataset folder)")
         return Path(data)
-    from .loop import RUN_JSON
-
     run_json = checkpoint.parent.parent / RUN_JSON
     recorded = json.loads(run_json.read_text()).get("dataset") if run_json.is_file() else None
     if not recorded or not (Path(recorded) / DATASET_JSON).is_file():

@@ -41,7 +41,8 @@ from ..errors import ConfigError, InputError, PvtbuildError
 from ..encode.device import pick_device as encode_device
 from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
-from .checkpoint import list_checkpoints, load_checkpoint, restoring, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (list_checkpoints, load_checkpoint, resolve_checkpoint, restoring, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import OptimConfig, TrainConfig, differences, first_difference, train_config_from_dict
 from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
                    mix_seed, seeded_crop)
@@ -318,12 +319,12 @@ def _micro_input(batch: Any, cfg: TrainConfig, rank: int, step: int, i: int,
 
 
 def fine_tune_state(path: Path, cfg: TrainConfig, echo: Any) -> dict[str, Any]:
-    """The checkpoint `--init-from` names (file or run directory), after echoing which config keys the new
-    run changes (one line, `(none)` when none)."""
-    from .checkpoint import resolve_checkpoint
+    """The checkpoint `--init-from` names (file, run directory or `pvtbuild export` folder), after echoing
+    which config keys the new run changes (one line, `(none)` when none)."""
+    from .export import fine_tune_source, is_export  # export reads loop's RUN_JSON
 
-    found = resolve_checkpoint(path)
-    state = load_checkpoint(found)
+    found = Path(path) if is_export(Path(path)) else resolve_checkpoint(path)
+    state = fine_tune_source(found) if found.is_dir() else load_checkpoint(found)
     with restoring(found, "fine-tune"):
         old = train_config_from_dict(state["config"]).to_dict()
     changed = differences(_comparable(old), _comparable(cfg.to_dict()))
