@@ -84,9 +84,10 @@ def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: i
     """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
 
     `resume`: True continues the latest checkpoint (and refuses a run directory without one); "auto"
-    continues it when there is one and starts otherwise (a requeued cluster job). `init_from` (a checkpoint
-    or run directory) starts a run that has no checkpoint yet from its weights and EMA (`fine_tune_state`). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files of the
-    dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
+    continues it when there is one and starts otherwise (a requeued cluster job). `init_from` (a checkpoint,
+    run directory or export) starts a run that has no checkpoint yet from its weights and EMA
+    (`fine_tune_state`). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files
+    of the dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
     """
     info = _init_distributed(device)
     try:
