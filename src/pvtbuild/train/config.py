@@ -108,7 +108,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 1000  # linear warm-up from 0
     schedule: Literal["constant", "inv_sqrt", "cosine"] = "inv_sqrt"
-    decay_steps: int = 10000  # inv_sqrt: lr / sqrt(step / decay_steps) past it; cosine: to min_lr_ratio at warmup + decay_steps
+    # inv_sqrt: lr / sqrt(step / decay_steps) past it; cosine: down to min_lr_ratio x lr at warmup + decay_steps
+    decay_steps: int = 10000
     min_lr_ratio: float = 0.0  # cosine: the floor, as a fraction of lr, held after warmup + decay_steps
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     ema_decay: float = 0.999  # of the weights' exponential moving average, used for sampling (the cap with a ramp-up)

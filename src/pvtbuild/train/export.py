@@ -114,7 +114,8 @@ def read_export(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str,
         raise InputError(f"{folder}: not a readable pvtbuild export ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]})") from None
     if _sha256(folder / WEIGHTS) != record.get("weights_sha256"):
-        raise InputError(f"{folder / WEIGHTS}: its sha256 is not the one export.json records (a changed or damaged file)")
+        raise InputError(f"{folder / WEIGHTS}: its sha256 is not the one export.json records "
+                         f"(a changed or damaged file)")
     if not isinstance(config, dict):
         raise InputError(f"{folder / CONFIG_YAML}: not a mapping of config sections")
     return record, config, weights
@@ -136,7 +137,8 @@ def _read_record(folder: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not readable JSON ({type(e).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise InputError(f"{path}: not a pvtbuild export (format {record.get('format') if isinstance(record, dict) else None!r})")
+        found = record.get("format") if isinstance(record, dict) else None
+        raise InputError(f"{path}: not a pvtbuild export (format {found!r}, expected {FORMAT!r})")
     if not isinstance(record.get("format_version"), int) or record["format_version"] > FORMAT_VERSION:
         raise InputError(f"{path}: format_version {record.get('format_version')!r} is not one this pvtbuild reads "
                          f"(<= {FORMAT_VERSION})")
