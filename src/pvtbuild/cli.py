@@ -306,8 +306,10 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
               help="Continue the latest checkpoint in --out if there is one, else start (requeued cluster jobs).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print its parameter count and a batch's shapes, exit.")
+@click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None,
+              help="Fine-tune: start from the weights and EMA of this checkpoint, run or export; fresh optimizer, step 0.")
 def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resume: bool, auto_resume: bool,
-              device: str, dry_run: bool) -> None:
+              device: str, dry_run: bool, init_from: Path | None) -> None:
     """Train a diffusion model on a dataset (or a toy) into --out; torchrun runs it on several GPUs."""
     from .train.config import load_train_config
     from .train.loop import train
@@ -316,15 +318,33 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
         raise PvtbuildError(f"--steps must be >= 1, got {steps}")
     if resume and auto_resume:
         raise PvtbuildError("--resume and --auto-resume exclude each other; pass one")
+    if resume and init_from is not None:
+        raise PvtbuildError("--resume continues a run, --init-from starts one; pass one "
+                            "(--auto-resume --init-from suits a requeued fine-tuning job)")
     cfg = load_train_config(config)
-    result = train(cfg, out, data, steps, "auto" if auto_resume else resume, device, dry_run, echo=lambda line: click.echo(line, err=True))
+    result = train(cfg, out, data, steps, "auto" if auto_resume else resume, device, dry_run,
+                   echo=lambda line: click.echo(line, err=True), init_from=init_from)
     if result.stopped_by_signal:
         sys.exit(143)
 
 
-@cli.command("sample")
+@cli.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A checkpoint file, or a run directory (its latest).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
+              help="The export folder to create: model.safetensors (EMA), config.yaml, export.json, dataset.json.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The training dataset (default: the one run.json records), whose dataset.json is copied.")
+def export_cmd(checkpoint: Path, out: Path, data: Path | None) -> None:
+    """Export a run's EMA weights as safetensors with its config, data facts and dataset summary."""
+    from .train.export import export_run
+
+    click.echo(f"export: {export_run(checkpoint, out, data)}", err=True)
+
+
+@cli.command("sample")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint file, a run directory (its latest), or a `pvtbuild export` folder.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), callback=_writable,
               help="Where the samples go (toys: samples.npy; real formats: NNNN.wav/.npy/.controls.npz/.png).")
 @click.option("--n", "n", type=int, default=None, help="Number of samples [toys: 1000; real formats: 4].")
@@ -372,7 +392,7 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
 
 @cli.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A checkpoint file, or a run directory (its latest).")
+              help="A checkpoint file, a run directory (its latest), or a `pvtbuild export` folder.")
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The dataset the model was trained on; its valid split gives the controls and the real audio.")
 @click.option("--n", "n", type=int, default=16, show_default=True, help="Valid clips to sample and score.")

@@ -12,12 +12,16 @@ of those modules owns its own knobs and defaults.
     model: {channels: 32, channel_mults: [1, 2, 2], control_channels: 16}
     formalism: {name: edm, sigma_data: auto}
     guidance: {p_feature: 0.3, p_all: 0.1, cfg_scale: 1.0}
-    optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999}
-    train: {steps: 500000, checkpoint_every: 10000, eval_every: 0, eval_batches: 4, eval_clips: 0}
+    optim: {lr: 1.0e-4, warmup_steps: 100, grad_clip: 1.0, ema_decay: 0.999, ema_rampup_ratio: 0.05}
+    train: {steps: 500000, checkpoint_every: 10000, eval_every: 0, eval_batches: 4, eval_clips: 0, accumulate: 1}
 
 `data.crop_seconds` (None or 0: whole clips) trains on random crops of that length, cut on the
 format's frames (`train/data.py`); `train.eval_every`, `eval_batches` and `eval_clips` validate
-while training (`LoopConfig`, `train/validate.py`).
+while training (`LoopConfig`, `train/validate.py`). `train.accumulate` N sums the gradients of N
+micro-batches of `data.batch_size` (per process) before each optimizer step. The EMA warm-up is EDM's
+`ema_rampup_ratio` (not EDM2's power EMA): the EMA of step k averages with at most `ema_decay`, and less
+while the half-life `ema_rampup_ratio` x (examples seen) is shorter than `ema_decay`'s. A cosine schedule
+decays to `optim.min_lr_ratio` x lr; with no floor, training past its end (lr 0) is refused.
 """
 
 from __future__ import annotations
@@ -104,9 +108,14 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 1000  # linear warm-up from 0
     schedule: Literal["constant", "inv_sqrt", "cosine"] = "inv_sqrt"
-    decay_steps: int = 10000  # inv_sqrt: lr / sqrt(step / decay_steps) past it; cosine: to 0 at warmup + decay_steps
+    # inv_sqrt: lr / sqrt(step / decay_steps) past it; cosine: down to min_lr_ratio x lr at warmup + decay_steps
+    decay_steps: int = 10000
+    min_lr_ratio: float = 0.0  # cosine: the floor, as a fraction of lr, held after warmup + decay_steps
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
-    ema_decay: float = 0.999  # of the weights' exponential moving average, used for sampling
+    ema_decay: float = 0.999  # of the weights' exponential moving average, used for sampling (the cap with a ramp-up)
+    # EDM's EMA warm-up (Karras et al. 2022): the EMA's half-life, counted in examples, is at most this fraction of
+    # the examples seen so far, so early EMAs forget the random initial weights; None: ema_decay from the first step
+    ema_rampup_ratio: float | None = None
 
     def check(self, key: str) -> None:
         _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
@@ -116,6 +125,17 @@ class OptimConfig:
         _require(self.decay_steps >= 1, f"{key}.decay_steps", f"must be >= 1, got {self.decay_steps}")
         _require(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(0 <= self.ema_decay < 1, f"{key}.ema_decay", f"must be within [0, 1), got {self.ema_decay}")
+        _require(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", f"must be within [0, 1], got {self.min_lr_ratio}")
+        _require(self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0, f"{key}.ema_rampup_ratio",
+                 f"must be > 0 (or null: no warm-up), got {self.ema_rampup_ratio}")
+
+    def check_steps(self, steps: int, key: str = "train.steps") -> None:
+        """Refuse a cosine schedule that would train at lr 0: past warmup + decay_steps without a floor.
+        The loop checks it before any work (not at load: a stored config must still load to sample)."""
+        end = self.warmup_steps + self.decay_steps
+        _require(self.schedule != "cosine" or self.min_lr_ratio > 0 or steps <= end, key,
+                 f"{steps} steps train past step {end}, where the cosine schedule reaches lr 0 and stays; "
+                 f"set optim.min_lr_ratio > 0 or raise optim.decay_steps")
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,9 @@ class LoopConfig:
     eval_every: int = 0  # steps between validations written to RUN_DIR/eval.csv (0: none)
     eval_batches: int = 4  # valid-split batches (file order) whose loss, from fixed draws, each validation averages
     eval_clips: int = 0  # valid clips sampled from the EMA model under their own controls and judged by CREPE (0: none)
+    # micro-batches of data.batch_size per optimizer step: each process's step sees batch_size x accumulate
+    # examples, the run's step batch_size x accumulate x processes (the gradient is their mean)
+    accumulate: int = 1
 
     def check(self, key: str) -> None:
         _require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
@@ -148,6 +171,7 @@ class LoopConfig:
         _require(self.eval_clips >= 0, f"{key}.eval_clips", f"must be >= 0 (0: no judged clips), got {self.eval_clips}")
         _require(not self.eval_clips or self.eval_every > 0, f"{key}.eval_clips",
                  "clips are judged at each validation; set train.eval_every too")
+        _require(1 <= self.accumulate <= 4096, f"{key}.accumulate", f"must be within 1..4096, got {self.accumulate}")
 
 
 @dataclass(frozen=True)
@@ -218,16 +242,19 @@ def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfi
 
 def first_difference(a: Any, b: Any, key: str = "") -> str | None:
     """The dotted key of the first value that differs between two plain configs, or None."""
+    found = differences(a, b, key)
+    return found[0] if found else None
+
+
+def differences(a: Any, b: Any, key: str = "") -> list[str]:
+    """The dotted keys of every value that differs between two plain configs, in sorted key order."""
     if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
         for k in sorted(set(a) | set(b)):
             sub = f"{key}.{k}" if key else str(k)
-            if k not in a or k not in b:
-                return sub
-            found = first_difference(a[k], b[k], sub)
-            if found:
-                return found
-        return None
-    return None if a == b else (key or "config")
+            out += [sub] if k not in a or k not in b else differences(a[k], b[k], sub)
+        return out
+    return [] if a == b else [key or "config"]
 
 
 def _check(cfg: TrainConfig) -> None:

@@ -1,7 +1,10 @@
 """The training loop: one process, or one per GPU under torchrun, resuming exactly.
 
-Per step: a batch from the data source, control dropout, the formalism's loss,
-backward, gradient clipping, Adam, the LR schedule, the EMA. Every random draw
+Per step: `train.accumulate` micro-batches from the data source, each with control
+dropout, the formalism's loss and backward (under DDP only the last one all-reduces),
+then gradient clipping, Adam, the LR schedule, the EMA (with EDM's warm-up when
+`optim.ema_rampup_ratio` is set). `init_from` starts a new run from another run's
+weights and EMA (fine-tuning: fresh optimizer, step 0, the config may differ). Every random draw
 of a step comes from generators seeded by (seed, rank, step), and the data
 source is addressed by position, so a run stopped at step k and resumed gives
 the same losses, bit for bit, as one that never stopped (on CPU; CUDA kernels
@@ -38,8 +41,9 @@ from ..errors import ConfigError, InputError, PvtbuildError
 from ..encode.device import pick_device as encode_device
 from ..manifest import atomic_write_bytes
 from .build import build_backbone, build_formalism, count_parameters
-from .checkpoint import list_checkpoints, load_checkpoint, restoring, rng_state, save_checkpoint, set_rng_state
-from .config import OptimConfig, TrainConfig, first_difference, train_config_from_dict
+from .checkpoint import (list_checkpoints, load_checkpoint, resolve_checkpoint, restoring, rng_state, save_checkpoint,
+                         set_rng_state)
+from .config import OptimConfig, TrainConfig, differences, first_difference, train_config_from_dict
 from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
                    mix_seed, seeded_crop)
 from .guidance import drop_controls
@@ -75,26 +79,31 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: int | None = None,
-          resume: bool | str = False, device: str = "auto", dry_run: bool = False, echo: Any = print) -> TrainResult:
+          resume: bool | str = False, device: str = "auto", dry_run: bool = False, echo: Any = print,
+          init_from: Path | None = None) -> TrainResult:
     """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
 
     `resume`: True continues the latest checkpoint (and refuses a run directory without one); "auto"
-    continues it when there is one and starts otherwise (a requeued cluster job). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files of the
-    dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
+    continues it when there is one and starts otherwise (a requeued cluster job). `init_from` (a checkpoint,
+    run directory or export) starts a run that has no checkpoint yet from its weights and EMA
+    (`fine_tune_state`). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files
+    of the dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
     """
     info = _init_distributed(device)
     try:
         return _train(cfg, run_dir, dataset, steps or cfg.train.steps, resume, device, dry_run, info,
-                      echo if info.main else (lambda *a, **k: None))
+                      echo if info.main else (lambda *a, **k: None), init_from)
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool | str, device_name: str,
-           dry_run: bool, info: DistInfo, echo: Any) -> TrainResult:
+           dry_run: bool, info: DistInfo, echo: Any, init_from: Path | None = None) -> TrainResult:
+    cfg.optim.check_steps(total, "--steps" if total != cfg.train.steps else "train.steps")
     device = pick_device(device_name, info.local_rank)
     state = _resume_state(cfg, run_dir, resume, dry_run)
+    init = fine_tune_state(init_from, cfg, echo) if init_from is not None and state is None else None
     source, stats = _data_source(cfg, dataset, state, info)
     if state is not None:
         _check_same_data(state, source, run_dir, dataset)
@@ -103,7 +112,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     formalism = build_formalism(cfg, source.spec, stats)
     echo(f"train: {cfg.name}: {cfg.formalism_name} on {cfg.data.toy or cfg.data.format} "
          f"{list(source.spec.shape)}, {count_parameters(model):,} learnable parameters, device {device}"
-         + (f", {info.world_size} processes" if info.enabled else ""))
+         + (f", {info.world_size} processes" if info.enabled else "")
+         + (f", {cfg.train.accumulate} micro-batches of {cfg.data.batch_size} a step" if cfg.train.accumulate > 1 else ""))
     if dry_run:
         _, batch = next(source.batches(Position()))
         batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, 0)
@@ -116,8 +126,10 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                  weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.optim), use_buffers=True)
     step, position, skipped = 0, Position(), 0
+    if init is not None:
+        load_fine_tune_weights(model, ema, init, Path(init_from or ""))
     if state is not None:
         with restoring(list_checkpoints(run_dir)[-1], "resume"):
             model.load_state_dict(state["model"])
@@ -133,7 +145,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_json(run_dir, cfg, source.spec, stats, dataset)
+        _write_run_json(run_dir, cfg, source.spec, stats, dataset, init_from if init is not None else None)
     if step >= total:
         echo(f"train: {run_dir} is already at step {step} >= --steps {total}; nothing to do")
         return TrainResult(run_dir, step, skipped=skipped)
@@ -153,17 +165,16 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     try:
         while step < total:
             t0 = time.perf_counter()
-            position, batch = next(batches)
-            batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, step)
+            micro = []
+            for i in range(cfg.train.accumulate):
+                position, batch = next(batches)
+                micro.append(seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, step, *_micro(i)))
             t_data = time.perf_counter() - t0
-            gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, info.rank, step))
             torch.manual_seed(mix_seed(cfg.seed, info.rank, step, 1))  # anything drawing from the global RNG
-            x0, controls = batch.x0.to(device, non_blocking=True), batch.controls.to(device)
-            controls = drop_controls(controls, cfg.guidance.p_feature, cfg.guidance.p_all, gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = formalism.loss(net, x0, controls, gen)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulated_backward(net, formalism, [_micro_input(b, cfg, info.rank, step, i, device)
+                                                         for i, b in enumerate(micro)], amp)
+            n_examples = sum(int(b.x0.shape[0]) for b in micro)
             grad_norm = _clip(model, cfg.optim.grad_clip)
             finite = math.isfinite(grad_norm)  # DDP has averaged the gradients: every rank agrees
             if finite:
@@ -176,14 +187,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
             mean_loss = _mean_over_ranks(loss.detach().float(), info)
             dt = time.perf_counter() - t0
             log.write(step, mean_loss, scheduler.get_last_lr()[0], grad_norm,
-                      x0.shape[0] * info.world_size / dt, t_data / dt, skipped)
+                      n_examples * info.world_size / dt, t_data / dt, skipped)
             result.losses.append(mean_loss)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0:  # before the checkpoint: see _Log
                 if validator is not None:
                     log.write_eval(validator.run(step, model, ema.module, image=log.tb is not None))
                 if info.enabled:
                     dist.barrier()  # the other ranks wait for rank 0's validation
-            examples += x0.shape[0] * info.world_size
+            examples += n_examples * info.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", skipped=skipped)
             last = step == total
@@ -231,10 +242,54 @@ def lr_factor(cfg: OptimConfig) -> Any:
         if cfg.schedule == "inv_sqrt":
             return warm / math.sqrt(max(past / cfg.decay_steps, 1.0))
         if cfg.schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * min(past / cfg.decay_steps, 1.0)))
+            cos = 0.5 * (1 + math.cos(math.pi * min(past / cfg.decay_steps, 1.0)))
+            return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
         return warm
 
     return factor
+
+
+def ema_beta(cfg: OptimConfig, updates: int) -> float:
+    """The EMA's decay at its update after `updates` earlier ones: `ema_decay`, or with EDM's warm-up
+    (`ema_rampup_ratio` r) at most 0.5 ** (1 / (r * updates)), i.e. a half-life of r x the examples seen so
+    far (EDM's ema_halflife_nimg = min(halflife, cur_nimg * r), in units of a step's batch). It depends on
+    the EMA's own update count, which its state stores: resume stays exact."""
+    if cfg.ema_rampup_ratio is None:
+        return cfg.ema_decay
+    return min(cfg.ema_decay, 0.5 ** (1.0 / max(cfg.ema_rampup_ratio * updates, 1e-8)))
+
+
+def ema_update(cfg: OptimConfig) -> Any:
+    """The `multi_avg_fn` of the run's `AveragedModel`: torch's EMA update at `ema_beta` of the update count."""
+    if cfg.ema_rampup_ratio is None:
+        return get_ema_multi_avg_fn(cfg.ema_decay)  # a fixed decay: the same arithmetic as before the warm-up
+
+    def update(ema_params: Any, params: Any, updates: torch.Tensor) -> None:
+        get_ema_multi_avg_fn(ema_beta(cfg, int(updates)))(ema_params, params, updates)
+
+    return update
+
+
+def accumulated_backward(net: nn.Module, formalism: Any,
+                         micro: list[tuple[torch.Tensor, Any, torch.Generator]], amp: bool) -> torch.Tensor:
+    """Backward of the mean loss over every example of the micro-batches `(x0, controls, generator)`, one
+    micro-batch's graph in memory at a time: each loss is weighted by its share of the examples, so the
+    summed gradient is the one batch of them all would give (for the same draws). Under DDP, every
+    micro-batch but the last runs under `no_sync`, so gradients are all-reduced once per step. Returns
+    the weighted loss (float32, detached)."""
+    total = sum(int(x0.shape[0]) for x0, _, _ in micro)
+    out = torch.zeros((), device=micro[0][0].device)
+    for i, (x0, controls, gen) in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not isinstance(net, nn.parallel.DistributedDataParallel) \
+            else net.no_sync()
+        with sync:
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = formalism.loss(net, x0, controls, gen)
+            loss = loss * (x0.shape[0] / total) if len(micro) > 1 else loss
+            loss.backward()
+        out += loss.detach().float()
+    return out
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -249,6 +304,52 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 # --- pieces -------------------------------------------------------------------------------
+
+
+def _micro(i: int) -> tuple[str | int, ...]:
+    """What micro-batch i adds to a step's seeds: nothing for the first, so `accumulate: 1` draws as before."""
+    return () if i == 0 else ("micro", i)
+
+
+def _micro_input(batch: Any, cfg: TrainConfig, rank: int, step: int, i: int,
+                 device: torch.device) -> tuple[torch.Tensor, Any, torch.Generator]:
+    """Micro-batch i of a step on `device`, its controls dropped, and its generator from (seed, rank, step, i)."""
+    gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, rank, step, *_micro(i)))
+    x0, controls = batch.x0.to(device, non_blocking=True), batch.controls.to(device)
+    return x0, drop_controls(controls, cfg.guidance.p_feature, cfg.guidance.p_all, gen), gen
+
+
+def fine_tune_state(path: Path, cfg: TrainConfig, echo: Any) -> dict[str, Any]:
+    """The checkpoint `--init-from` names (file, run directory or `pvtbuild export` folder), after echoing
+    which config keys the new run changes (one line, `(none)` when none)."""
+    from .export import fine_tune_source, is_export  # export reads loop's RUN_JSON
+
+    found = Path(path) if is_export(Path(path)) else resolve_checkpoint(path)
+    state = fine_tune_source(found) if found.is_dir() else load_checkpoint(found)
+    with restoring(found, "fine-tune"):
+        old = train_config_from_dict(state["config"]).to_dict()
+    changed = differences(_comparable(old), _comparable(cfg.to_dict()))
+    echo(f"train: fine-tuning from {found} (step {int(state['step'])}): weights and EMA only, optimizer and "
+         f"step start anew; config keys changed: {', '.join(changed) or '(none)'}")
+    return state
+
+
+def load_fine_tune_weights(model: nn.Module, ema: AveragedModel, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights and EMA into a new run's model, refusing in one line (naming the first
+    parameter that differs) an architecture they do not fit."""
+    mine = model.state_dict()
+    theirs = state["model"]
+    for name in [*mine, *(k for k in theirs if k not in mine)]:  # the model's own order: its first layer first
+        if name not in theirs or name not in mine:
+            where = "this config's model" if name in mine else f"the model of {path}"
+            raise InputError(f"{path}: --init-from: parameter {name} exists only in {where}; the architectures "
+                             f"differ (keep the model section of the run you fine-tune)")
+        if tuple(mine[name].shape) != tuple(theirs[name].shape):
+            raise InputError(f"{path}: --init-from: parameter {name} has shape {list(theirs[name].shape)} there, "
+                             f"{list(mine[name].shape)} in this config's model; the architectures differ")
+    model.load_state_dict(theirs)
+    with restoring(path, "fine-tune"):
+        ema.load_state_dict(state["ema"])
 
 
 def _init_distributed(device: str) -> DistInfo:
@@ -335,9 +436,12 @@ def _spec_dict(source: BatchSource) -> dict[str, Any]:
     return out
 
 
-def _write_run_json(run_dir: Path, cfg: TrainConfig, spec: Any, stats: DataStats, dataset: Path | None) -> None:
+def _write_run_json(run_dir: Path, cfg: TrainConfig, spec: Any, stats: DataStats, dataset: Path | None,
+                    init_from: Path | None = None) -> None:
     record = {"config": cfg.to_dict(), "dataset": None if dataset is None else str(dataset.resolve()),
               "data_shape": list(spec.shape), "stats": stats.to_dict(), "torch": torch.__version__}
+    if init_from is not None:
+        record["init_from"] = str(Path(init_from).resolve())
     atomic_write_bytes(run_dir / RUN_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 

@@ -14,10 +14,16 @@ dataset records (`decode.py`). The output folder holds, per sample i:
 
 and `sample.json`: checkpoint, step, formalism, steps, NFE per sample, guidance scale, seed,
 the request, the decoder's weights, timing.
+
+`--checkpoint` takes a checkpoint file, a run directory, or a `pvtbuild export` directory
+(`export.py`: safetensors weights, loaded without unpickling anything). On CUDA with
+`train.amp: bf16`, only the network's forward runs under bf16 autocast (`sampling_autocast`);
+its output is cast back to float32, so preconditioning and the sampler's arithmetic stay float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -49,15 +55,21 @@ class Sampler:
     step: int
     checkpoint: Path
     layout: DatasetLayout | None = None  # which dataset arrays it reads (None for toys)
+    exported: bool = False  # `checkpoint` is a `pvtbuild export` directory
 
     @property
     def run_dir(self) -> Path:
-        """The run directory the checkpoint belongs to (RUN/checkpoints/ckpt-N.pt)."""
-        return self.checkpoint.parent.parent
+        """The run directory the checkpoint belongs to (RUN/checkpoints/ckpt-N.pt), or the export directory."""
+        return self.checkpoint if self.exported else self.checkpoint.parent.parent
 
 
 def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
-    """Rebuild a run's network from its checkpoint (file or run directory) and load the EMA weights."""
+    """Rebuild a run's network from its checkpoint (file or run directory) and load the EMA weights; or
+    the same from a `pvtbuild export` directory."""
+    from .export import is_export, load_export
+
+    if is_export(Path(checkpoint)):
+        return load_export(Path(checkpoint), device)
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     with restoring(path, "sample"):
@@ -69,11 +81,25 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
         prefix = "module."
         net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
     net.to(device).eval()
-    layout = None
-    if "local_names" in s:
-        layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
-                               tuple(s["local_groups"]), tuple(s["global_groups"]), dict(cfg.data.encodings))
-    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path, layout)
+    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path,
+                   spec_layout(cfg, s))
+
+
+def spec_layout(cfg: TrainConfig, s: dict[str, Any]) -> DatasetLayout | None:
+    """The dataset layout a checkpoint's `spec` records (None for toys and checkpoints from before layouts)."""
+    if "local_names" not in s:
+        return None
+    spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
+    return DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
+                         tuple(s["local_groups"]), tuple(s["global_groups"]), dict(cfg.data.encodings))
+
+
+def sampling_autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context the network's forward runs in while sampling: bf16 autocast on CUDA when the run trained
+    with `train.amp: bf16` (as training did), a null context otherwise (CPU always samples in float32)."""
+    if device.type == "cuda" and cfg.train.amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def sample_toy(checkpoint: str | Path | Sampler, out_dir: Path, n: int, steps: int | None = None, seed: int = 0,
@@ -89,7 +115,7 @@ def sample_toy(checkpoint: str | Path | Sampler, out_dir: Path, n: int, steps: i
     device = next(sampler.net.parameters()).device
     gen = torch.Generator(device=device).manual_seed(mix_seed(seed, "sample"))
     with torch.no_grad():
-        x = sampler.formalism.sample(sampler.net, (n, *sampler.spec.shape), Controls(), steps,
+        x = sampler.formalism.sample(_CountingNet(sampler.net, sampler.cfg), (n, *sampler.spec.shape), Controls(), steps,
                                      sampler.cfg.guidance.cfg_scale, gen)
     arr = x.cpu().numpy()
     arr = arr.astype(np.int64) if sampler.spec.discrete else arr.astype(np.float32)
@@ -117,15 +143,20 @@ class Generated:
 
 
 class _CountingNet:
-    """The backbone, counting its calls and the rows they carried (NFE)."""
+    """The backbone, counting its calls and the rows they carried (NFE); its forward alone runs under
+    `sampling_autocast`, its output back in float32."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, cfg: TrainConfig) -> None:
         self.net, self.calls, self.rows = net, 0, 0
+        self.device = next(net.parameters()).device
+        self.cfg = cfg
 
     def __call__(self, x: torch.Tensor, noise_level: torch.Tensor, controls: Controls) -> torch.Tensor:
         self.calls += 1
         self.rows += int(x.shape[0])
-        return self.net(x, noise_level, controls)
+        with sampling_autocast(self.cfg, self.device):
+            out = self.net(x, noise_level, controls)
+        return out.float()
 
 
 def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = None, cfg_scale: float | None = None,
@@ -145,7 +176,7 @@ def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = N
     device = next(sampler.net.parameters()).device
     steps = steps or sampler.cfg.train.sample_steps
     scale = sampler.cfg.guidance.cfg_scale if cfg_scale is None else float(cfg_scale)
-    counting = _CountingNet(sampler.net)
+    counting = _CountingNet(sampler.net, sampler.cfg)
     out, batches = [], 0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -166,10 +197,13 @@ def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = N
 
 
 def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
-    """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records."""
+    """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records; for an
+    export, the export itself (its copy of dataset.json is all that decoding and controls read)."""
     from ..dataset.tfrecord import DATASET_JSON
     from .loop import RUN_JSON
 
+    if data is None and sampler.exported:
+        data = sampler.run_dir
     if data is None:
         run_json = sampler.run_dir / RUN_JSON
         if not run_json.is_file():
