@@ -259,7 +259,8 @@ def torchrun_train(cfg_file: Path, data: Path, out: Path, steps: int, *extra: st
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "pvtbuild.cli", "train", "--config",
            str(cfg_file), "--data", str(data), "--out", str(out), "--steps", str(steps), "--device", "cpu", *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash prints every thread's stack
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     lines = [line for line in res.stderr.splitlines() if "%|" not in line]
     assert res.returncode == 0, "\n".join(lines[:60] + ["..."] + lines[-20:])
 
