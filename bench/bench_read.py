@@ -4,7 +4,11 @@
     python bench/bench_read.py DATASET [N]     # the train split of a built dataset
 
 The torch reader is timed with its data CRC check (the default) and without
-(``torch_nocrc``), on the same records in the same run.
+(``torch_nocrc``), on the same records in the same run. ``torch_map`` is the
+trainer's reader (`TFRecordMapDataset`): a whole epoch permuted from the seed
+and fetched record by record at its byte offset, batches cut in the main
+process; ``torch_dl{workers}`` against ``torch_map_dl{workers}`` is what that
+costs against the sequential, buffer-shuffled iterable (same seed, workers, batch).
 
 Synthetic records are what the EnCodec pipeline stores: ``encodec`` [128,600]
 float32, ``disc`` [16,600] int16 and 7 controls on the 75 Hz grid (6 x [600] +
@@ -41,7 +45,7 @@ from pvtbuild.dataset import (
     write_shapes,
     write_shard,
 )
-from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDataset
 
 CONTROLS = ("velocity", "chroma", "pitch", "voiced", "beat", "bpm")
 DEMO_DATASET = Path(__file__).resolve().parents[1] / "demo-out" / "dataset"  # what `make demo` builds
@@ -107,6 +111,51 @@ def _loader_read(ds: Any, batch: int, num_workers: int, n: int) -> int:
         seen += len(next(iter(b.values())))
         if seen >= n:
             break
+    return min(seen, n)
+
+
+def shuffled_loader_read(dataset_dir: Path, batch: int, num_workers: int, n: int) -> int:
+    """Examples the trainer's former reader yields until `n`: the seeded iterable through a DataLoader made
+    per epoch (`drop_last`, as the trainer had it), so its shuffle buffer refills every epoch."""
+    from torch.utils.data import DataLoader
+
+    ds = TFRecordIterableDataset(dataset_dir, "train", shuffle_seed=0)
+    seen, epoch = 0, 0
+    while seen < n:
+        ds.set_epoch(epoch)
+        before = seen
+        for b in DataLoader(ds, batch_size=batch, num_workers=num_workers, drop_last=True):
+            seen += len(next(iter(b.values())))
+            if seen >= n:
+                break
+        if seen == before:
+            break  # no whole batch in an epoch (what the trainer stopped on)
+        epoch += 1
+    return min(seen, n)
+
+
+def map_read(dataset_dir: Path, batch: int, num_workers: int, n: int) -> int:
+    """Examples the trainer's reader yields until `n` (`DatasetSource.batches` without the collate to a Batch):
+    each epoch permuted whole, cut into batches here, a DataLoader per epoch fed them as its batch_sampler.
+    With no workers: the records of each epoch's permutation fetched in turn, decode only (as ``torch``)."""
+    from torch.utils.data import DataLoader
+
+    ds = TFRecordMapDataset(dataset_dir, "train", shuffle_seed=0)
+    seen, epoch = 0, 0
+    while seen < n:
+        ds.set_epoch(epoch)
+        if num_workers == 0:
+            keys = ds.epoch_keys()[: n - seen]
+            seen += sum(1 for key in keys if ds[key])
+        else:
+            batches = ds.epoch_batches(batch)
+            if not batches:
+                break
+            for b in DataLoader(ds, batch_sampler=batches, num_workers=num_workers):
+                seen += len(next(iter(b.values())))
+                if seen >= n:
+                    break
+        epoch += 1
     return min(seen, n)
 
 
@@ -212,6 +261,11 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
         result["torch_nocrc"] = _rate(*min(runs[False], key=lambda r: r[1]), payload)
         count, secs = _timed(lambda: torch_read(workers))
         result[f"torch_dl{workers}"] = _rate(count, secs, payload)
+        count, secs = _timed(lambda: shuffled_loader_read(dataset_dir, batch_size, workers, n))
+        result[f"torch_dl{workers}_shuffled"] = _rate(count, secs, payload)
+        for w in (0, workers):
+            count, secs = _timed(lambda: map_read(dataset_dir, batch_size, w, n))
+            result["torch_map" if w == 0 else f"torch_map_dl{w}"] = _rate(count, secs, payload)
 
         paths, t_npz = _npz_copy(dataset_dir, n, tmp_dir / "npz")
         result["npz_write_s"] = round(t_npz, 1)
@@ -232,6 +286,11 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
     result["ratios"] = {
         "tf / npz": round(speed("tf") / speed("npz"), 2),
         "torch / npz": round(speed("torch") / speed("npz"), 2),
+        "torch_map / torch": round(speed("torch_map") / speed("torch"), 2),
+        # inf: the iterable gave no whole batch (each worker batches its own files; the demo dataset at batch 16)
+        f"torch_map_dl{workers} / torch_dl{workers}_shuffled": round(
+            speed(f"torch_map_dl{workers}") / speed(f"torch_dl{workers}_shuffled"), 2)
+        if speed(f"torch_dl{workers}_shuffled") else float("inf"),
         f"torch_dl{workers} / npz_dl{workers}": round(speed(f"torch_dl{workers}") / speed(f"npz_dl{workers}"), 2),
         "torch / tf": round(speed("torch") / speed("tf"), 2),
         "torch / torch_nocrc": round(speed("torch") / speed("torch_nocrc"), 3),  # 1 - data CRC's cost

@@ -304,12 +304,15 @@ def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random:
 @click.option("--resume", is_flag=True, help="Continue the latest checkpoint in --out (same config).")
 @click.option("--auto-resume", is_flag=True,
               help="Continue the latest checkpoint in --out if there is one, else start (requeued cluster jobs).")
+@click.option("--allow-inexact-resume", is_flag=True,
+              help="Resume with another number of processes than wrote the checkpoint: every rank continues from "
+                   "the furthest data position any rank had reached (not the uninterrupted run's data order).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print its parameter count and a batch's shapes, exit.")
 @click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None,
               help="Fine-tune: start from the weights and EMA of this checkpoint, run or export; fresh optimizer, step 0.")
 def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resume: bool, auto_resume: bool,
-              device: str, dry_run: bool, init_from: Path | None) -> None:
+              allow_inexact_resume: bool, device: str, dry_run: bool, init_from: Path | None) -> None:
     """Train a diffusion model on a dataset (or a toy) into --out; torchrun runs it on several GPUs."""
     from .train.config import load_train_config
     from .train.loop import train
@@ -323,7 +326,8 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
                             "(--auto-resume --init-from suits a requeued fine-tuning job)")
     cfg = load_train_config(config)
     result = train(cfg, out, data, steps, "auto" if auto_resume else resume, device, dry_run,
-                   echo=lambda line: click.echo(line, err=True), init_from=init_from)
+                   echo=lambda line: click.echo(line, err=True), init_from=init_from,
+                   allow_inexact_resume=allow_inexact_resume)
     if result.stopped_by_signal:
         sys.exit(143)
 

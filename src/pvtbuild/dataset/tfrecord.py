@@ -216,9 +216,10 @@ def iter_records(path: str | Path, verify_crc: bool = True) -> Iterator[bytearra
         yield from read_records(fh, str(path), verify_crc, os.fstat(fh.fileno()).st_size)
 
 
-def read_records(fh: IO[bytes], name: str, verify_crc: bool = True, size: int | None = None) -> Iterator[bytearray]:
-    """Like `iter_records`, from an open binary file object (`name` is used in errors, `size` bounds lengths)."""
-    offset = 0
+def read_records(fh: IO[bytes], name: str, verify_crc: bool = True, size: int | None = None,
+                 offset: int = 0) -> Iterator[bytearray]:
+    """Like `iter_records`, from an open binary file object (`name` is used in errors, `size` bounds lengths,
+    `offset` is where `fh` stands in the file)."""
     while True:
         head = fh.read(12)
         if not head:
@@ -243,15 +244,32 @@ def check_framing(path: str | Path) -> int:
     crashed the process (a segfault) on a header whose length CRC was valid and whose length
     was near 2**62. Costs one 12-byte read per record.
     """
-    count = offset = 0
+    return len(record_offsets(path))
+
+
+def record_offsets(path: str | Path) -> list[int]:
+    """The byte offset of every record of a TFRecord file, from its checked headers alone (`check_framing`),
+    so a reader can fetch records in any order with `read_record_at`."""
+    offsets: list[int] = []
+    offset = 0
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         while head := fh.read(12):
             length = _record_length(head, str(path), offset, size)
+            offsets.append(offset)
             offset += 16 + length
             fh.seek(offset)
-            count += 1
-    return count
+    return offsets
+
+
+def read_record_at(path: str | Path, offset: int, verify_crc: bool = True) -> bytearray:
+    """The record at byte `offset` of a TFRecord file (one of `record_offsets`), checked as `iter_records`
+    checks every record: its length against its CRC and the file's size, its data CRC unless told not to."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for record in read_records(fh, str(path), verify_crc, os.fstat(fh.fileno()).st_size, offset):
+            return record
+    raise InputError(f"{path}: no record at byte {offset} (the file changed since it was indexed)")
 
 
 def _record_length(head: bytes, name: str, offset: int, size: int | None) -> int:

@@ -1,7 +1,8 @@
 """Checkpoints that resume a run exactly: `RUN_DIR/checkpoints/ckpt-STEP.pt`.
 
 One file holds everything a run's future depends on: the model, its EMA, the
-optimiser and LR scheduler, the step, the data position, the measured data
+optimiser and LR scheduler, the step, every rank's data position (`positions`,
+in rank order; `position` is rank 0's, all a checkpoint before them held), the measured data
 statistics, every RNG state (torch CPU and CUDA; the loop also reseeds its own
 generators from (seed, rank, step), so nothing else carries randomness), the
 count of skipped non-finite steps, and the config as YAML would spell it.
@@ -90,6 +91,9 @@ def _check_parts(state: dict[str, Any], path: Path) -> None:
         if not isinstance(state[name], kind) or isinstance(state[name], bool):
             raise InputError(f"{path}: its {name} is a {type(state[name]).__name__}, not a {kind.__name__}"
                              " (a damaged or foreign checkpoint)")
+    positions = state.get("positions", [])
+    if not isinstance(positions, list) or not all(isinstance(p, dict) for p in positions):
+        raise InputError(f"{path}: its positions are not a list of dicts (a damaged or foreign checkpoint)")
     if not isinstance(state["spec"].get("shape"), (list, tuple)):
         raise InputError(f"{path}: its spec has no shape (a damaged or foreign checkpoint)")
 

@@ -58,7 +58,7 @@ class TrainDataConfig:
     stats_examples: int = 64  # examples read to measure the data's std
     batch_size: int = 16  # per process (per GPU)
     num_workers: int = 0  # DataLoader worker processes reading shards
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # unused: the trainer draws each epoch whole (DatasetSource); kept so configs load
     crop_seconds: float | None = None  # train on random crops this long, on the format's frames (None or 0: whole clips)
 
     def check(self, key: str) -> None:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..config import ENCODEC_HOP
 from ..dataset.shapes import read_shapes
 from ..dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
-from ..dataset.torch_reader import TFRecordIterableDataset
+from ..dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDataset
 from ..errors import InputError
 from .config import CONTROL_ENCODINGS, TrainDataConfig
 from .guidance import NULL_VALUE, Controls
@@ -276,16 +276,21 @@ def _stack(arrays: list[Any]) -> Tensor:
 class DatasetSource:
     """Batches of one rank from a dataset's train split through the PyTorch reader (no TensorFlow).
 
-    Files are split across ranks and DataLoader workers by the reader, so every record is read once
-    per epoch across ranks; batch order is a function of (seed, epoch), so a position is reproducible.
+    Each epoch, the rank's share of the files (the same split of files across ranks as ever, so every
+    record is read once per epoch across ranks) is drawn in one permutation of all its records, from
+    (seed, epoch, rank), and cut into batches here, in the main process (`TFRecordMapDataset`); the
+    DataLoader's workers only fetch and collate the batches they are handed. So every example of the
+    share is used once per epoch whatever `data.num_workers` is (only the last partial batch is
+    dropped), a batch mixes the whole share, and the batches are a function of (seed, epoch, rank):
+    a position is reproducible, and resuming skips batches without reading them.
     """
 
     def __init__(self, cfg: TrainDataConfig, dataset: Path, layout: DatasetLayout, stats: DataStats, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg, self.dataset, self.layout, self.spec = cfg, dataset, layout, layout.spec
         self.names = [*layout.read_names, "id"]
-        self.reader = TFRecordIterableDataset(dataset, "train", names=self.names, shuffle_seed=seed,
-                                              shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world_size)
+        self.reader = TFRecordMapDataset(dataset, "train", names=self.names, shuffle_seed=seed, rank=rank,
+                                         world_size=world_size)
         self.collate = Collate(layout, stats.scale)
         self.rank = rank
         self.crop_frames = crop_frames(cfg, dataset, layout.spec)
@@ -294,15 +299,16 @@ class DatasetSource:
         epoch, skip = start.epoch, start.batch
         while True:
             self.reader.set_epoch(epoch)
-            loader = DataLoader(self.reader, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                collate_fn=self.collate, drop_last=True)
-            n = 0
-            for n, batch in enumerate(loader, 1):
-                if n > skip:
+            keys = self.reader.epoch_batches(self.cfg.batch_size)
+            if not keys:
+                raise InputError(f"{self.dataset}/train: rank {self.rank} got {len(self.reader.epoch_keys())} "
+                                 f"examples in epoch {epoch}, fewer than data.batch_size = {self.cfg.batch_size}; "
+                                 f"lower the batch size")
+            if skip < len(keys):  # else the start lies past this epoch (an inexact resume): no workers started
+                loader = DataLoader(self.reader, batch_sampler=keys[skip:], num_workers=self.cfg.num_workers,
+                                    collate_fn=self.collate)
+                for n, batch in enumerate(loader, skip + 1):
                     yield Position(epoch, n), batch
-            if n == 0:
-                raise InputError(f"{self.dataset}/train: rank {self.rank} got fewer than data.batch_size = "
-                                 f"{self.cfg.batch_size} examples in an epoch; lower the batch size")
             epoch, skip = epoch + 1, 0
 
     def valid_batches(self, count: int) -> Iterator[Batch]:

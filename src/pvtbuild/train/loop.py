@@ -80,7 +80,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: int | None = None,
           resume: bool | str = False, device: str = "auto", dry_run: bool = False, echo: Any = print,
-          init_from: Path | None = None) -> TrainResult:
+          init_from: Path | None = None, allow_inexact_resume: bool = False) -> TrainResult:
     """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
 
     `resume`: True continues the latest checkpoint (and refuses a run directory without one); "auto"
@@ -88,22 +88,26 @@ def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: i
     run directory or export) starts a run that has no checkpoint yet from its weights and EMA
     (`fine_tune_state`). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files
     of the dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
+    A checkpoint holds every rank's data position, so a resume with another number of processes is
+    refused unless `allow_inexact_resume` (`_resume_position`).
     """
     info = _init_distributed(device)
     try:
         return _train(cfg, run_dir, dataset, steps or cfg.train.steps, resume, device, dry_run, info,
-                      echo if info.main else (lambda *a, **k: None), init_from)
+                      echo if info.main else (lambda *a, **k: None), init_from, allow_inexact_resume)
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool | str, device_name: str,
-           dry_run: bool, info: DistInfo, echo: Any, init_from: Path | None = None) -> TrainResult:
+           dry_run: bool, info: DistInfo, echo: Any, init_from: Path | None = None,
+           allow_inexact_resume: bool = False) -> TrainResult:
     cfg.optim.check_steps(total, "--steps" if total != cfg.train.steps else "train.steps")
     device = pick_device(device_name, info.local_rank)
     state = _resume_state(cfg, run_dir, resume, dry_run)
     init = fine_tune_state(init_from, cfg, echo) if init_from is not None and state is None else None
+    start = _resume_position(state, run_dir, info, allow_inexact_resume, echo) if state is not None else Position()
     source, stats = _data_source(cfg, dataset, state, info)
     if state is not None:
         _check_same_data(state, source, run_dir, dataset)
@@ -137,7 +141,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step, skipped = int(state["step"]), int(state["skipped"])
-            position = Position(**state["position"])
+            position = start
             set_rng_state(state["rng"])
         echo(f"train: resuming {run_dir} at step {step}")
     net: nn.Module = model
@@ -201,12 +205,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
             stopping = _any_rank(stop.requested, info, device)
             if step % cfg.train.checkpoint_every == 0 or last or stopping:
                 digests = _rank_digests(model, info)  # every rank takes part; rank 0 writes
+                positions = _rank_positions(position, info)
                 if len(set(digests)) > 1:
                     raise RuntimeError(f"step {step}: ranks hold different weights ({digests}); DDP went out of sync")
             if info.main and (step % cfg.train.checkpoint_every == 0 or last or stopping):
                 result.checkpoint = save_checkpoint(run_dir, step, {
                     "rank_weights_sha256": digests,
-                    "config": cfg.to_dict(), "step": step, "position": vars(position), "skipped": skipped,
+                    "config": cfg.to_dict(), "step": step, "position": vars(position), "positions": positions,
+                    "skipped": skipped,
                     "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "stats": stats.to_dict(),
                     "spec": _spec_dict(source),
@@ -385,6 +391,46 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool | str, dry_run: 
     return state
 
 
+def _resume_position(state: dict[str, Any], run_dir: Path, info: DistInfo, allow_inexact: bool, echo: Any) -> Position:
+    """This rank's data position in the checkpoint: its own, written by the rank of its number.
+
+    Ranks read different files and cross epochs at different steps, so the positions are exact only
+    with the world size that wrote them; another one is refused in one line unless `allow_inexact`:
+    then every rank starts at the furthest position any rank had reached (for a dataset: some
+    examples of that epoch are skipped or read twice; toys, whose ranks all stand at the step, lose
+    nothing). A checkpoint from before positions were gathered holds rank 0's alone: exact for one process.
+    """
+    path = list_checkpoints(run_dir)[-1]
+    with restoring(path, "resume"):
+        positions = _stored_positions(state)
+        furthest = max(positions or [Position(**state["position"])], key=lambda p: (p.epoch, p.batch))
+    if positions is not None and len(positions) == info.world_size:
+        return positions[info.rank]
+    if positions is not None:
+        what = f"was written by {len(positions)} process(es) and this run has {info.world_size}"
+        fix = f"resume with {len(positions)} process(es), or pass --allow-inexact-resume"
+    else:
+        what = (f"holds rank 0's data position alone (written by {len(state['rank_weights_sha256'])} processes, "
+                f"before every rank's was kept)")
+        fix = "pass --allow-inexact-resume to continue from an approximate position"
+    if not allow_inexact:
+        raise PvtbuildError(f"{path}: {what}; every rank resumes its own data position exactly only with the "
+                            f"world size that wrote them: {fix}")
+    echo(f"train: warning: {path.name} {what}; --allow-inexact-resume: every rank continues from epoch "
+         f"{furthest.epoch}, batch {furthest.batch} (the furthest any rank had reached), so the data order is not "
+         f"the uninterrupted run's")
+    return furthest
+
+
+def _stored_positions(state: dict[str, Any]) -> list[Position] | None:
+    """Every rank's data position in a checkpoint, in rank order; None for one written by several processes
+    before the positions were gathered (it kept rank 0's alone, which a single process's run still resumes)."""
+    if "positions" in state:
+        return [Position(**p) for p in state["positions"]]
+    writers = len(state.get("rank_weights_sha256") or [None])
+    return [Position(**state["position"])] if writers == 1 else None
+
+
 def _check_same_data(state: dict[str, Any], source: BatchSource, run_dir: Path, dataset: Path | None) -> None:
     """Resume only on data of the shape the run was trained on: other data would fail deep in torch."""
     facts = ("shape", "num_classes", "local_channels", "global_channels")
@@ -462,6 +508,16 @@ def _rank_digests(model: nn.Module, info: DistInfo) -> list[str]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, h.hexdigest())
     return [str(d) for d in out]
+
+
+def _rank_positions(position: Position, info: DistInfo) -> list[dict[str, int]]:
+    """Every rank's data position, in rank order (each reads its own files, so they differ): the checkpoint's."""
+    mine = {"epoch": position.epoch, "batch": position.batch}
+    if not info.enabled:
+        return [mine]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return [{"epoch": int(p["epoch"]), "batch": int(p["batch"])} for p in out]
 
 
 def _mean_over_ranks(value: torch.Tensor, info: DistInfo) -> float:
