@@ -198,6 +198,12 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
         right = np.mean([bool(g) and (not reason or reason in g) for g in got])
         caught[kind] = float(failed)
         missed = Counter(r for g in got for r in g if reason and reason not in g)
+        if os.environ.get("BENCH_VERBOSE"):
+            for (s, _), g, inst in zip(judged, got, instruments):
+                if not g or (reason and reason not in g):
+                    print(f"     escaped: {inst} {g} " + ", ".join(f"{k} {_r(s[k])}" for k in
+                          ("chroma_accuracy", "missing_notes", "label_lag_ms", "notes", "label_beyond_sound",
+                           "sound_beyond_label")))
         print(f"   | {kind} ({len(audio)}) | {100 * failed:.0f} % | {100 * right:.0f} % |"
               + (f" other reasons: {dict(missed)}" if right < 1 and missed else ""))
     return caught

@@ -164,8 +164,11 @@ def shifted(notes: ClipNotes, seconds: float) -> ClipNotes:
 
 
 def droppable(notes: ClipNotes, min_s: float = 0.15) -> list[int]:
-    """Indices of a quarter of the notes (at least one) lasting >= min_s: what a "dropped note" copy drops."""
-    long = [i for i in range(len(notes)) if notes.offsets[i] - notes.onsets[i] >= min_s]
+    """Indices of a quarter of the notes (at least one) lasting >= min_s, each of another pitch than the note
+    before it: what a "dropped note" copy drops (a repeated note dropped inside its twin's release tail still
+    sounds, to any judge)."""
+    long = [i for i in range(len(notes)) if notes.offsets[i] - notes.onsets[i] >= min_s
+            and (i == 0 or notes.pitches[i] != notes.pitches[i - 1])]
     return long[1::4] if len(long) > 1 else long
 
 
