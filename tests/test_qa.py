@@ -171,3 +171,23 @@ def test_crepe_labels_are_reproducible_and_cached_by_audio(tmp_path):
     verdicts = [crepe_right(s) for s in crepe_scores(first, [controls, controls], coarse)]
     assert verdicts[0] == [] and "crepe_chroma_accuracy" in verdicts[1]
     assert verdicts == [crepe_right(s) for s in crepe_scores(again, [controls, controls], coarse)]
+
+
+def _false_alarms() -> list[dict]:
+    return json.loads((REPO / "tests" / "data" / "qa" / "false_alarms.json").read_text())["clips"]
+
+
+@pytest.mark.parametrize("clip", _false_alarms(), ids=lambda c: f"{c['id']}-{c['failed_before'].replace(' ', '-')}")
+def test_qa_passes_lakh_clips_it_used_to_fail_that_crepe_finds_right(cfg, timbre, clip):
+    """Issue 22's false alarms (2 s and 8 s clips; bench/bench_qa_precision.py), re-rendered from their notes:
+    fast piano lines over release tails, few notes, few frames."""
+    seconds = float(clip["clip_seconds"])
+    c = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": seconds})
+    notes = ClipNotes(np.array(clip["onsets"]), np.array(clip["offsets"]), np.array(clip["pitches"], np.int16),
+                      np.array(clip["velocities"], np.int16), np.zeros(0), seconds)
+    audio, _ = render_notes(notes, clip["program"], render_soundfont(c), c.render, c.clip_samples)
+    grid = qa_grid(c)
+    names = [i.name for i in c.select.instruments]
+    controls = compute_controls(notes, names.index(clip["instrument"]), len(names), grid, c.controls.bpm_max)
+    scores, _ = judge_clip(audio, controls, clip["instrument"], QaJob(c.qa, grid, c.render.sample_rate, "", "", timbre))
+    assert failure_reasons(scores, c.qa) == []

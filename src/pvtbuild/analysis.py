@@ -347,7 +347,10 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         with np.errstate(invalid="ignore"):
             also = asked > 0
         both &= ~(ringing & also)
-        sounding = voiced & ~(ringing & ~also)
+        # a note sounds where the audio is voiced (not only by its predecessor's tail) or where its own pitch scores
+        # half a voiced frame's least harmonicity: low notes under a semitone neighbour's tail score 0.1-0.5 there
+        with np.errstate(invalid="ignore"):
+            sounding = (voiced & ~(ringing & ~also)) | (asked >= 0.25)
         lag = _label_lags(lv, key, est_key, after, tolerances[0].max_lag_s, tolerances[0].lag_min_gain, times)
         with np.errstate(invalid="ignore"):
             right_pc = both & (est_midi % 12 == pc)
