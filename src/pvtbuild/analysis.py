@@ -385,6 +385,8 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     """The per-note scores (notes, missing notes, onsets, label lag) of a group of clips."""
     g, n = lv.shape
     times = ests[0].times
+    # the shortest core judged: 0.1 s (at least 4 frames); a shorter one is mostly its neighbours' attack and tail
+    min_core = max(4, int(np.ceil(0.1 / float(times[1] - times[0])))) if n > 1 else 4
     sounding = np.zeros((g, n + 1), dtype=np.int64)
     np.cumsum(voiced, axis=1, out=sounding[:, 1:])
     for i, k in enumerate(rows):
@@ -397,7 +399,7 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         lo = np.minimum(lo, n)
         hi = np.minimum(np.maximum(hi, lo), n)
         s = sounding[i]
-        o["missing_notes"] = float(np.count_nonzero((core >= 4) & (2 * (s[hi] - s[lo]) < core)))
+        o["missing_notes"] = float(np.count_nonzero((core >= min_core) & (2 * (s[hi] - s[lo]) < core)))
         first = notes[:, 0]  # the notes that start from silence
         starts = times[first[(first > 0) & ~lv[i][np.maximum(first - 1, 0)]]]
         if not len(starts):

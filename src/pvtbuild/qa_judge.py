@@ -163,7 +163,7 @@ def shifted(notes: ClipNotes, seconds: float) -> ClipNotes:
                    velocities=notes.velocities[keep])
 
 
-def droppable(notes: ClipNotes, min_s: float = 0.15) -> list[int]:
+def droppable(notes: ClipNotes, min_s: float = 0.2) -> list[int]:
     """Indices of a quarter of the notes (at least one) lasting >= min_s, each of another pitch than the note
     before it: what a "dropped note" copy drops (a repeated note dropped inside its twin's release tail still
     sounds, to any judge)."""
