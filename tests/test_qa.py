@@ -81,6 +81,13 @@ def test_qa_names_added_white_noise_noise(cfg):
     assert "noise" in judge(cfg, "trumpet", melody(), post=lambda a: noisy(a, 0))
 
 
+def test_qa_fails_a_clip_holding_another_clips_audio(cfg):
+    other = melody()
+    other = ClipNotes(other.onsets, other.offsets, other.pitches[::-1].copy(),
+                      other.velocities, other.beats, other.duration)  # the same rhythm, the line played backwards
+    assert "wrong pitch" in judge(cfg, "violin", other, melody())
+
+
 def test_qa_names_a_silent_clip_silence(cfg):
     assert judge(cfg, "piano", melody(), post=np.zeros_like) == ["silence"]
 
@@ -191,3 +198,16 @@ def test_qa_passes_lakh_clips_it_used_to_fail_that_crepe_finds_right(cfg, timbre
     controls = compute_controls(notes, names.index(clip["instrument"]), len(names), grid, c.controls.bpm_max)
     scores, _ = judge_clip(audio, controls, clip["instrument"], QaJob(c.qa, grid, c.render.sample_rate, "", "", timbre))
     assert failure_reasons(scores, c.qa) == []
+
+
+def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):
+    """3 wrong pitch-class frames in 20 are no evidence of a wrong pitch; 45 in 300 are; nan frames: the raw share."""
+    from pvtbuild.analysis import SCORE_KEYS
+
+    def reasons(accuracy: float, frames: float) -> list[str]:
+        s = {k: float("nan") for k in SCORE_KEYS}
+        s.update(peak_db=-20.0, chroma_accuracy=accuracy, octave_accuracy=1.0, pitch_frames=frames)
+        return failure_reasons(s, cfg.qa)
+
+    assert reasons(0.85, 20) == [] and reasons(0.85, 300) == ["wrong pitch"]
+    assert reasons(0.0, 20) == ["wrong pitch"] and reasons(0.85, float("nan")) == ["wrong pitch"]
