@@ -7,12 +7,13 @@ Nothing here reads MIDI: the only "truth" it sees is the control arrays.
 
 Public API (stable; other modules depend on these names)
 --------------------------------------------------------
-- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times, harmonics)`: per frame of
+- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times, harmonics, expected_score)`: per frame of
   the controls' grid (frame k sampled at t_k = (k + offset)/rate, as in controls.py):
   `voiced` [T] bool, `pitch` [T] float MIDI (nan where unvoiced), `loudness` [T] dBFS,
   `harmonicity` [T] (template score at the chosen pitch, see below), `times` [T] t_k,
   `harmonics` [T, TIMBRE_HARMONICS] (log-compressed magnitude at harmonics 1..8 of the
-  frame's pitch: its timbre profile; nan where unvoiced); `onsets`: onset times in seconds.
+  frame's pitch: its timbre profile; nan where unvoiced), `expected_score` [T] (template score
+  at the expected pitch, when one was given); `onsets`: onset times in seconds.
 - `timbre_distances(est, references, frames)`: the clip's harmonic profile (level removed)
   against each instrument's reference profile at the same pitch (the qa stage's
   `wrong instrument` check).
@@ -27,8 +28,11 @@ Public API (stable; other modules depend on these names)
   `voiced_agreement`, `chroma_accuracy`, `octave_accuracy`, `pitch_accuracy`,
   `loudness_velocity_spearman`, `onset_offset_ms`, `onset_abs_ms`, `onset_match`,
   `missing_notes`, `notes`, `sound_beyond_label`, `label_beyond_sound`, `harmonicity`,
-  `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels' note-ons are, as the
-  median offset of the nearest audio onset within +-`max_lag_s`; nan with fewer than 3). `controls` maps control names (velocity, chroma, pitch,
+  `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels are: the shift within
+  +-`max_lag_s` that makes the most frames agree with the audio's pitch, 0 unless it gains
+  `lag_min_gain` of the held frames; nan with fewer than 10 held frames), and the frame counts
+  the shares stand on (`pitch_frames`, `held_frames`, `quiet_frames`: the qa stage fails a clip
+  on a share only when enough frames back it, `qa.share_bounds`). `controls` maps control names (velocity, chroma, pitch,
   voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
   A control that is -1 (unconditional, from the trainer or a generator) makes the
   metrics needing it nan; metrics with no frame to score are nan too.
