@@ -397,7 +397,7 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         o, tol = out[k], tolerances[i]
         notes = note_segments(lv[i], None if key is None else key[i])
         o["notes"] = float(len(notes))
-        # a note is missing when under half its core (onset_frames in from each end, >= 4 frames) sounds
+        # a note is missing when under half its core (onset_frames in from each end, >= min_core frames) sounds
         lo, hi = notes[:, 0] + tol.onset_frames, notes[:, 1] - tol.onset_frames
         core = hi - lo
         lo = np.minimum(lo, n)
@@ -415,6 +415,10 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         if len(found):
             o["onset_offset_ms"] = _median(found) * 1000
             o["onset_abs_ms"] = _median(np.abs(found)) * 1000
+        if o["label_lag_ms"] == 0.0:  # no shift found frame by frame (few frames move): do the onsets agree on one?
+            by_onsets = _onset_lag(starts, ests[i].onsets, tol.max_lag_s)
+            if not np.isnan(by_onsets):
+                o["label_lag_ms"] = by_onsets
 
 
 def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -830,6 +834,31 @@ def _label_lags(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, tails: np.
     gain = (agree[np.arange(g), best] - agree[:, 0]) / np.maximum(held, 1)
     lag = np.where(gain >= min_gain, np.round(np.array(shifts)[best] * step * 1000.0, 3), 0.0)
     return np.where(held >= 10, lag, np.nan)
+
+
+def _nearest_index(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Index of the nearest of `found` (ascending, non-empty) to each target, the earlier on a tie."""
+    j = np.minimum(np.searchsorted(found, targets), len(found) - 1)
+    before = np.maximum(j - 1, 0)
+    return np.where(np.abs(found[before] - targets) <= np.abs(found[j] - targets), before, j)
+
+
+def _onset_lag(starts: np.ndarray, onsets: np.ndarray, max_lag_s: float, agree_s: float = 0.03) -> float:
+    """ms by which the label's note starts (from silence) are late, from audio onsets paired one to one (each
+    the other's nearest, within max_lag_s): the median offset when at least 2 pairs, and 2/3 of them, lie within
+    `agree_s` of it; else nan (a missed onset pairs with nothing rather than with another note's)."""
+    if len(starts) < 2 or len(onsets) < 2:
+        return float("nan")
+    j = _nearest_index(starts, onsets)
+    back = _nearest_index(onsets, starts)
+    offs = onsets[j] - starts
+    paired = (back[j] == np.arange(len(starts))) & (np.abs(offs) <= max_lag_s)
+    if np.count_nonzero(paired) < 2:
+        return float("nan")
+    offs = offs[paired]
+    med = _median(offs)
+    close = np.count_nonzero(np.abs(offs - med) <= agree_s)
+    return -med * 1000 if close >= max(2, int(np.ceil(2 * len(offs) / 3))) else float("nan")
 
 
 def _nearest_offset(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
