@@ -128,13 +128,11 @@ def crepe_track(judge, audio: np.ndarray, sample_rate: int, grid: GridConfig,
 def crepe_scores(pitch: np.ndarray, controls: Sequence[Mapping[str, np.ndarray]],
                  grid: GridConfig) -> list[dict[str, float]]:
     """`train.judge` scores of tracks `pitch` [B, T] (nan: unvoiced) against each clip's controls on `grid`."""
-    import math as _math
-
     from .controls import frame_times
     from .train.judge import MIN_CORE_S, edge_frames, score_track
 
     times = frame_times(grid)
-    k, min_core = edge_frames(grid), _math.ceil(MIN_CORE_S * float(grid.rate))
+    k, min_core = edge_frames(grid), math.ceil(MIN_CORE_S * float(grid.rate))
     return [score_track(p, np.isfinite(p), times, c, k, min_core) for p, c in zip(pitch, controls)]
 
 
