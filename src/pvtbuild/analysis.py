@@ -7,12 +7,13 @@ Nothing here reads MIDI: the only "truth" it sees is the control arrays.
 
 Public API (stable; other modules depend on these names)
 --------------------------------------------------------
-- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times, harmonics)`: per frame of
+- `FrameEstimates(voiced, pitch, loudness, onsets, harmonicity, times, harmonics, expected_score)`: per frame of
   the controls' grid (frame k sampled at t_k = (k + offset)/rate, as in controls.py):
   `voiced` [T] bool, `pitch` [T] float MIDI (nan where unvoiced), `loudness` [T] dBFS,
   `harmonicity` [T] (template score at the chosen pitch, see below), `times` [T] t_k,
   `harmonics` [T, TIMBRE_HARMONICS] (log-compressed magnitude at harmonics 1..8 of the
-  frame's pitch: its timbre profile; nan where unvoiced); `onsets`: onset times in seconds.
+  frame's pitch: its timbre profile; nan where unvoiced), `expected_score` [T] (template score
+  at the expected pitch, when one was given); `onsets`: onset times in seconds.
 - `timbre_distances(est, references, frames)`: the clip's harmonic profile (level removed)
   against each instrument's reference profile at the same pitch (the qa stage's
   `wrong instrument` check).
@@ -27,8 +28,11 @@ Public API (stable; other modules depend on these names)
   `voiced_agreement`, `chroma_accuracy`, `octave_accuracy`, `pitch_accuracy`,
   `loudness_velocity_spearman`, `onset_offset_ms`, `onset_abs_ms`, `onset_match`,
   `missing_notes`, `notes`, `sound_beyond_label`, `label_beyond_sound`, `harmonicity`,
-  `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels' note-ons are, as the
-  median offset of the nearest audio onset within +-`max_lag_s`; nan with fewer than 3). `controls` maps control names (velocity, chroma, pitch,
+  `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels are: the shift within
+  +-`max_lag_s` that makes the most frames agree with the audio's pitch, 0 unless it gains
+  `lag_min_gain` of the held frames; nan with fewer than 10 held frames), and the frame counts
+  the shares stand on (`pitch_frames`, `held_frames`, `quiet_frames`: the qa stage fails a clip
+  on a share only when enough frames back it, `qa.share_bounds`). `controls` maps control names (velocity, chroma, pitch,
   voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
   A control that is -1 (unconditional, from the trainer or a generator) makes the
   metrics needing it nan; metrics with no frame to score are nan too.
@@ -119,7 +123,8 @@ YIN_TROUGH = 0.13
 SCORE_KEYS: tuple[str, ...] = (
     "voiced_agreement", "chroma_accuracy", "octave_accuracy", "pitch_accuracy", "loudness_velocity_spearman",
     "onset_offset_ms", "onset_abs_ms", "onset_match", "missing_notes", "notes", "sound_beyond_label",
-    "label_beyond_sound", "harmonicity", "peak_db", "frames_scored", "label_lag_ms")
+    "label_beyond_sound", "harmonicity", "peak_db", "frames_scored", "label_lag_ms", "pitch_frames", "held_frames",
+    "quiet_frames")
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class Tolerances:
     release_s: float = 0.3  # seconds after a note-off during which sound is not held against the label
     onset_search_s: float = 0.08  # a label onset matches an audio onset this close
     max_lag_s: float = 0.3  # label shifts tried by `label_lag_ms`
+    lag_min_gain: float = 0.04  # share of held frames a shift must bring into agreement to count (`label_lag_ms`)
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,9 @@ class FrameEstimates:
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] t_k, seconds
     # [T, TIMBRE_HARMONICS] log-compressed magnitude at harmonics 1..H of the frame's pitch (nan: unvoiced)
     harmonics: np.ndarray = field(default_factory=lambda: np.zeros((0, TIMBRE_HARMONICS)))
+    # [T] template score (nats) at the expected pitch (nan where none was given): does the asked note sound, even
+    # where another (a louder release tail) wins the frame?
+    expected_score: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def analyse(audio: np.ndarray, sample_rate: int, rate: float, frames: int, offset: float = 0.5,
@@ -197,6 +206,7 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     rows = np.arange(t)
     loudness, flux, pitch = np.empty((b, t)), np.zeros((b, t)), np.empty((b, t))
     harm = np.empty((b, t), dtype=np.float32)
+    asked = np.full((b, t), np.nan, dtype=np.float32)  # score at the expected pitch
     harmonics = np.empty((b, t, TIMBRE_HARMONICS), dtype=np.float32)
     padded = framed = None
     if expected is not None:  # candidates more than 13 semitones from a frame's expected pitch are out
@@ -213,6 +223,9 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             np.matmul(s, _template(), out=scores)
             if expected is not None:
                 np.greater(np.abs(_CANDIDATES - expected[k][:, None]), 13, out=far)  # nan: False, no limit
+                have = np.isfinite(expected[k])
+                col = np.clip(np.rint(np.where(have, expected[k], MIDI_MIN)) - MIDI_MIN, 0, MIDI_MAX - MIDI_MIN)
+                asked[k] = np.where(have, scores[rows, col.astype(np.int64)], np.nan)
                 np.copyto(scores, -np.inf, where=far)
             best = scores.argmax(axis=1)
             harm[k] = scores[rows, best]
@@ -230,7 +243,7 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     pitch[~voiced] = np.nan
     harmonics[~voiced] = np.nan
     onsets = _onsets(flux / N_BINS, loudness, times, rate, params.onset_threshold)
-    return [FrameEstimates(voiced[k], pitch[k], loudness[k], onsets[k], harm[k], times, harmonics[k])
+    return [FrameEstimates(voiced[k], pitch[k], loudness[k], onsets[k], harm[k], times, harmonics[k], asked[k])
             for k in range(b)]
 
 
@@ -321,18 +334,39 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     n_inner = inner.sum(axis=1)
     harmonicity = _row_medians(np.stack([e.harmonicity for e in ests]), inner, n_inner)
     both = inner & voiced
-    n_both = both.sum(axis=1)
+    sounding = voiced
+    lag = np.full(len(rows), np.nan)
     if pc is not None:
         with np.errstate(invalid="ignore"):
             est_midi = np.rint(np.stack([e.pitch for e in ests]))
+        est_key = est_midi if midi is not None else est_midi % 12
+        # frames where the audio names the previous note, still ringing (release) under this one, are no evidence
+        # either way: the pitch trackers (this one and CREPE alike) can hear the louder old partials there
+        # ... when the asked note sounds too (its pitch scores at least half the winner's); where it does not, the
+        # tail is all there is (a dropped note): the frame is no sound of this note
+        asked = np.stack([e.expected_score if len(e.expected_score) == lv.shape[1] else np.full(lv.shape[1], np.nan)
+                          for e in ests])
+        harm = np.stack([e.harmonicity for e in ests])
+        ringing = _ringing_previous(lv, key, est_key, times, np.array([t.release_s for t in tolerances]))
+        with np.errstate(invalid="ignore"):
+            also = asked > 0
+        both &= ~(ringing & also)
+        # a note sounds where the audio is voiced (not only by its predecessor's tail) or where its own pitch scores
+        # half a voiced frame's least harmonicity: low notes under a semitone neighbour's tail score 0.1-0.5 there
+        with np.errstate(invalid="ignore"):
+            sounding = (voiced & ~(ringing & ~also)) | (asked >= 0.25)
+        lag = _label_lags(lv, key, est_key, after, tolerances[0].max_lag_s, tolerances[0].lag_min_gain, times)
+        with np.errstate(invalid="ignore"):
             right_pc = both & (est_midi % 12 == pc)
         n_right = right_pc.sum(axis=1)
         n_exact = np.count_nonzero(both & (est_midi == midi), axis=1) if midi is not None else None
+    n_both = both.sum(axis=1)
     rho = _row_spearman(np.stack([e.loudness for e in ests]), labels["velocity"], inner) \
         if "velocity" in labels else None
     for i, k in enumerate(rows):
         o = out[k]
         o["frames_scored"] = float(n_scored[i])
+        o["pitch_frames"], o["held_frames"], o["quiet_frames"] = float(n_both[i]), float(n_held[i]), float(n_quiet[i])
         if n_scored[i]:
             o["voiced_agreement"] = int(agree[i]) / int(n_scored[i])
             o["sound_beyond_label"] = int(beyond_label[i]) / int(n_quiet[i]) if n_quiet[i] else 0.0
@@ -346,7 +380,8 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
                 o["octave_accuracy"] = int(n_exact[i]) / int(n_right[i]) if n_right[i] else float("nan")
         if rho is not None:
             o["loudness_velocity_spearman"] = float(rho[i])
-    _score_notes(out, rows, ests, lv, voiced, key, tolerances)
+        o["label_lag_ms"] = float(lag[i])
+    _score_notes(out, rows, ests, lv, sounding, key, tolerances)
 
 
 def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[FrameEstimates], lv: np.ndarray,
@@ -354,19 +389,21 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     """The per-note scores (notes, missing notes, onsets, label lag) of a group of clips."""
     g, n = lv.shape
     times = ests[0].times
+    # the shortest core judged: 0.1 s (at least 4 frames); a shorter one is mostly its neighbours' attack and tail
+    min_core = max(4, int(np.ceil(0.1 / float(times[1] - times[0])))) if n > 1 else 4
     sounding = np.zeros((g, n + 1), dtype=np.int64)
     np.cumsum(voiced, axis=1, out=sounding[:, 1:])
     for i, k in enumerate(rows):
         o, tol = out[k], tolerances[i]
         notes = note_segments(lv[i], None if key is None else key[i])
         o["notes"] = float(len(notes))
-        # a note is missing when under half its core (onset_frames in from each end, >= 4 frames) sounds
+        # a note is missing when under half its core (onset_frames in from each end, >= min_core frames) sounds
         lo, hi = notes[:, 0] + tol.onset_frames, notes[:, 1] - tol.onset_frames
         core = hi - lo
         lo = np.minimum(lo, n)
         hi = np.minimum(np.maximum(hi, lo), n)
         s = sounding[i]
-        o["missing_notes"] = float(np.count_nonzero((core >= 4) & (2 * (s[hi] - s[lo]) < core)))
+        o["missing_notes"] = float(np.count_nonzero((core >= min_core) & (2 * (s[hi] - s[lo]) < core)))
         first = notes[:, 0]  # the notes that start from silence
         starts = times[first[(first > 0) & ~lv[i][np.maximum(first - 1, 0)]]]
         if not len(starts):
@@ -378,9 +415,10 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         if len(found):
             o["onset_offset_ms"] = _median(found) * 1000
             o["onset_abs_ms"] = _median(np.abs(found)) * 1000
-        wide = offs[dist <= tol.max_lag_s]
-        if len(wide) >= 3:
-            o["label_lag_ms"] = -_median(wide) * 1000
+        if o["label_lag_ms"] == 0.0:  # no shift found frame by frame (few frames move): do the onsets agree on one?
+            by_onsets = _onset_lag(starts, ests[i].onsets, tol.max_lag_s)
+            if not np.isnan(by_onsets):
+                o["label_lag_ms"] = by_onsets
 
 
 def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -753,6 +791,74 @@ def note_segments(voiced: np.ndarray, pitch: np.ndarray | None) -> np.ndarray:
     bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [n]])
     runs = np.stack([bounds[:-1], bounds[1:]], axis=1)
     return runs[voiced[bounds[:-1]]]
+
+
+def _ringing_previous(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, times: np.ndarray,
+                      release_s: np.ndarray) -> np.ndarray:
+    """[G, T] held frames whose estimate (`est_key`) is the pitch of the label note before the current one (another
+    pitch), when that note ended at most `release_s` (per clip) earlier: its release tail may still sound there."""
+    g, n = lv.shape
+    k = np.where(lv, key, -1.0)
+    ended = np.zeros((g, n), dtype=bool)
+    ended[:, 1:] = lv[:, :-1] & (k[:, 1:] != k[:, :-1])  # a held note's last frame was i - 1
+    last = np.maximum.accumulate(np.where(ended, np.arange(n), 0), axis=1)
+    prev = np.take_along_axis(k, np.maximum(last - 1, 0), axis=1)
+    since = times[None, :] - times[last]
+    with np.errstate(invalid="ignore"):
+        return lv & (last > 0) & (since <= release_s[:, None]) & (prev != k) & (est_key == prev)
+
+
+def _label_lags(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, tails: np.ndarray, max_lag_s: float,
+                min_gain: float, times: np.ndarray) -> np.ndarray:
+    """[G] ms by which the labels are late (negative: early): the shift of the labels within +-max_lag_s that
+    makes the most frames agree with the audio, the smallest such shift on a tie; 0 unless it makes more
+    agree than no shift by `min_gain` of the held frames; nan with fewer than 10 held frames.
+
+    A frame agrees when the label holds a note and the audio has its pitch (`est_key`, nan where unvoiced),
+    or the label holds none and the audio is silent; frames in a release tail (`tails`, shifted with the
+    labels) count neither way. Every frame votes, so it holds with few notes and with legato lines, where
+    audio onsets are few (a median of nearest onsets took another note's onset for a missed one).
+    """
+    g, n = lv.shape
+    step = float(times[1] - times[0]) if n > 1 else 1.0
+    m = int(round(max_lag_s / step))
+    lab = np.where(lv, key, np.where(tails, -2.0, -1.0))  # -2: matches nothing
+    audio = np.where(np.isnan(est_key), -1.0, est_key)
+    shifts = sorted(range(-min(m, n - 1), min(m, n - 1) + 1), key=lambda s: (abs(s), s))  # 0 first
+    agree = np.empty((g, len(shifts)), dtype=np.int64)
+    for j, s in enumerate(shifts):  # labels s frames late: label frame k + s describes audio frame k
+        a, b = (audio[:, :n - s], lab[:, s:]) if s >= 0 else (audio[:, -s:], lab[:, :n + s])
+        agree[:, j] = np.count_nonzero(a == b, axis=1)
+    best = agree.argmax(axis=1)  # the first maximum: the smallest shift
+    held = lv.sum(axis=1)
+    gain = (agree[np.arange(g), best] - agree[:, 0]) / np.maximum(held, 1)
+    lag = np.where(gain >= min_gain, np.round(np.array(shifts)[best] * step * 1000.0, 3), 0.0)
+    return np.where(held >= 10, lag, np.nan)
+
+
+def _nearest_index(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Index of the nearest of `found` (ascending, non-empty) to each target, the earlier on a tie."""
+    j = np.minimum(np.searchsorted(found, targets), len(found) - 1)
+    before = np.maximum(j - 1, 0)
+    return np.where(np.abs(found[before] - targets) <= np.abs(found[j] - targets), before, j)
+
+
+def _onset_lag(starts: np.ndarray, onsets: np.ndarray, max_lag_s: float, agree_s: float = 0.03) -> float:
+    """ms by which the label's note starts (from silence) are late, from audio onsets paired one to one (each
+    the other's nearest, within max_lag_s): the median offset when at least 2 pairs, and 2/3 of them, lie within
+    `agree_s` of it; else nan (a missed onset pairs with nothing rather than with another note's)."""
+    if len(starts) < 2 or len(onsets) < 2:
+        return float("nan")
+    j = _nearest_index(starts, onsets)
+    back = _nearest_index(onsets, starts)
+    offs = onsets[j] - starts
+    paired = (back[j] == np.arange(len(starts))) & (np.abs(offs) <= max_lag_s)
+    if np.count_nonzero(paired) < 2:
+        return float("nan")
+    offs = offs[paired]
+    med = _median(offs)
+    close = np.count_nonzero(np.abs(offs - med) <= agree_s)
+    return -med * 1000 if close >= max(2, int(np.ceil(2 * len(offs) / 3))) else float("nan")
 
 
 def _nearest_offset(targets: np.ndarray, found: np.ndarray) -> np.ndarray:

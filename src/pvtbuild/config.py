@@ -278,13 +278,13 @@ class QaConfig:
     release_s: dict[str, float] = field(default_factory=_default_release_s)
     default_release_s: float = 0.5  # for instruments release_s does not name
     silence_db: float = -60.0  # fail "silence": the clip's loudest frame is below this (dBFS)
-    min_noise_harmonicity: float = 1.0  # fail "noise": median harmonicity of held frames below this
+    min_noise_harmonicity: float = 0.8  # fail "noise": median harmonicity of held frames below this
     min_chroma_accuracy: float = 0.9  # fail "wrong pitch"
     min_octave_accuracy: float = 0.9  # fail "wrong octave"
     max_missing_notes: int = 0  # fail "missing notes": more held notes than this with no sound
     max_label_beyond_sound: float = 0.1  # fail "label longer than sound": share of held frames silent
     max_sound_beyond_label: float = 0.1  # fail "label shorter than sound": share of unheld frames sounding
-    max_label_lag_ms: float = 40.0  # fail "labels shifted": the labels fit the audio best shifted by more
+    max_label_lag_ms: float = 60.0  # fail "labels shifted": the labels fit the audio best shifted by more
     min_loudness_spearman: float = -1.0  # fail "loudness": rank correlation with velocity below this (-1: off)
     timbre: bool = True  # compare each clip's harmonic profile with every instrument's, rendered at the stage start
     max_timbre_margin: float = 0.0  # fail "wrong instrument": own profile distance minus the nearest other's above this

@@ -261,26 +261,34 @@ def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
 
     A score that is nan (nothing to score it on) never fails a clip.
     """
-    def below(key: str, limit: float) -> bool:
-        return not math.isnan(s[key]) and s[key] < limit
+    def below(key: str, limit: float, frames: float | None = None) -> bool:
+        """The score is below the limit; a share of `frames` frames only when it is so with ~95 % confidence
+        (`share_bounds`): 3 wrong frames in 20 are no evidence, 45 in 300 are."""
+        if math.isnan(s[key]):
+            return False
+        return (share_bounds(s[key], frames)[1] if frames is not None else s[key]) < limit
 
-    def above(key: str, limit: float) -> bool:
-        return not math.isnan(s[key]) and s[key] > limit
+    def above(key: str, limit: float, frames: float | None = None) -> bool:
+        if math.isnan(s[key]):
+            return False
+        return (share_bounds(s[key], frames)[0] if frames is not None else s[key]) > limit
+
+    pitch_n = s.get("pitch_frames", math.nan)
 
     if math.isnan(s["peak_db"]) or s["peak_db"] < q.silence_db:
         return ["silence"]
     reasons = []
     if below("harmonicity", q.min_noise_harmonicity):
         reasons.append("noise")
-    if below("chroma_accuracy", q.min_chroma_accuracy):
+    if below("chroma_accuracy", q.min_chroma_accuracy, pitch_n):
         reasons.append("wrong pitch")
-    elif below("octave_accuracy", q.min_octave_accuracy):
+    elif below("octave_accuracy", q.min_octave_accuracy, pitch_n * s["chroma_accuracy"]):
         reasons.append("wrong octave")
     if above("missing_notes", q.max_missing_notes):
         reasons.append("missing notes")
-    if above("label_beyond_sound", q.max_label_beyond_sound):
+    if above("label_beyond_sound", q.max_label_beyond_sound, s.get("held_frames", math.nan)):
         reasons.append("label longer than sound")
-    if above("sound_beyond_label", q.max_sound_beyond_label):
+    if above("sound_beyond_label", q.max_sound_beyond_label, s.get("quiet_frames", math.nan)):
         reasons.append("label shorter than sound")
     if not math.isnan(s["label_lag_ms"]) and abs(s["label_lag_ms"]) > q.max_label_lag_ms:
         reasons.append("labels shifted")
@@ -289,6 +297,23 @@ def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
     if not math.isnan(s.get("timbre_margin", math.nan)) and s["timbre_margin"] > q.max_timbre_margin:
         reasons.append("wrong instrument")
     return reasons
+
+
+Z_ONE_SIDED = 1.645  # ~95 % one-sided: how sure a share's verdict must be (`share_bounds`)
+
+
+def share_bounds(share: float, n: float) -> tuple[float, float]:
+    """(lower, upper) Wilson bounds (`Z_ONE_SIDED`) of a share measured on n frames; (share, share) when n is nan.
+
+    A share of a few frames says little: qa fails a clip on a share only when its bound is past the
+    limit (the frames of one note are not independent, so these bounds are, if anything, narrow).
+    """
+    if math.isnan(n) or n <= 0:
+        return share, share
+    z2 = Z_ONE_SIDED ** 2
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z_ONE_SIDED * math.sqrt(max(share * (1 - share), 0.0) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return centre - half, centre + half
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
