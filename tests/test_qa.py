@@ -97,6 +97,18 @@ def test_qa_names_labels_shifted_in_time_labels_shifted(cfg, shift):
     assert "labels shifted" in judge(cfg, "trumpet", melody(), melody(shift=shift))
 
 
+@pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
+def test_qa_names_the_one_moved_note_change_of_a_two_note_2s_clip_labels_shifted(instrument):
+    """Two notes, the first from the clip's start: a 120 ms shift moves one note change (9 frames of 150), where
+    the frame-agreement lag finds nothing; the audio's switch to the second note, 120 ms off the label's, does."""
+    cfg2 = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": 2.0})
+    notes = ClipNotes(np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.array([60, 64], np.int16),
+                      np.array([90, 90], np.int16), np.zeros(0), 2.0)
+    assert judge(cfg2, instrument, notes) == []
+    for seconds in (-0.12, 0.12):
+        assert "labels shifted" in judge(cfg2, instrument, notes, shifted(notes, seconds)), seconds
+
+
 def test_qa_catches_a_clip_rendered_with_the_wrong_program(cfg):
     # without the timbre check, only indirectly: the piano's release tails sound far beyond a trumpet's
     reasons = judge(cfg, "trumpet", melody(), program=0)
