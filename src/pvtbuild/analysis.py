@@ -362,8 +362,7 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
         with np.errstate(invalid="ignore"):
             sounding = (voiced & ~(ringing & ~also)) | (asked >= ASKED_SOUNDS)
         lag = _label_lags(lv, key, est_key, after, tolerances[0].max_lag_s, tolerances[0].lag_min_gain, times)
-        switch = [_switch_lags(lv[i], key[i], est_key[i], asked[i], tolerances[0].max_lag_s, times)
-                  for i in range(len(rows))]
+        change_lag, switch_lag = _switch_lags(lv, key, est_key, asked, tolerances[0].max_lag_s, times)
         with np.errstate(invalid="ignore"):
             right_pc = both & (est_midi % 12 == pc)
         n_right = right_pc.sum(axis=1)
@@ -390,7 +389,7 @@ def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
             o["loudness_velocity_spearman"] = float(rho[i])
         o["label_lag_ms"] = float(lag[i])
         if pc is not None:
-            o["change_lag_ms"], o["switch_lag_ms"] = switch[i]
+            o["change_lag_ms"], o["switch_lag_ms"] = float(change_lag[i]), float(switch_lag[i])
     _score_notes(out, rows, ests, lv, sounding, key, tolerances)
 
 
@@ -847,59 +846,69 @@ def _label_lags(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, tails: np.
 
 
 def _switch_lags(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, asked: np.ndarray, window_s: float,
-                 times: np.ndarray) -> tuple[float, float]:
-    """(change_lag_ms, switch_lag_ms) of one clip: how long after the label the audio switches to a label's note.
+                 times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([G] change_lag_ms, [G] switch_lag_ms): how long after the label the audio switches to a label's note.
 
-    Each label note that follows another (a change) or silence (a start) is an event at its first frame c. Within
-    `window_s` of c (a change: not before the previous note's start; not past the note's end) the audio's switch
-    point is the frame k that best splits the frames into "not yet the new note" before and "the new note" after
-    it: the new note is the audio's pitch (`est_key`) or, from c on, its own pitch's template score (`asked`) >=
-    `ASKED_SOUNDS` (a piano note under its louder predecessor's tail still sounds); before k, a change needs the
-    previous note's pitch, a start anything else. The event counts when that split explains >= `SWITCH_FIT` of the
-    window's frames with >= 2 frames each side (a note never tracked, or a repeated pitch, has no switch to find).
-    change_lag_ms: the median of k - c over the changes; switch_lag_ms: over changes and starts (ms; negative:
-    the audio switches before the label says). nan without an event. A clean render switches 0-55 ms after its
-    label (an attack, a window straddling two notes); labels 120 ms late or early put it ~120 ms before or after.
-    One switch is evidence where the frame-agreement lag (`_label_lags`) is not: a two-note 2 s clip moves ~9
-    frames of 150.
+    Each label note (`lv`, `key` [G, T]) that follows another (a change) or silence (a start) is an event at its
+    first frame c. Within `window_s` of c (a change: not before the previous note's start; not past the next
+    note's start) the audio's switch point is the frame k that best splits the frames into "not yet the new note"
+    before and "the new note" after it: the new note is the audio's pitch (`est_key`) or, from c on, its own
+    pitch's template score (`asked`) >= `ASKED_SOUNDS` (a piano note under its louder predecessor's tail still
+    sounds; not an octave from the previous note, whose harmonics are the new one's); before k, a change needs
+    the previous note's pitch, a start anything else. The event counts when that split explains >= `SWITCH_FIT`
+    of the window's frames with >= 2 frames each side (a note never tracked, or a repeated pitch, has no switch).
+    change_lag_ms: the median of k - c over a clip's changes; switch_lag_ms: over its changes and starts (ms;
+    negative: the audio switches before the label says); nan without an event. A clean render switches 0-55 ms
+    after its label (an attack, a window straddling two notes); labels 120 ms late or early put it ~120 ms
+    before or after. One switch is evidence where the frame-agreement lag (`_label_lags`) is not: a two-note
+    2 s clip moves ~9 frames of 150. All events of the batch go through one set of array operations.
     """
-    n = len(lv)
-    segs = note_segments(lv, key)
-    if len(segs) < 1 or n < 2:
-        return float("nan"), float("nan")
+    g, n = lv.shape
+    nan = np.full(g, np.nan)
+    if n < 2:
+        return nan, nan
     step = float(times[1] - times[0])
     w = max(1, int(round(window_s / step)))
-    later = np.flatnonzero(segs[:, 0] > 0)
-    if not len(later):
-        return float("nan"), float("nan")
-    c = segs[later, 0]
-    following = np.append(segs[1:, 0], n)[later]  # the next label note's start (or the clip's end)
-    change = lv[c - 1]  # a note right before: a change (else a start from silence)
-    prev_start = np.where(change, segs[np.maximum(later - 1, 0), 0], 0)
-    lo = np.maximum(c - w, np.where(change, prev_start, 0))
-    hi = np.minimum(following, c + w)  # past the note's end into the silence after it: its tail is the note
+    k = np.where(lv, key, -1.0)
+    start = lv.copy()
+    start[:, 1:] &= k[:, 1:] != k[:, :-1]  # a label note's first frame
+    frame = np.arange(n)
+    # the next note's start after each frame (n: none), the latest note start at or before it
+    nxt = np.minimum.accumulate(np.where(start, frame, n)[:, ::-1], axis=1)[:, ::-1]
+    following = np.append(nxt[:, 1:], np.full((g, 1), n), axis=1)
+    latest = np.maximum.accumulate(np.where(start, frame, 0), axis=1)
+    gi, c = np.nonzero(start[:, 1:])
+    c = c + 1
+    if not len(c):
+        return nan, nan
+    change = lv[gi, c - 1]  # a note right before: a change (else a start from silence)
+    lo = np.maximum(c - w, np.where(change, latest[gi, c - 1], 0))
+    hi = np.minimum(following[gi, c], c + w)  # past the note's end into the silence after it: its tail is the note
     idx = lo[:, None] + np.arange(2 * w)[None, :]
     valid = idx < hi[:, None]
     idx = np.minimum(idx, n - 1)
-    x, a = est_key[idx], asked[idx]
-    # the own-pitch score says nothing an octave from the previous note: the harmonics of the one are the other's
-    related = change & (np.abs(key[c] - key[c - 1]) % 12 == 0)
+    x, a = est_key[gi[:, None], idx], asked[gi[:, None], idx]
+    new_key, old_key = key[gi, c], key[gi, c - 1]
+    related = change & (np.abs(new_key - old_key) % 12 == 0)
     with np.errstate(invalid="ignore"):
-        new = valid & ((x == key[c][:, None]) | ((idx >= c[:, None]) & ~related[:, None] & (a >= ASKED_SOUNDS)))
-        before = valid & ~new & np.where(change[:, None], x == key[c - 1][:, None], True)
+        new = valid & ((x == new_key[:, None]) | ((idx >= c[:, None]) & ~related[:, None] & (a >= ASKED_SOUNDS)))
+        before = valid & ~new & np.where(change[:, None], x == old_key[:, None], True)
     m = 2 * w
     cb = np.zeros((len(c), m + 1), dtype=np.int64)
     np.cumsum(before, axis=1, out=cb[:, 1:])
     ca = np.zeros((len(c), m + 1), dtype=np.int64)
     ca[:, :m] = np.cumsum(new[:, ::-1], axis=1)[:, ::-1]
     fit = cb + ca
-    k = fit.argmax(axis=1)  # the first best split
+    best = fit.argmax(axis=1)  # the first best split
     r = np.arange(len(c))
-    ok = (fit[r, k] >= SWITCH_FIT * (hi - lo)) & (cb[r, k] >= 2) & (ca[r, k] >= 2)
-    lag = (lo + k - c) * step * 1000.0
-    changes = lag[ok & change]
-    return (_median(changes) if len(changes) else float("nan"),
-            _median(lag[ok]) if np.any(ok) else float("nan"))
+    ok = (fit[r, best] >= SWITCH_FIT * (hi - lo)) & (cb[r, best] >= 2) & (ca[r, best] >= 2)
+    lags = np.zeros((g, n))
+    lags[gi, c] = (lo + best - c) * step * 1000.0
+    counted = np.zeros((g, n), dtype=bool)
+    counted[gi, c] = ok
+    changes = np.zeros((g, n), dtype=bool)
+    changes[gi, c] = ok & change
+    return (_row_medians(lags, changes, changes.sum(axis=1)), _row_medians(lags, counted, counted.sum(axis=1)))
 
 
 def _nearest_index(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
