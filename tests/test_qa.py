@@ -223,3 +223,17 @@ def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):
 
     assert reasons(0.85, 20) == [] and reasons(0.85, 300) == ["wrong pitch"]
     assert reasons(0.0, 20) == ["wrong pitch"] and reasons(0.85, float("nan")) == ["wrong pitch"]
+
+
+def test_labels_shifted_reads_the_audio_switch_lags_against_their_limits(cfg):
+    """Clean renders switch notes 0-55 ms after their label: a median switch 53 ms before the label (over note
+    changes) or 80 ms after it (over changes and starts) is a shift; 40 ms before, 67 ms after, or none is not."""
+    from pvtbuild.analysis import SCORE_KEYS
+
+    def reasons(**lags: float) -> list[str]:
+        s = {k: float("nan") for k in SCORE_KEYS}
+        s.update(peak_db=-20.0, **lags)
+        return failure_reasons(s, cfg.qa)
+
+    assert reasons(change_lag_ms=-53.3) == ["labels shifted"] and reasons(switch_lag_ms=80.0) == ["labels shifted"]
+    assert reasons(change_lag_ms=-40.0, switch_lag_ms=66.7) == [] and reasons() == []
