@@ -602,7 +602,7 @@ def _frames(padded: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """log1p(|rfft| / floor) of each Hann-windowed frame of `frames` [T, WINDOW] (bins up to ~MAX_FREQ)
+    """log(1 + |rfft| / floor) of each Hann-windowed frame of `frames` [T, WINDOW] (bins up to ~MAX_FREQ)
     into `out` [T, N_BINS]; returns each frame's loudness in dBFS [T].
 
     floor = max(1e-4 x the clip's peak magnitude, 1e-7). Taken in blocks of `_BLOCK` frames so that
@@ -619,11 +619,14 @@ def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
         w = torch.mul(src[i:i + _BLOCK], hann, out=work[:min(_BLOCK, n - i)])
         np.einsum("ij,ij->i", w.numpy(), w.numpy(), out=energy[i:i + _BLOCK])
         # torch's rfft: ~3x scipy's on one thread (0.26 vs 0.8 ms for 600 frames here); numpy's
-        # complex abs and log1p are faster than torch's (same results, to float32 rounding)
+        # complex abs is faster than torch's (same results, to float32 rounding)
         np.abs(torch.fft.rfft(w, dim=1).numpy()[:, :N_BINS], out=out[i:i + _BLOCK])
     floor = max(float(out.max(initial=0.0)) * 1e-4, 1e-7)
     np.divide(out, np.float32(floor), out=out)
-    np.log1p(out, out=out)
+    # log(1 + x), not log1p(x): numpy's float32 log is vectorised, its log1p is not (0.27 against 0.78 ms for an 8 s
+    # clip's 600 x 206 bins, a fifth of qa's time); they differ by float32 rounding (< 1e-6 here)
+    np.add(out, np.float32(1.0), out=out)
+    np.log(out, out=out)
     return 10.0 * np.log10(np.maximum(energy.astype(np.float64) / _HANN_POWER, 1e-12))
 
 
