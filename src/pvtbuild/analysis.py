@@ -30,7 +30,9 @@ Public API (stable; other modules depend on these names)
   `missing_notes`, `notes`, `sound_beyond_label`, `label_beyond_sound`, `harmonicity`,
   `peak_db`, `frames_scored`, `label_lag_ms` (how late the labels are: the shift within
   +-`max_lag_s` that makes the most frames agree with the audio's pitch, 0 unless it gains
-  `lag_min_gain` of the held frames; nan with fewer than 10 held frames), and the frame counts
+  `lag_min_gain` of the held frames; nan with fewer than 10 held frames), `change_lag_ms` and
+  `switch_lag_ms` (how long after the label the audio switches to each label note: the median over
+  note changes, and over changes and note starts; `_switch_lags`), and the frame counts
   the shares stand on (`pitch_frames`, `held_frames`, `quiet_frames`: the qa stage fails a clip
   on a share only when enough frames back it, `qa.share_bounds`). `controls` maps control names (velocity, chroma, pitch,
   voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
@@ -150,7 +152,7 @@ class Tolerances:
     onset_frames: int = 2  # frames each side of an onset, offset or pitch change
     release_s: float = 0.3  # seconds after a note-off during which sound is not held against the label
     onset_search_s: float = 0.08  # a label onset matches an audio onset this close
-    max_lag_s: float = 0.3  # label shifts tried by `label_lag_ms`
+    max_lag_s: float = 0.3  # label shifts tried by `label_lag_ms`; how far from a label note `_switch_lags` looks
     lag_min_gain: float = 0.04  # share of held frames a shift must bring into agreement to count (`label_lag_ms`)
 
 
