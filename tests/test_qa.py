@@ -77,6 +77,17 @@ def test_qa_names_dropped_notes_missing_notes(cfg):
     assert "missing notes" in judge(cfg, "violin", melody(drop=(3, 7)), melody())
 
 
+@pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
+def test_qa_names_a_note_dropped_before_its_twin_of_the_same_pitch_missing_notes(instrument):
+    """The labels hold the two D4s as one note (no frame between them), half of which sounds once the first is
+    dropped: its core's first 0.4 s are silent, which no clean render's attack is."""
+    cfg2 = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": 2.0})
+    notes = ClipNotes(np.array([0.1, 0.5, 1.0, 1.5]), np.array([0.5, 1.0, 1.5, 1.9]),
+                      np.array([62, 62, 65, 60], np.int16), np.full(4, 90, np.int16), np.zeros(0), 2.0)
+    assert judge(cfg2, instrument, notes) == []
+    assert "missing notes" in judge(cfg2, instrument, dropped(notes, [0]), notes)
+
+
 def test_qa_names_added_white_noise_noise(cfg):
     assert "noise" in judge(cfg, "trumpet", melody(), post=lambda a: noisy(a, 0))
 
