@@ -11,7 +11,7 @@ never told the labels) under issue 22's rule (`qa_judge.crepe_right`). Prints pe
   passes, CREPE does not), with the false-alarm rate (target <= 0.5 %);
 - per failure reason: clips failed with it, of those CREPE finds right;
 - the time: render, qa (`judge_clips`, with the timbre check, per clip), CREPE (0 when cached);
-- broken copies of up to N (default 16) clips that qa passes and CREPE finds right, per class
+- broken copies of up to N (default 100) clips that qa passes and CREPE finds right, per class
   of `qa_judge.BREAKS`: the share qa fails, and the share it fails with the class's reason
   (target >= 90 % failed).
 Renders and CREPE tracks are kept under --work (default ~/.cache/pvtbuild/bench_qa_precision):
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", default="2,4,8", help="clip lengths in seconds, comma-separated (of 2, 4, 8)")
     ap.add_argument("--limit", type=int, default=0, help="the first N MIDI files of the sample (0: all 48)")
-    ap.add_argument("--broken", type=int, default=16, help="clips per length broken in each way")
+    ap.add_argument("--broken", type=int, default=100,
+                    help="clips per length broken in each way (100: one clip moves a rate by 1 %%, not 6 %%)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for CREPE")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "pvtbuild" / "bench_qa_precision"))
     args = ap.parse_args(argv)

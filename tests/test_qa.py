@@ -77,6 +77,17 @@ def test_qa_names_dropped_notes_missing_notes(cfg):
     assert "missing notes" in judge(cfg, "violin", melody(drop=(3, 7)), melody())
 
 
+@pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
+def test_qa_names_a_note_dropped_before_its_twin_of_the_same_pitch_missing_notes(instrument):
+    """The labels hold the two D4s as one note (no frame between them), half of which sounds once the first is
+    dropped: its core's first 0.4 s are silent, which no clean render's attack is."""
+    cfg2 = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": 2.0})
+    notes = ClipNotes(np.array([0.1, 0.5, 1.0, 1.5]), np.array([0.5, 1.0, 1.5, 1.9]),
+                      np.array([62, 62, 65, 60], np.int16), np.full(4, 90, np.int16), np.zeros(0), 2.0)
+    assert judge(cfg2, instrument, notes) == []
+    assert "missing notes" in judge(cfg2, instrument, dropped(notes, [0]), notes)
+
+
 def test_qa_names_added_white_noise_noise(cfg):
     assert "noise" in judge(cfg, "trumpet", melody(), post=lambda a: noisy(a, 0))
 
@@ -95,6 +106,18 @@ def test_qa_names_a_silent_clip_silence(cfg):
 @pytest.mark.parametrize("shift", [-0.12, 0.12])
 def test_qa_names_labels_shifted_in_time_labels_shifted(cfg, shift):
     assert "labels shifted" in judge(cfg, "trumpet", melody(), melody(shift=shift))
+
+
+@pytest.mark.parametrize("instrument", ["piano", "violin", "trumpet"])
+def test_qa_names_the_one_moved_note_change_of_a_two_note_2s_clip_labels_shifted(instrument):
+    """Two notes, the first from the clip's start: a 120 ms shift moves one note change (9 frames of 150), where
+    the frame-agreement lag finds nothing; the audio's switch to the second note, 120 ms off the label's, does."""
+    cfg2 = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": 2.0})
+    notes = ClipNotes(np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.array([60, 64], np.int16),
+                      np.array([90, 90], np.int16), np.zeros(0), 2.0)
+    assert judge(cfg2, instrument, notes) == []
+    for seconds in (-0.12, 0.12):
+        assert "labels shifted" in judge(cfg2, instrument, notes, shifted(notes, seconds)), seconds
 
 
 def test_qa_catches_a_clip_rendered_with_the_wrong_program(cfg):
@@ -211,3 +234,17 @@ def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):
 
     assert reasons(0.85, 20) == [] and reasons(0.85, 300) == ["wrong pitch"]
     assert reasons(0.0, 20) == ["wrong pitch"] and reasons(0.85, float("nan")) == ["wrong pitch"]
+
+
+def test_labels_shifted_reads_the_audio_switch_lags_against_their_limits(cfg):
+    """Clean renders switch notes 0-55 ms after their label: a median switch 53 ms before the label (over note
+    changes) or 80 ms after it (over changes and starts) is a shift; 40 ms before, 67 ms after, or none is not."""
+    from pvtbuild.analysis import SCORE_KEYS
+
+    def reasons(**lags: float) -> list[str]:
+        s = {k: float("nan") for k in SCORE_KEYS}
+        s.update(peak_db=-20.0, **lags)
+        return failure_reasons(s, cfg.qa)
+
+    assert reasons(change_lag_ms=-53.3) == ["labels shifted"] and reasons(switch_lag_ms=80.0) == ["labels shifted"]
+    assert reasons(change_lag_ms=-40.0, switch_lag_ms=66.7) == [] and reasons() == []

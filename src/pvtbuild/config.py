@@ -285,6 +285,10 @@ class QaConfig:
     max_label_beyond_sound: float = 0.1  # fail "label longer than sound": share of held frames silent
     max_sound_beyond_label: float = 0.1  # fail "label shorter than sound": share of unheld frames sounding
     max_label_lag_ms: float = 60.0  # fail "labels shifted": the labels fit the audio best shifted by more
+    # ... or the audio switches to the label's next note (median over note changes) more than this before the label
+    max_switch_lead_ms: float = 50.0
+    # ... or it switches to the label's notes (median over changes and starts) this long or longer after the label
+    max_switch_lag_ms: float = 75.0
     min_loudness_spearman: float = -1.0  # fail "loudness": rank correlation with velocity below this (-1: off)
     timbre: bool = True  # compare each clip's harmonic profile with every instrument's, rendered at the stage start
     max_timbre_margin: float = 0.0  # fail "wrong instrument": own profile distance minus the nearest other's above this

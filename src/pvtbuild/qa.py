@@ -290,7 +290,9 @@ def failure_reasons(s: dict[str, float], q: QaConfig) -> list[str]:
         reasons.append("label longer than sound")
     if above("sound_beyond_label", q.max_sound_beyond_label, s.get("quiet_frames", math.nan)):
         reasons.append("label shorter than sound")
-    if not math.isnan(s["label_lag_ms"]) and abs(s["label_lag_ms"]) > q.max_label_lag_ms:
+    if ((not math.isnan(s["label_lag_ms"]) and abs(s["label_lag_ms"]) > q.max_label_lag_ms)
+            or s.get("change_lag_ms", math.nan) <= -q.max_switch_lead_ms
+            or s.get("switch_lag_ms", math.nan) >= q.max_switch_lag_ms):
         reasons.append("labels shifted")
     if below("loudness_velocity_spearman", q.min_loudness_spearman):
         reasons.append("loudness")
