@@ -16,7 +16,8 @@ Public API (stable; other modules depend on these names)
   at the expected pitch, when one was given); `onsets`: onset times in seconds.
 - `timbre_distances(est, references, frames)`: the clip's harmonic profile (level removed)
   against each instrument's reference profile at the same pitch (the qa stage's
-  `wrong instrument` check).
+  `wrong instrument` check); `timbre_distances_batch(ests, references, frames)`: the same for a render
+  shard's clips at once.
 - `one_blas_thread()`: a context keeping BLAS on one thread (callers judging many clips).
 - `AnalysisParams`: the estimator's thresholds (the qa stage reads them from `qa.analysis`).
 - `analyse(audio, sample_rate, rate, frames, offset=0.5, expected_pitch=None, params=...)`.
@@ -457,19 +458,45 @@ def timbre_distances(est: FrameEstimates, references: Mapping[str, tuple[np.ndar
     of the frames to use (default: every voiced frame). `references` must not change once passed:
     its prepared form is kept for the next call with the same mapping (the qa stage's every clip).
     """
-    use = est.voiced if frames is None else (frames & est.voiced)
-    h = est.harmonics[use] if len(est.harmonics) else np.zeros((0, TIMBRE_HARMONICS))
-    ok = np.isfinite(h).all(axis=1)
-    shape, pitch = _shape(h[ok]), est.pitch[use][ok]
+    return timbre_distances_batch([est], references, None if frames is None else [frames], min_frames)[0]
+
+
+def timbre_distances_batch(ests: Sequence[FrameEstimates], references: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                           frames: Sequence[np.ndarray] | np.ndarray | None = None,
+                           min_frames: int = 10) -> list[dict[str, float]]:
+    """`timbre_distances` of B clips at once (the qa stage: a render shard), `frames` one [T] mask per clip (or
+    None): one dict per clip. The frames of all clips go through one lookup and one product (per clip, numpy's
+    per-call overhead was most of the cost); each clip's distances are those it gets alone, to float rounding.
+    """
     names, midpoints, profiles = _timbre_tables(references)
-    out = {name: float("nan") for name in references}
-    if len(shape) < min_frames or not names:
+    out = [{name: float("nan") for name in references} for _ in ests]
+    if not names or not len(ests):
+        return out
+    hs, ps = [], []
+    for k, est in enumerate(ests):
+        use = est.voiced if frames is None else (frames[k] & est.voiced)
+        hs.append(est.harmonics[use] if len(est.harmonics) else np.zeros((0, TIMBRE_HARMONICS), dtype=np.float32))
+        ps.append(est.pitch[use] if len(est.harmonics) else np.zeros(0))
+    h, pitch = np.concatenate(hs), np.concatenate(ps)
+    clip = np.repeat(np.arange(len(ests)), [len(x) for x in hs])
+    ok = np.isfinite(h).all(axis=1)
+    shape, pitch, clip = _shape(h[ok]), pitch[ok], clip[ok]
+    counts = np.bincount(clip, minlength=len(ests))
+    judged = np.flatnonzero(counts >= min_frames)
+    if not len(judged):
         return out
     # each instrument's nearest reference pitch (the lower one on a tie): how many midpoints lie below
     nearest = np.stack([np.searchsorted(m, pitch, side="left") + offset for m, offset in midpoints])
     diff = profiles[nearest] - shape  # [instruments, frames, H]
-    for name, d in zip(names, np.einsum("ifh,ifh->i", diff, diff) / shape.size):
-        out[name] = float(d)
+    per_frame = np.einsum("ifh,ifh->if", diff, diff).astype(np.float64)
+    # each clip's frames are one run: sum each run (every run with a frame starts one, so none holds another's)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    runs = np.flatnonzero(counts)
+    sums = np.zeros((len(names), len(ests)))
+    sums[:, runs] = np.add.reduceat(per_frame, starts[runs], axis=1)
+    for k in judged:
+        for name, d in zip(names, sums[:, k] / (counts[k] * shape.shape[1])):
+            out[k][name] = float(d)
     return out
 
 
@@ -1039,4 +1066,4 @@ def _median(a: np.ndarray) -> float:
 
 __all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "analyse_batch", "adherence",
            "adherence_batch", "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances",
-           "TIMBRE_HARMONICS", "near_changes", "after_offsets", "note_segments"]
+           "timbre_distances_batch", "TIMBRE_HARMONICS", "near_changes", "after_offsets", "note_segments"]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import (SCORE_KEYS, AnalysisParams, Tolerances, adherence_batch, analyse, analyse_batch, near_changes,
-                       check_pitch_yin, one_blas_thread, pitch_yin, timbre_distances)
+                       check_pitch_yin, one_blas_thread, pitch_yin, timbre_distances_batch)
 from .clip import clip_path
 from .config import GridConfig, PipelineConfig, QaConfig, config_hash
 from .errors import PvtbuildError
@@ -170,12 +170,13 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
                          params=analysis_params(job.qa))
     all_scores = adherence_batch(ests, controls, [tolerances(job.qa, i) for i in instruments])
     inner = held & ~near_changes(held, midi, job.qa.onset_frames)  # held, away from label changes
+    margins = timbre_margins(ests, inner, midi, instruments, job)
     out = []
     for n, (est, scores, instrument) in enumerate(zip(ests, all_scores, instruments)):
         clip_id = clip_ids[n] if clip_ids else ""
         extra: dict[str, Any] = {}
-        if job.timbre and instrument in job.timbre:
-            scores["timbre_margin"], extra["timbre_nearest"] = timbre_margin(est, inner[n], midi[n], instrument, job)
+        if n in margins:
+            scores["timbre_margin"], extra["timbre_nearest"] = margins[n]
             extra["timbre_margin"] = _round(scores["timbre_margin"])
         if clip_id and _in_sample(clip_id, job.qa.yin_share):
             yin = pitch_yin(audio[n], job.sample_rate, grid.rate, grid.frames, grid.offset)
@@ -197,19 +198,27 @@ def _warm_yin() -> None:
         _YIN_WARM = True
 
 
-def timbre_margin(est, inner: np.ndarray, midi: np.ndarray, instrument: str, job: QaJob) -> tuple[float, str | None]:
-    """(own reference's profile distance minus the nearest other instrument's, the nearest instrument).
+def timbre_margins(ests: list, inner: np.ndarray, midi: np.ndarray, instruments: list[str],
+                   job: QaJob) -> dict[int, tuple[float, str | None]]:
+    """Per clip with a reference for its instrument (by its index): (own reference's profile distance minus
+    the nearest other instrument's, the nearest instrument).
 
-    Frames used: `inner` ([T]: held by the label, away from label changes) at the labelled pitch
-    (`midi` [T], +-0.5), so a wrong pitch or a missing note is not also called a wrong instrument.
-    nan / None with fewer than 10 such frames.
+    Frames used: `inner` ([B, T]: held by the label, away from label changes) at the labelled pitch
+    (`midi` [B, T], +-0.5), so a wrong pitch or a missing note is not also called a wrong instrument.
+    nan / None with fewer than 10 such frames. The clips go through `timbre_distances_batch` together.
     """
-    frames = inner & (np.abs(est.pitch - midi) < 0.5)
-    d = timbre_distances(est, job.timbre or {}, frames)
-    others = [v for k, v in d.items() if k != instrument and not math.isnan(v)]
-    if math.isnan(d.get(instrument, math.nan)) or not others:
-        return float("nan"), None
-    return d[instrument] - min(others), min((k for k in d if not math.isnan(d[k])), key=d.get)
+    clips = [n for n, i in enumerate(instruments) if job.timbre and i in job.timbre]
+    if not clips:
+        return {}
+    frames = [inner[n] & (np.abs(ests[n].pitch - midi[n]) < 0.5) for n in clips]
+    out = {}
+    for n, d in zip(clips, timbre_distances_batch([ests[n] for n in clips], job.timbre or {}, frames)):
+        others = [v for k, v in d.items() if k != instruments[n] and not math.isnan(v)]
+        if math.isnan(d.get(instruments[n], math.nan)) or not others:
+            out[n] = (float("nan"), None)
+        else:
+            out[n] = (d[instruments[n]] - min(others), min((k for k in d if not math.isnan(d[k])), key=d.get))
+    return out
 
 
 def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
