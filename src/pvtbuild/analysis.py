@@ -108,6 +108,7 @@ stage; it disagrees with the template only where the clip is in trouble.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
@@ -674,17 +675,18 @@ def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(energy.astype(np.float64) / _HANN_POWER, 1e-12))
 
 
-_WORK: list = [None]
+_WORK = threading.local()  # per thread: dask may run qa tasks in threads
 
 
 def _work_buffer(rows: int):
-    """A [rows, WINDOW] float32 torch buffer for `_log_spectrum`, reused from call to call (a 1.2 MB block
-    allocated per clip costs page faults)."""
+    """A [rows, WINDOW] float32 torch buffer for `_log_spectrum`, the same one from call to call in this
+    thread (a 1.2 MB block allocated per clip costs page faults)."""
     import torch
 
-    if _WORK[0] is None or _WORK[0].shape[0] < rows:
-        _WORK[0] = torch.empty((rows, WINDOW), dtype=torch.float32)
-    return _WORK[0][:rows]
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or buf.shape[0] < rows:
+        buf = _WORK.buf = torch.empty((rows, WINDOW), dtype=torch.float32)
+    return buf[:rows]
 
 
 _TEMPLATE: np.ndarray | None = None
