@@ -416,23 +416,26 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     # the first sounding frame at or after each frame (n: none)
     next_sound = np.minimum.accumulate(np.where(voiced, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
     lead_max = max(min_core, int(np.ceil(LEAD_SILENT_S / float(times[1] - times[0])))) if n > 1 else n + 1
+    # every note of the group at once (per clip, numpy's per-call overhead was most of the cost)
+    r, first, last = _note_runs(lv, key)
+    edge = np.array([t.onset_frames for t in tolerances], dtype=np.int64)[r]
+    # a note is missing when under half its core (onset_frames in from each end, >= min_core frames) sounds
+    lo, hi = first + edge, last - edge
+    core = hi - lo
+    lo = np.minimum(lo, n)
+    hi = np.minimum(np.maximum(hi, lo), n)
+    # ... or the first LEAD_SILENT_S of its core is silent (a note dropped before its twin of the same pitch:
+    # the labels hold one note, half of which sounds)
+    lead = np.minimum(np.append(next_sound, np.full((g, 1), n), axis=1)[r, lo], hi) - lo
+    missing = (core >= min_core) & ((2 * (sounding[r, hi] - sounding[r, lo]) < core) | (lead >= lead_max))
+    n_notes, n_missing = np.bincount(r, minlength=g), np.bincount(r[missing], minlength=g)
+    # the notes that start from silence, and where each clip's begin
+    from_silence = (first > 0) & ~lv[r, np.maximum(first - 1, 0)]
+    start_times, bounds = times[first[from_silence]], np.searchsorted(r[from_silence], np.arange(g + 1))
     for i, k in enumerate(rows):
         o, tol = out[k], tolerances[i]
-        notes = note_segments(lv[i], None if key is None else key[i])
-        o["notes"] = float(len(notes))
-        # a note is missing when under half its core (onset_frames in from each end, >= min_core frames) sounds
-        lo, hi = notes[:, 0] + tol.onset_frames, notes[:, 1] - tol.onset_frames
-        core = hi - lo
-        lo = np.minimum(lo, n)
-        hi = np.minimum(np.maximum(hi, lo), n)
-        s = sounding[i]
-        # ... or the first LEAD_SILENT_S of its core is silent (a note dropped before its twin of the same pitch:
-        # the labels hold one note, half of which sounds)
-        lead = np.minimum(np.append(next_sound[i], n)[lo], hi) - lo
-        o["missing_notes"] = float(np.count_nonzero((core >= min_core) & ((2 * (s[hi] - s[lo]) < core)
-                                                                          | (lead >= lead_max))))
-        first = notes[:, 0]  # the notes that start from silence
-        starts = times[first[(first > 0) & ~lv[i][np.maximum(first - 1, 0)]]]
+        o["notes"], o["missing_notes"] = float(n_notes[i]), float(n_missing[i])
+        starts = start_times[bounds[i]:bounds[i + 1]]
         if not len(starts):
             continue
         offs = _nearest_offset(starts, ests[i].onsets)
@@ -859,13 +862,22 @@ def after_offsets(voiced: np.ndarray, times: np.ndarray, release_s: float | np.n
 
 def note_segments(voiced: np.ndarray, pitch: np.ndarray | None) -> np.ndarray:
     """[notes, 2] (start, stop) frame runs of one held label note (voiced, same pitch)."""
-    n = len(voiced)
-    if not n:
-        return np.zeros((0, 2), dtype=np.int64)
+    _, start, stop = _note_runs(np.asarray(voiced)[None], None if pitch is None else np.asarray(pitch)[None])
+    return np.stack([start, stop], axis=1)
+
+
+def _note_runs(voiced: np.ndarray, pitch: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, start, stop) [notes] of every held label note of [G, T] labels (`note_segments` per row), by row
+    and start."""
+    g, n = voiced.shape
     key = np.where(voiced, pitch if pitch is not None else 0, -1)
-    bounds = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [n]])
-    runs = np.stack([bounds[:-1], bounds[1:]], axis=1)
-    return runs[voiced[bounds[:-1]]]
+    new = np.ones((g, n), dtype=bool)
+    new[:, 1:] = key[:, 1:] != key[:, :-1]
+    row, start = np.nonzero(new)  # every run of one key, row by row
+    at = row * n + start
+    stop = np.append(at[1:], g * n) - row * n  # the next run's start; a row's last run ends at n
+    held = voiced[row, start]
+    return row[held], start[held], stop[held]
 
 
 def _ringing_previous(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, times: np.ndarray,
