@@ -247,7 +247,8 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             best = scores.argmax(axis=1)
             harm[k], refined = _parabola(scores, best)
             pitch[k] = MIDI_MIN + best + refined
-            harmonics[k] = _harmonics(s, pitch[k])
+            # only where the frame can be voiced (the rest are nan once voicing is known)
+            harmonics[k] = _harmonics(s, np.where(harm[k] > params.min_harmonicity, pitch[k], np.nan))
             if t > 1:  # the flux, only where the onset test reads it (~1/4 of the frames)
                 at = np.flatnonzero(_flux_read(loudness[k], rate))
                 at = at[at > 0]
@@ -911,6 +912,9 @@ def _label_lags(lv: np.ndarray, key: np.ndarray, est_key: np.ndarray, tails: np.
     m = int(round(max_lag_s / step))
     lab = np.where(lv, key, np.where(tails, -2.0, -1.0))  # -2: matches nothing
     audio = np.where(np.isnan(est_key), -1.0, est_key)
+    small_lab, small_audio = lab.astype(np.int16), audio.astype(np.int16)
+    if np.array_equal(small_lab, lab) and np.array_equal(small_audio, audio):  # whole MIDI numbers (as always):
+        lab, audio = small_lab, small_audio  # the same matches, a quarter of the memory read per shift
     shifts = sorted(range(-min(m, n - 1), min(m, n - 1) + 1), key=lambda s: (abs(s), s))  # 0 first
     agree = np.empty((g, len(shifts)), dtype=np.int64)
     for j, s in enumerate(shifts):  # labels s frames late: label frame k + s describes audio frame k
