@@ -430,7 +430,7 @@ def _score_notes(out: list[dict[str, float]], rows: np.ndarray, ests: list[Frame
     lead = np.minimum(np.append(next_sound, np.full((g, 1), n), axis=1)[r, lo], hi) - lo
     missing = (core >= min_core) & ((2 * (sounding[r, hi] - sounding[r, lo]) < core) | (lead >= lead_max))
     n_notes, n_missing = np.bincount(r, minlength=g), np.bincount(r[missing], minlength=g)
-    # the notes that start from silence, and where each clip's begin
+    # the notes that start from silence, and where each clip's run of them begins
     from_silence = (first > 0) & ~lv[r, np.maximum(first - 1, 0)]
     start_times, bounds = times[first[from_silence]], np.searchsorted(r[from_silence], np.arange(g + 1))
     for i, k in enumerate(rows):
