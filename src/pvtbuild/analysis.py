@@ -78,8 +78,11 @@ fewer or shorter frames, i.e. a different estimator:
 
 - Audio is low-passed ([1,3,3,1]/8, -21 dB at 8.5 kHz) and decimated to 12 kHz
   (24 kHz input; other rates are resampled), then a 512-point Hann window
-  (42.7 ms, >= 5 periods of C3) is centred on each t_k: one rfft per frame, no hop
-  beyond the grid's.
+  (42.7 ms, >= 5 periods of C3) is centred on each t_k. One rfft per even frame only (two frames
+  apart, 26.7 ms at 75 Hz: the window still overlaps its neighbours by 38 %); an odd frame takes the mean of
+  its neighbours' log spectra (hence their template scores) and of their powers (its loudness). This halved
+  the spectrum's cost, the largest part of the stage (`bench/bench_qa.py`: qa / render 0.30 -> 0.25), at
+  the cost of a few verdicts on 2 s clips (README, QA); scoring leaves frames near label changes out anyway.
 - Pitch: a harmonic-template score for every semitone candidate MIDI 36..96 on the
   log-compressed spectrum S = log1p(|X| / floor): the mean of S at the candidate's
   harmonics h*f0 minus its mean at the half-harmonics (h - 1/2)*f0 (h = 1..12, below
@@ -98,8 +101,9 @@ fewer or shorter frames, i.e. a different estimator:
   harmonicity above `min_harmonicity`.
 - Loudness: RMS of the windowed frame in dBFS (a full-scale sine reads ~ -3 dB).
 - Onsets: peaks of the positive log-spectral flux, above `onset_threshold` nats
-  per bin on average, at least 50 ms apart, where the level rises >= 3 dB across +-30 ms; the time is the frame's t_k minus half a
-  frame (the flux peaks while the window's centre crosses the onset).
+  per bin on average, at least 50 ms apart, where the level rises >= 3 dB across +-30 ms; the flux is taken between
+  the spectra of even frames (two frames apart), and the time is the frame's t_k minus one frame (the flux
+  peaks while the two windows' centres straddle the onset).
 
 The second, independent estimator that guards the first (`check_pitch_yin`) is a
 range-limited YIN (`librosa.yin` at 12 kHz) run on a sample of clips by the qa
@@ -214,8 +218,10 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     expected = None if expected_pitch is None else np.asarray(expected_pitch, dtype=np.float64)
     b, t = len(audio), frames
     times = (np.arange(frames, dtype=np.float64) + offset) / rate
-    s = np.empty((t, N_BINS), dtype=np.float32)  # one clip's log-compressed magnitudes
+    s = np.empty(((t + 1) // 2, N_BINS), dtype=np.float32)  # one clip's log-compressed magnitudes, even frames
     scores = np.empty((t, MIDI_MAX - MIDI_MIN + 1), dtype=np.float32)
+    half_scores = np.empty((len(s), scores.shape[1]), dtype=np.float32)
+    power = np.empty(t)
     rows = np.arange(t)
     loudness, flux, pitch = np.empty((b, t)), np.zeros((b, t)), np.empty((b, t))
     harm = np.empty((b, t), dtype=np.float32)
@@ -233,8 +239,15 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             clip = _to_analysis_rate(audio[k], sample_rate, pad=WINDOW, out=padded)
             if clip is not padded:  # a new buffer (the first clip, another rate): frame it
                 padded, framed = clip, _frames(clip, times)
-            loudness[k] = _log_spectrum(framed, s)
-            np.matmul(s, _template(), out=scores)
+            # the spectrum of every other frame; the frames between are their neighbours' mean (`_fill_between`)
+            loudness[k, 0::2] = _log_spectrum(framed[0::2], s)
+            power[0::2] = loudness[k, 0::2]  # odd frames: their neighbours' mean power
+            np.power(10.0, power[0::2] / 10.0, out=power[0::2])
+            _fill_between(power)
+            loudness[k, 1::2] = 10.0 * np.log10(power[1::2])
+            np.matmul(s, _template(), out=half_scores)
+            scores[0::2] = half_scores
+            _fill_between(scores)
             if expected is not None:  # (into buffers: no [T, candidates] temporaries per clip)
                 np.subtract(_CANDIDATES, expected[k][:, None], out=gap)
                 np.abs(gap, out=gap)
@@ -251,16 +264,16 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             harmonics[k] = _harmonics(s, np.where(harm[k] > params.min_harmonicity, pitch[k], np.nan))
             if t > 1:  # the flux, only where the onset test reads it (~1/4 of the frames)
                 at = np.flatnonzero(_flux_read(loudness[k], rate))
-                at = at[at > 0]
-                rise = np.subtract(s[at], s[at - 1])
+                at = at[(at % 2 == 0) & (at > 0)]  # between spectra taken (two frames apart)
+                rise = np.subtract(s[at // 2], s[at // 2 - 1])
                 np.maximum(rise, 0, out=rise)
-                flux[k, at] = rise.sum(axis=1)
+                flux[k, at] = rise.sum(axis=1) * 0.5  # per frame: the change over two frames, halved
     ref = np.percentile(loudness, 99, axis=1) if t else np.full(b, params.floor_db)
     level = np.maximum(params.floor_db, ref - params.range_db)
     voiced = (loudness > level[:, None]) & (harm > params.min_harmonicity)
     pitch[~voiced] = np.nan
     harmonics[~voiced] = np.nan
-    onsets = _onsets(flux / N_BINS, loudness, times, rate, params.onset_threshold)
+    onsets = _onsets(flux / N_BINS, loudness, times - 1.0 / rate, params.onset_threshold, rate)
     return [FrameEstimates(voiced[k], pitch[k], loudness[k], onsets[k], harm[k], times, harmonics[k], asked[k])
             for k in range(b)]
 
@@ -679,6 +692,18 @@ def _log_spectrum(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(energy.astype(np.float64) / _HANN_POWER, 1e-12))
 
 
+def _fill_between(a: np.ndarray) -> None:
+    """Odd rows of `a` [T, ...] := the mean of the even rows either side (the last, with none after it: the one
+    before), in place: the frames `analyse_batch` takes no spectrum of."""
+    even, odd = a[0::2], a[1::2]
+    n = len(even) - 1
+    if n > 0:
+        np.add(even[:-1], even[1:], out=odd[:n])
+        odd[:n] *= np.float32(0.5)
+    if len(odd) > max(n, 0):
+        odd[-1] = even[-1]
+
+
 _WORK = threading.local()  # per thread: dask may run qa tasks in threads
 
 
@@ -721,9 +746,13 @@ _CANDIDATES = np.arange(MIDI_MIN, MIDI_MAX + 1, dtype=np.float64)[None, :]  # pi
 
 
 def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
-    """[T, TIMBRE_HARMONICS] the log spectrum at harmonics 1..H of each frame's pitch (linear between bins)."""
+    """[T, TIMBRE_HARMONICS] the log spectrum at harmonics 1..H of each frame's pitch (linear between bins).
+
+    `s`: the log spectra of the even frames ([ceil(T / 2), bins], as `analyse_batch` takes them); an odd
+    frame reads the mean of its neighbours' (the last, with none after it: the one before).
+    """
     bins = s.shape[1]
-    out = np.full((len(s), TIMBRE_HARMONICS), np.nan, dtype=np.float32)
+    out = np.full((len(pitch), TIMBRE_HARMONICS), np.nan, dtype=np.float32)
     rows = np.flatnonzero(np.isfinite(pitch))
     if not len(rows):
         return out
@@ -731,9 +760,11 @@ def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     lo = b.astype(np.int64)  # floor (b > 0)
     np.minimum(lo, bins - 2, out=lo)
     frac = (b - lo).astype(np.float32)
-    at = lo + (rows * bins)[:, None]  # flat indices into s
     flat = s.reshape(-1)
-    below, above = flat.take(at), flat.take(at + 1)
+    at = lo + (rows // 2 * bins)[:, None]  # flat indices into s
+    at_next = lo + (np.minimum((rows + 1) // 2, len(s) - 1) * bins)[:, None]
+    below = (flat.take(at) + flat.take(at_next)) * np.float32(0.5)
+    above = (flat.take(at + 1) + flat.take(at_next + 1)) * np.float32(0.5)
     vals = below * (1 - frac) + above * frac
     vals[b >= bins - 1] = np.nan
     out[rows] = vals
@@ -789,9 +820,10 @@ def _parabola(scores: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndar
     return b, np.where(ok, np.minimum(np.maximum(d, -0.5), 0.5), 0.0)
 
 
-def _onsets(flux: np.ndarray, loudness: np.ndarray, times: np.ndarray, rate: float,
-            threshold: float) -> list[np.ndarray]:
-    """Onset times of each clip, from its positive log-spectral flux per bin and loudness ([B, T] each)."""
+def _onsets(flux: np.ndarray, loudness: np.ndarray, times: np.ndarray, threshold: float,
+            rate: float) -> list[np.ndarray]:
+    """Onset times of each clip, from its positive log-spectral flux per bin and loudness ([B, T] each); `times`:
+    the onset time each frame's flux peak stands for."""
     b, n = loudness.shape
     if n < 3:
         return [np.zeros(0) for _ in range(b)]
@@ -800,7 +832,7 @@ def _onsets(flux: np.ndarray, loudness: np.ndarray, times: np.ndarray, rate: flo
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * gap + 1, axis=1)
     peaks = (flux >= windows.max(axis=2)) & (flux > threshold)
     peaks &= _level_rises(loudness, rate)
-    return [times[p] - 0.5 / rate for p in peaks]
+    return [times[p] for p in peaks]
 
 
 def _onset_gap(rate: float) -> int:
