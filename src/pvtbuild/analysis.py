@@ -92,7 +92,7 @@ fewer or shorter frames, i.e. a different estimator:
   more robust on these clean, monophonic, harmonic sources than autocorrelation; run on
   one BLAS thread (`one_blas_thread`): on shared, busy cores OpenBLAS's threads made this
   0.15 ms product take 2-20 ms.
-  With `expected_pitch` given, the argmax is limited to +-13 semitones of it (so an
+  With `expected_pitch` given, the argmax is limited to +-13 semitones of it (rounded to a whole note; so an
   octave or semitone error is still found; a wildly wrong pitch shows as a wrong one
   within that range), and a parabola through the neighbours refines it.
   `harmonicity` is the winning score (in nats: log peak-to-valley ratio); a noisy
@@ -231,7 +231,6 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
     if expected is not None:  # candidates more than 13 semitones from a frame's expected pitch are out
         expected = np.where(expected > 0, expected, np.nan)
         far = np.empty(scores.shape, dtype=bool)
-        gap = np.empty(scores.shape, dtype=np.float64)  # candidate - expected, then its size
     from .encode.device import encode_threads  # torch (the rffts) on one thread, as BLAS: see _log_spectrum
 
     with one_blas_thread(), encode_threads():
@@ -249,10 +248,9 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             scores[0::2] = half_scores
             _fill_between(scores)
             if expected is not None:  # (into buffers: no [T, candidates] temporaries per clip)
-                np.subtract(_CANDIDATES, expected[k][:, None], out=gap)
-                np.abs(gap, out=gap)
-                np.greater(gap, 13, out=far)  # nan: False, no limit
                 have = np.isfinite(expected[k])
+                np.take(_FAR, np.where(have, np.clip(np.rint(np.where(have, expected[k], 0)), 0, 127), -1).astype(np.int64), axis=0,
+                        out=far)  # (a row of _FAR per whole expected pitch; none where none is given)
                 col = np.rint(np.where(have, expected[k], MIDI_MIN)) - MIDI_MIN
                 col = np.minimum(np.maximum(col, 0), MIDI_MAX - MIDI_MIN).astype(np.int64)
                 asked[k] = np.where(have, scores.reshape(-1).take(rows * scores.shape[1] + col), np.nan)
@@ -743,6 +741,8 @@ def _template() -> np.ndarray:
 
 
 _CANDIDATES = np.arange(MIDI_MIN, MIDI_MAX + 1, dtype=np.float64)[None, :]  # pitch candidates, MIDI
+# [128 + 1, candidates]: row m, the candidates more than 13 semitones from MIDI m; the last row (-1): none
+_FAR = np.vstack([np.abs(_CANDIDATES - np.arange(128)[:, None]) > 13, np.zeros_like(_CANDIDATES, dtype=bool)])
 
 
 def _harmonics(s: np.ndarray, pitch: np.ndarray) -> np.ndarray:
