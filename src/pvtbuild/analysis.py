@@ -249,8 +249,9 @@ def analyse_batch(audio: np.ndarray, sample_rate: int, rate: float, frames: int,
             _fill_between(scores)
             if expected is not None:  # (into buffers: no [T, candidates] temporaries per clip)
                 have = np.isfinite(expected[k])
-                np.take(_FAR, np.where(have, np.clip(np.rint(np.where(have, expected[k], 0)), 0, 127), -1).astype(np.int64), axis=0,
-                        out=far)  # (a row of _FAR per whole expected pitch; none where none is given)
+                whole = np.clip(np.rint(np.where(have, expected[k], 0)), 0, 127)
+                # a row of _FAR per whole expected pitch; its last (none out) where none is given
+                np.take(_FAR, np.where(have, whole, -1).astype(np.int64), axis=0, out=far)
                 col = np.rint(np.where(have, expected[k], MIDI_MIN)) - MIDI_MIN
                 col = np.minimum(np.maximum(col, 0), MIDI_MAX - MIDI_MIN).astype(np.int64)
                 asked[k] = np.where(have, scores.reshape(-1).take(rows * scores.shape[1] + col), np.nan)
