@@ -308,17 +308,22 @@ class Executor:
                                      pure=False, resources=task.resources or None, retries=0)
             by_key[fut.key] = task
             futures[task.key] = fut
-        for fut in as_completed(list(futures.values())):
+        pending = as_completed(list(futures.values()))
+        for fut in pending:
             task = by_key[fut.key]
-            if fut.status == "finished":
-                yield task, fut.result()
-            elif fut.status == "cancelled":
+            status = fut.status
+            if status == "finished":
+                yield task, fut.result()  # waits for a recomputation if its worker died since
+            elif status == "cancelled":
                 raise PvtbuildError(f"task {task.key} was cancelled: lost the dask scheduler ({self.label})?")
-            else:
+            elif status == "error":
                 exc = fut.exception()
                 if isinstance(exc, PvtbuildError):
                     raise exc
                 yield task, TaskFailure(_failure_reason(exc))
+            else:  # finished, then its result died with its worker (another task crashed it): dask recomputes it
+                pending.add(fut)
+                continue
             fut.release()  # the scheduler keeps it while a task that takes it still waits
 
     def _check_resources(self, tasks: list[Task]) -> None:
