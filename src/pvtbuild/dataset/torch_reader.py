@@ -65,8 +65,8 @@ class _SplitShare:
     that is neither an array of shapes.txt nor metadata of dataset.json.
     """
 
-    def __init__(self, dataset_dir: str | Path, split: str, names: Sequence[str] | None, shuffle_seed: int | None,
-                 rank: int, world_size: int, verify_crc: bool) -> None:
+    def __init__(self, dataset_dir: str | Path, split: str, names: Sequence[str] | None = None,
+                 shuffle_seed: int | None = None, rank: int = 0, world_size: int = 1, verify_crc: bool = True) -> None:
         if not 0 <= rank < world_size:
             raise InputError(f"rank must be within 0..{world_size - 1}, got {rank}")
         self.dataset_dir = Path(dataset_dir)
@@ -152,17 +152,8 @@ class TFRecordMapDataset(_SplitShare, Dataset):
     the first time an epoch needs them. Arguments as `TFRecordIterableDataset`'s, less the shuffle buffer.
     """
 
-    def __init__(
-        self,
-        dataset_dir: str | Path,
-        split: str,
-        names: Sequence[str] | None = None,
-        shuffle_seed: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        verify_crc: bool = True,
-    ) -> None:
-        super().__init__(dataset_dir, split, names, shuffle_seed, rank, world_size, verify_crc)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # `_SplitShare`'s arguments
         self._offsets: dict[int, list[int]] = {}
 
     def epoch_keys(self) -> list[tuple[int, int]]:
