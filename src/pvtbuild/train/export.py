@@ -33,10 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from ..dataset.tfrecord import DATASET_JSON
 from ..errors import InputError, PvtbuildError
-from .build import build_backbone, build_formalism
 from .checkpoint import load_checkpoint, resolve_checkpoint, restoring
 from .config import train_config_from_dict
-from .data import DataSpec, DataStats
 from .loop import RUN_JSON
 
 EXPORT_JSON = "export.json"
@@ -88,20 +86,11 @@ def export_run(checkpoint: str | Path, out: Path, data: Path | None = None) -> P
 
 def load_export(folder: Path, device: torch.device) -> Any:
     """A `sample.Sampler` of an export directory: JSON, YAML and safetensors only, checked for fit."""
-    from .sample import Sampler, spec_layout
+    from .sample import build_sampler
 
     record, config, weights = read_export(folder)
-    with restoring(folder, "sample"):
-        cfg = train_config_from_dict(config)
-        s = record["spec"]
-        spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
-        stats = DataStats(**record["stats"])
-        net = build_backbone(cfg, spec)
-        net.load_state_dict(weights)
-        layout = spec_layout(cfg, s)
-    net.to(device).eval()
-    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(record["step"]), folder, layout,
-                   exported=True)
+    return build_sampler(folder, config, record["spec"], record["stats"], weights, int(record["step"]), device,
+                         exported=True)
 
 
 def read_export(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:

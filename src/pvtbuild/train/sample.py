@@ -72,26 +72,27 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
         return load_export(Path(checkpoint), device)
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
-    with restoring(path, "sample"):
-        cfg = train_config_from_dict(state["config"])
-        s = state["spec"]
+    prefix = "module."
+    ema = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    return build_sampler(path, state["config"], state["spec"], state["stats"], ema, int(state["step"]), device)
+
+
+def build_sampler(source: Path, config: dict[str, Any], s: dict[str, Any], stats: dict[str, Any],
+                  weights: dict[str, torch.Tensor], step: int, device: torch.device, exported: bool = False) -> Sampler:
+    """A `Sampler` from what a checkpoint or an export stores: its config, data spec and statistics (plain
+    dicts) and the EMA weights (the backbone's `state_dict`); a fault in them is one line naming `source`."""
+    with restoring(source, "sample"):
+        cfg = train_config_from_dict(config)
         spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
-        stats = DataStats(**state["stats"])
+        data_stats = DataStats(**stats)
         net = build_backbone(cfg, spec)
-        prefix = "module."
-        net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+        net.load_state_dict(weights)
+        layout = None  # toys, and checkpoints from before layouts were recorded
+        if "local_names" in s:
+            layout = DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
+                                   tuple(s["local_groups"]), tuple(s["global_groups"]), dict(cfg.data.encodings))
     net.to(device).eval()
-    return Sampler(cfg, net, build_formalism(cfg, spec, stats), spec, stats, int(state["step"]), path,
-                   spec_layout(cfg, s))
-
-
-def spec_layout(cfg: TrainConfig, s: dict[str, Any]) -> DatasetLayout | None:
-    """The dataset layout a checkpoint's `spec` records (None for toys and checkpoints from before layouts)."""
-    if "local_names" not in s:
-        return None
-    spec = DataSpec(tuple(s["shape"]), s["num_classes"], s["local_channels"], s["global_channels"])
-    return DatasetLayout(cfg.data.format, tuple(s["local_names"]), tuple(s["global_names"]), spec,
-                         tuple(s["local_groups"]), tuple(s["global_groups"]), dict(cfg.data.encodings))
+    return Sampler(cfg, net, build_formalism(cfg, spec, data_stats), spec, data_stats, step, source, layout, exported)
 
 
 def sampling_autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
