@@ -295,7 +295,6 @@ class UNet(nn.Module):
         out = out[(..., *[slice(0, s) for s in sizes])]  # crop the padding
         if self.embed is not None:  # [B, C * K, T] -> [B, C, K, T], a view
             out = out.reshape(batch, spec.shape[0], self.num_classes, length)
-            return out.squeeze(-1) if flat else out
         return out.squeeze(-1) if flat else out
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
