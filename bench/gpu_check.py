@@ -161,7 +161,7 @@ def section_b(cuda: bool) -> list[Row]:
     if cuda:
         _, one = encode("cuda", FORMATS, "cuda-all-1")
         _, two = encode("cuda", FORMATS, "cuda-all-2")
-        same, differ = _compare_trees(one / "encode", two / "encode")
+        differ = _differing_files(one / "encode", two / "encode")
         rows.append(("b", "encode on CUDA twice: byte-identical stage files",
                      "yes" if not differ else f"NO: {len(differ)} differ ({', '.join(differ[:3])})"))
         _shard_for_training(one)
@@ -280,12 +280,9 @@ def _clip_count() -> int:
     return sum(1 for line in (BUILD / "render" / "manifest.jsonl").read_text().splitlines() if line.strip())
 
 
-def _compare_trees(a: Path, b: Path) -> tuple[list[str], list[str]]:
-    """Files of `a` whose bytes equal / differ from the same path under `b` (stage files: *.npz)."""
-    same, differ = [], []
-    for p in sorted(a.rglob("*.npz")):
-        (same if (b / p.relative_to(a)).read_bytes() == p.read_bytes() else differ).append(p.name)
-    return same, differ
+def _differing_files(a: Path, b: Path) -> list[str]:
+    """Stage files (*.npz) of `a` whose bytes differ from the same path under `b`."""
+    return [p.name for p in sorted(a.rglob("*.npz")) if (b / p.relative_to(a)).read_bytes() != p.read_bytes()]
 
 
 def _dataset_pointer() -> Path:
