@@ -212,7 +212,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
 
 def _read_clips(out: Path, grid: str) -> dict:
     """Every rendered clip of a build: id, audio [N, S], controls on `grid` [N, T], instrument, program."""
-    from pvtbuild.stage import read_finished_stage, rendered_rows
+    from pvtbuild.stage import read_finished_stage, read_shard_arrays, rendered_rows
 
     stage = read_finished_stage(out, "render", "bench")
     clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in CONTROL_NAMES}}
@@ -220,12 +220,12 @@ def _read_clips(out: Path, grid: str) -> dict:
         if not rec.file:
             continue
         rows = {r["id"]: r for r in rendered_rows(rec)}
-        with np.load(out / "render" / rec.file) as d:
-            ids = [str(x) for x in d["id"]]
-            clips["id"] += ids
-            clips["audio"].append(d["audio"])
-            for k in CONTROL_NAMES:
-                clips[k].append(d[f"{k}_{grid}"])
+        d = read_shard_arrays(out / "render", rec, ["id", "audio", *(f"{k}_{grid}" for k in CONTROL_NAMES)])
+        ids = [str(x) for x in d["id"]]
+        clips["id"] += ids
+        clips["audio"].append(d["audio"])
+        for k in CONTROL_NAMES:
+            clips[k].append(d[f"{k}_{grid}"])
         clips["instrument"] += [rows[i]["inputs"]["instrument"] for i in ids]
         clips["program"] += [int(rows[i]["inputs"]["program"]) for i in ids]
     for k in ("audio", *CONTROL_NAMES):
