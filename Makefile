@@ -31,6 +31,12 @@ demo-manifest: .setup-stamp
 	tmp=$$(mktemp -d) && $(PVT) select --pipeline pipelines/demo.yaml --midi examples/midi --out $$tmp \
 		--manifest manifests/demo.jsonl --scheduler sync; rc=$$?; rm -rf $$tmp; exit $$rc
 
+# ruff (pyproject's [tool.ruff]: style, sorted absolute imports at the top) and the import graph:
+# no cycle, no private name imported across modules (scripts/check_imports.py).
+lint: .setup-stamp
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(PY) scripts/check_imports.py
+
 bench: .setup-stamp
 	$(PY) bench/run_all.py
 

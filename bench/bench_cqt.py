@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from demo_clips import render_demo_clips
+from pvtbuild.compute import ENCODE_THREADS, encode_threads
 from pvtbuild.config import config_from_dict
-from pvtbuild.encode import cqt as cqt_mod
-from pvtbuild.encode.cqt import CqtEncoder, reference_cqt
-from pvtbuild.encode.device import ENCODE_THREADS, encode_threads
-from pvtbuild.encode.stage import encode
-from pvtbuild.executor import Executor
+from pvtbuild.encoders import cqt as cqt_mod
+from pvtbuild.encoders.cqt import CqtEncoder, reference_cqt
+from pvtbuild.engine.executor import Executor
+from pvtbuild.stages.encode import encode
 
 REPO = Path(__file__).resolve().parent.parent
 REPEATS = 5

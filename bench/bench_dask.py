@@ -35,7 +35,6 @@ The shard stage (TFRecord packing) comes after both and is not timed here (bench
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -51,11 +50,11 @@ from typing import Iterator
 
 from pvtbuild.clip import ClipSpec
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.encode.stage import encode
-from pvtbuild.executor import MALLOC_FIX_ENV, Executor, cores, open_executor
+from pvtbuild.engine.executor import MALLOC_FIX_ENV, Executor, cores, open_executor
 from pvtbuild.pipeline import save_build_config, selected_clips, stream_stages
-from pvtbuild.qa import qa
-from pvtbuild.render import render
+from pvtbuild.stages.encode import encode
+from pvtbuild.stages.qa import qa
+from pvtbuild.stages.render import render
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

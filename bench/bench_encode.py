@@ -8,7 +8,7 @@ What is compared, in one process and one run (so machine load hits both alike):
 - bare: the CQT layer and the EnCodec encoder + quantizer (random weights) called
   on the clips already in memory, BATCH clips per call, under `torch.inference_mode`
   and the stage's thread count (`ENCODE_THREADS`): the models' cost and nothing else.
-- stage: the real encode stage (`pvtbuild.encode.stage.encode`, in-process executor)
+- stage: the real encode stage (`pvtbuild.stages.encode.encode`, in-process executor)
   on the render output of the same clips: reading and checking render shards, the
   same model calls, checksums, npz shards and records written atomically. Its
   encode folder is removed between repeats; the models stay loaded (as in a worker).
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from demo_clips import render_demo_clips
+from pvtbuild.compute import ENCODE_THREADS, default_batch_size, encode_threads
 from pvtbuild.config import config_from_dict
-from pvtbuild.encode.cqt import CqtEncoder
-from pvtbuild.encode.device import ENCODE_THREADS, default_batch_size, encode_threads
-from pvtbuild.encode.encodec import EncodecEncoder
-from pvtbuild.encode.stage import encode
-from pvtbuild.executor import Executor
+from pvtbuild.encoders.cqt import CqtEncoder
+from pvtbuild.encoders.encodec import EncodecEncoder
+from pvtbuild.engine.executor import Executor
+from pvtbuild.stages.encode import encode
 
 REPO = Path(__file__).resolve().parent.parent
 REPEATS = 3

@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from pvtbuild import written_shards
-    from pvtbuild.analysis import one_blas_thread
     from pvtbuild.config import load_pipeline
+    from pvtbuild.engine import written_shards
+    from pvtbuild.engine.stage import ShardRecord
+    from pvtbuild.music.analysis import one_blas_thread
     from pvtbuild.pipeline import executor_for, run_render, selected_clips
-    from pvtbuild.qa import QaJob, _in_sample, _warm_yin, judge_clips, qa_grid, qa_task, timbre_references
-    from pvtbuild.render import plan_render
-    from pvtbuild.stage import ShardRecord
+    from pvtbuild.stages.qa import QaJob, _in_sample, _warm_yin, judge_clips, qa_grid, qa_task, timbre_references
+    from pvtbuild.stages.render import plan_render
 
     n_files = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -128,8 +128,8 @@ def main() -> None:
 
 def _yin_ms(cfg) -> float:
     """ms of one YIN cross-check (`analysis.pitch_yin`) on a clip-long signal, the best of 5."""
-    from pvtbuild.analysis import pitch_yin
-    from pvtbuild.qa import qa_grid
+    from pvtbuild.music.analysis import pitch_yin
+    from pvtbuild.stages.qa import qa_grid
 
     grid = qa_grid(cfg)
     x = np.random.default_rng(0).standard_normal(cfg.clip_samples).astype(np.float32) * 0.1

@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
-    from pvtbuild.analysis import one_blas_thread
     from pvtbuild.config import load_pipeline
+    from pvtbuild.music.analysis import one_blas_thread
     from pvtbuild.pipeline import run_render
-    from pvtbuild.qa import QaJob, failure_reasons, judge_clips, qa_grid, timbre_references
-    from pvtbuild.qa_judge import CrepeCache, coarse_controls, coarse_grid, crepe_right, crepe_scores, crepe_track
+    from pvtbuild.stages.qa import QaJob, failure_reasons, judge_clips, qa_grid, timbre_references
+    from pvtbuild.tools.qa_judge import CrepeCache, coarse_controls, coarse_grid, crepe_right, crepe_scores, crepe_track
 
     overrides = {"exec.scheduler": "sync", "select.clip_seconds": length, **SETTINGS[length]}
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(REPO / "tests/data/midi/lakh-sample"),
@@ -139,12 +139,21 @@ def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
 def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, job) -> dict[str, float]:
     """Broken copies of up to `per_class` clean clips per class; prints and returns each class's share failed."""
     from pvtbuild.clip import unpack_notes
-    from pvtbuild.controls import compute_controls
-    from pvtbuild.qa import failure_reasons, judge_clips
-    from pvtbuild.qa_judge import BREAKS, LABEL_SHIFT_S, WRONG_PROGRAM, droppable, dropped, noisy, shifted, transposed
-    from pvtbuild.render import render_soundfont
-    from pvtbuild.select import notes_files
-    from pvtbuild.synth import render_notes
+    from pvtbuild.music.controls import compute_controls
+    from pvtbuild.music.synth import render_notes
+    from pvtbuild.stages.qa import failure_reasons, judge_clips
+    from pvtbuild.stages.render import render_soundfont
+    from pvtbuild.stages.select import notes_files
+    from pvtbuild.tools.qa_judge import (
+        BREAKS,
+        LABEL_SHIFT_S,
+        WRONG_PROGRAM,
+        droppable,
+        dropped,
+        noisy,
+        shifted,
+        transposed,
+    )
 
     stored = {}
     for path in sorted(set(notes_files(out, cfg).values())):
@@ -212,7 +221,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
 
 def _read_clips(out: Path, grid: str) -> dict:
     """Every rendered clip of a build: id, audio [N, S], controls on `grid` [N, T], instrument, program."""
-    from pvtbuild.stage import read_finished_stage, read_shard_arrays, rendered_rows
+    from pvtbuild.engine.stage import read_finished_stage, read_shard_arrays, rendered_rows
 
     stage = read_finished_stage(out, "render", "bench")
     clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in CONTROL_NAMES}}

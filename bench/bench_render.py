@@ -9,7 +9,7 @@ What is compared, in one process and one run (so machine load hits both alike):
   `program_select`, then `noteon` / `noteoff` at each note's sample position with
   `get_samples` in between, then `system_reset`. The notes were extracted
   beforehand, so this is FluidSynth's synthesis and nothing else.
-- render: the real render stage (`pvtbuild.render.render`, in-process executor)
+- render: the real render stage (`pvtbuild.stages.render.render`, in-process executor)
   over the same clips, in the build folder of the select run (as `pvtbuild
   render --midi DIR` does): notes read from the select stage's shards, a fresh
   synth per clip (synth.py says why), controls on both grids, checksums, npz
@@ -41,14 +41,13 @@ import time
 import warnings
 from pathlib import Path
 
-
 from pvtbuild.clip import ClipNotes, ClipSpec
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.executor import Executor
-from pvtbuild.midi import clip_notes, load_midi
-from pvtbuild.render import render, render_soundfont
-from pvtbuild.select import find_midi_files, select
-from pvtbuild.synth import render_notes
+from pvtbuild.engine.executor import Executor
+from pvtbuild.music.midi import clip_notes, load_midi
+from pvtbuild.music.synth import render_notes
+from pvtbuild.stages.render import render, render_soundfont
+from pvtbuild.stages.select import find_midi_files, select
 
 REPO = Path(__file__).resolve().parent.parent
 LAKH = REPO / "tests" / "data" / "midi" / "lakh-sample"  # the repository's own Lakh sample

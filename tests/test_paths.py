@@ -6,7 +6,6 @@ import csv
 import hashlib
 import os
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -4,16 +4,15 @@ MIDI files to both readers, with real FluidSynth, random EnCodec weights and in-
 from __future__ import annotations
 
 import numpy as np
-
-from pvtbuild.config import config_from_dict
-from pvtbuild.dataset import read_dataset_json, read_shapes, verify_dataset
-from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
-from pvtbuild.pipeline import run_all
-
 import tensorflow as tf  # noqa: E402,F401  (a dependency: its absence must fail, not skip)
-from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
+
 from conftest import SMALL_SOURCES
 from paths import LAKH
+from pvtbuild.config import config_from_dict
+from pvtbuild.dataset import read_dataset_json, read_shapes, verify_dataset
+from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
+from pvtbuild.pipeline import run_all
 
 
 def test_four_second_clips_have_controls_on_the_frames_of_the_format_beside_them(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, brief
+from pvtbuild.errors import InputError, brief
 
 # What a clip id may be. Ids name files (`inspect --plot` and `qa --plot-failing` write ID.png,
 # `inspect --wav` ID.wav), so an id read from a manifest, record or dataset must not be able to

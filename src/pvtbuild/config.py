@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Union
 
-from .config_yaml import load_config_yaml
-from .errors import ConfigError, brief
+from pvtbuild.config_yaml import load_config_yaml
+from pvtbuild.errors import ConfigError, brief
 
 MAX_INT = 2**63  # every integer of a config fits int64 (numpy seeds, torch), or is refused at load
 
@@ -36,9 +36,9 @@ class InstrumentConfig:
     source_programs: tuple[int, int]
 
     def check(self, key: str) -> None:
-        _require(0 <= self.program <= 127, f"{key}.program", f"must be a GM program 0..127, got {self.program}")
+        require(0 <= self.program <= 127, f"{key}.program", f"must be a GM program 0..127, got {self.program}")
         lo, hi = self.source_programs
-        _require(0 <= lo <= hi <= 127, f"{key}.source_programs", f"must be [lo, hi] within 0..127, got {[lo, hi]}")
+        require(0 <= lo <= hi <= 127, f"{key}.source_programs", f"must be [lo, hi] within 0..127, got {[lo, hi]}")
 
 
 # Instruments a pipeline may name by name alone; others are spelled out as
@@ -84,25 +84,25 @@ class SelectConfig:
     max_file_mb: float = 8.0  # larger MIDI files are skipped unread
 
     def check(self, key: str) -> None:
-        _require(self.clip_seconds > 0, f"{key}.clip_seconds", f"must be > 0, got {self.clip_seconds}")
-        _require(len(self.instruments) > 0, f"{key}.instruments", "must name at least one instrument")
+        require(self.clip_seconds > 0, f"{key}.clip_seconds", f"must be > 0, got {self.clip_seconds}")
+        require(len(self.instruments) > 0, f"{key}.instruments", "must name at least one instrument")
         names = [i.name for i in self.instruments]
-        _require(len(set(names)) == len(names), f"{key}.instruments", f"names must be unique, got {names}")
+        require(len(set(names)) == len(names), f"{key}.instruments", f"names must be unique, got {names}")
         for n, inst in enumerate(self.instruments):
             inst.check(f"{key}.instruments[{n}]")
-        _require(0 <= self.pitch_min and self.pitch_min + 12 <= self.pitch_max <= 127, f"{key}.pitch_max",
+        require(0 <= self.pitch_min and self.pitch_min + 12 <= self.pitch_max <= 127, f"{key}.pitch_max",
                  f"the range pitch_min..pitch_max must span at least an octave within 0..127, got {self.pitch_min}..{self.pitch_max}")
-        _require(self.overlap_tolerance >= 0, f"{key}.overlap_tolerance", f"must be >= 0, got {self.overlap_tolerance}")
-        _require(0 <= self.min_voiced <= 1, f"{key}.min_voiced", f"must be within [0, 1], got {self.min_voiced}")
-        _require(self.min_notes >= 1, f"{key}.min_notes", f"must be >= 1, got {self.min_notes}")
-        _require(self.clips_per_source >= 0, f"{key}.clips_per_source", f"must be >= 0, got {self.clips_per_source}")
-        _require(self.variants >= 1, f"{key}.variants", f"must be >= 1, got {self.variants}")
-        _require(0 <= self.modulation_depth <= 1, f"{key}.modulation_depth", f"must be within [0, 1], got {self.modulation_depth}")
-        _require(0 < self.freq_min_cycles <= self.freq_max_cycles, f"{key}.freq_max_cycles",
+        require(self.overlap_tolerance >= 0, f"{key}.overlap_tolerance", f"must be >= 0, got {self.overlap_tolerance}")
+        require(0 <= self.min_voiced <= 1, f"{key}.min_voiced", f"must be within [0, 1], got {self.min_voiced}")
+        require(self.min_notes >= 1, f"{key}.min_notes", f"must be >= 1, got {self.min_notes}")
+        require(self.clips_per_source >= 0, f"{key}.clips_per_source", f"must be >= 0, got {self.clips_per_source}")
+        require(self.variants >= 1, f"{key}.variants", f"must be >= 1, got {self.variants}")
+        require(0 <= self.modulation_depth <= 1, f"{key}.modulation_depth", f"must be within [0, 1], got {self.modulation_depth}")
+        require(0 < self.freq_min_cycles <= self.freq_max_cycles, f"{key}.freq_max_cycles",
                  f"need 0 < freq_min_cycles <= freq_max_cycles, got {self.freq_min_cycles}, {self.freq_max_cycles}")
-        _require(self.parse_timeout > 0, f"{key}.parse_timeout", f"must be > 0, got {self.parse_timeout}")
-        _require(self.parse_memory_mb >= 256, f"{key}.parse_memory_mb", f"must be >= 256, got {self.parse_memory_mb}")
-        _require(self.max_file_mb > 0, f"{key}.max_file_mb", f"must be > 0, got {self.max_file_mb}")
+        require(self.parse_timeout > 0, f"{key}.parse_timeout", f"must be > 0, got {self.parse_timeout}")
+        require(self.parse_memory_mb >= 256, f"{key}.parse_memory_mb", f"must be >= 256, got {self.parse_memory_mb}")
+        require(self.max_file_mb > 0, f"{key}.max_file_mb", f"must be > 0, got {self.max_file_mb}")
 
 
 @dataclass(frozen=True)
@@ -124,13 +124,13 @@ class RenderConfig:
     voices: int = 64
 
     def check(self, key: str) -> None:
-        _require(8000 <= self.sample_rate <= 96000, f"{key}.sample_rate", f"must be within 8000..96000, got {self.sample_rate}")
-        _require(0 < self.gain <= 10, f"{key}.gain", f"must be within (0, 10], got {self.gain}")
-        _require(self.clip_limit > 0, f"{key}.clip_limit", f"must be > 0, got {self.clip_limit}")
-        _require(self.clips_per_shard >= 1, f"{key}.clips_per_shard", f"must be >= 1, got {self.clips_per_shard}")
-        _require(bool(self.soundfont), f"{key}.soundfont", "must name a SoundFont")
-        _require(0 <= self.silence_rms < 1, f"{key}.silence_rms", f"must be within [0, 1), got {self.silence_rms}")
-        _require(1 <= self.voices <= 65535, f"{key}.voices", f"must be within 1..65535, got {self.voices}")
+        require(8000 <= self.sample_rate <= 96000, f"{key}.sample_rate", f"must be within 8000..96000, got {self.sample_rate}")
+        require(0 < self.gain <= 10, f"{key}.gain", f"must be within (0, 10], got {self.gain}")
+        require(self.clip_limit > 0, f"{key}.clip_limit", f"must be > 0, got {self.clip_limit}")
+        require(self.clips_per_shard >= 1, f"{key}.clips_per_shard", f"must be >= 1, got {self.clips_per_shard}")
+        require(bool(self.soundfont), f"{key}.soundfont", "must name a SoundFont")
+        require(0 <= self.silence_rms < 1, f"{key}.silence_rms", f"must be within [0, 1), got {self.silence_rms}")
+        require(1 <= self.voices <= 65535, f"{key}.voices", f"must be within 1..65535, got {self.voices}")
 
 
 # EnCodec's frame in samples (its encoder strides 2*4*5*8), fixed by the model, not a config value.
@@ -156,15 +156,15 @@ class GridConfig:
 
     def check_given(self, key: str) -> None:
         """The values given by hand, before the derived ones are filled in."""
-        _require(self.rate is None or self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
-        _require(self.frames is None or self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
-        _require(self.offset is None or 0 <= self.offset < 1, f"{key}.offset", f"must be within [0, 1), got {self.offset}")
+        require(self.rate is None or self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
+        require(self.frames is None or self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
+        require(self.offset is None or 0 <= self.offset < 1, f"{key}.offset", f"must be within [0, 1), got {self.offset}")
 
     def check(self, key: str) -> None:
         self.check_given(key)
-        _require(self.rate is not None, f"{key}.rate",
+        require(self.rate is not None, f"{key}.rate",
                  "must be given for a grid that serves no format (or say `serves: encodec` / `serves: cqt`)")
-        _require(self.frames is not None and self.offset is not None, key, "frames and offset were not derived")
+        require(self.frames is not None and self.offset is not None, key, "frames and offset were not derived")
 
 
 def _default_grids() -> tuple[GridConfig, ...]:
@@ -177,12 +177,12 @@ class ControlsConfig:
     bpm_max: float = 300.0  # bpm control = local tempo in quarter notes per minute / bpm_max, clipped to [0, 1]
 
     def check(self, key: str) -> None:
-        _require(len(self.grids) > 0, f"{key}.grids", "must list at least one grid")
+        require(len(self.grids) > 0, f"{key}.grids", "must list at least one grid")
         names = [g.name for g in self.grids]
-        _require(len(set(names)) == len(names), f"{key}.grids", f"names must be unique, got {names}")
+        require(len(set(names)) == len(names), f"{key}.grids", f"names must be unique, got {names}")
         for n, g in enumerate(self.grids):
             g.check(f"{key}.grids[{n}]")
-        _require(self.bpm_max > 0, f"{key}.bpm_max", f"must be > 0, got {self.bpm_max}")
+        require(self.bpm_max > 0, f"{key}.bpm_max", f"must be > 0, got {self.bpm_max}")
 
     def grid(self, name: str) -> GridConfig:
         for g in self.grids:
@@ -199,10 +199,10 @@ class CqtConfig:
     hop_length: int = 100
 
     def check(self, key: str) -> None:
-        _require(self.fmin > 0, f"{key}.fmin", f"must be > 0, got {self.fmin}")
-        _require(self.bins_per_octave >= 1, f"{key}.bins_per_octave", f"must be >= 1, got {self.bins_per_octave}")
-        _require(self.n_bins >= 1, f"{key}.n_bins", f"must be >= 1, got {self.n_bins}")
-        _require(self.hop_length >= 1, f"{key}.hop_length", f"must be >= 1, got {self.hop_length}")
+        require(self.fmin > 0, f"{key}.fmin", f"must be > 0, got {self.fmin}")
+        require(self.bins_per_octave >= 1, f"{key}.bins_per_octave", f"must be >= 1, got {self.bins_per_octave}")
+        require(self.n_bins >= 1, f"{key}.n_bins", f"must be >= 1, got {self.n_bins}")
+        require(self.hop_length >= 1, f"{key}.hop_length", f"must be >= 1, got {self.hop_length}")
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class EncodecConfig:
     checkpoint: str | None = None  # a path; default: torch hub's cache
 
     def check(self, key: str) -> None:
-        _require(self.bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0), f"{key}.bandwidth",
+        require(self.bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0), f"{key}.bandwidth",
                  f"must be one of 1.5, 3, 6, 12, 24 kbps, got {self.bandwidth}")
 
 
@@ -231,8 +231,8 @@ class EncodeConfig:
 
     def check(self, key: str) -> None:
         _check_formats(self.formats, f"{key}.formats")
-        _require(self.batch_size >= 0, f"{key}.batch_size", f"must be >= 0, got {self.batch_size}")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{key}.device",
+        require(self.batch_size >= 0, f"{key}.batch_size", f"must be >= 0, got {self.batch_size}")
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{key}.device",
                  f"must be auto, cpu or cuda[:N], got {self.device!r}")
         self.cqt.check(f"{key}.cqt")
         self.encodec.check(f"{key}.encodec")
@@ -252,10 +252,10 @@ class ShardConfig:
 
     def check(self, key: str) -> None:
         _check_formats(self.formats, f"{key}.formats")
-        _require(0 <= self.valid_share < 1, f"{key}.valid_share", f"must be within [0, 1), got {self.valid_share}")
-        _require(self.shard_mb > 0, f"{key}.shard_mb", f"must be > 0, got {self.shard_mb}")
+        require(0 <= self.valid_share < 1, f"{key}.valid_share", f"must be within [0, 1), got {self.valid_share}")
+        require(self.shard_mb > 0, f"{key}.shard_mb", f"must be > 0, got {self.shard_mb}")
         for fmt in self.formats:
-            _require(fmt in self.control_grids, f"{key}.control_grids", f"names no grid for format {fmt!r}")
+            require(fmt in self.control_grids, f"{key}.control_grids", f"names no grid for format {fmt!r}")
 
 
 def _default_release_s() -> dict[str, float]:
@@ -295,17 +295,17 @@ class QaConfig:
     yin_share: float = 0.02  # share of clips cross-checked by a second pitch estimator (YIN, ~10-30 ms a clip)
 
     def check(self, key: str) -> None:
-        _require(self.range_db > 0, f"{key}.range_db", f"must be > 0, got {self.range_db}")
-        _require(self.onset_frames >= 0, f"{key}.onset_frames", f"must be >= 0, got {self.onset_frames}")
+        require(self.range_db > 0, f"{key}.range_db", f"must be > 0, got {self.range_db}")
+        require(self.onset_frames >= 0, f"{key}.onset_frames", f"must be >= 0, got {self.onset_frames}")
         for name, value in self.release_s.items():
-            _require(value >= 0, f"{key}.release_s.{name}", f"must be >= 0, got {value}")
-        _require(self.default_release_s >= 0, f"{key}.default_release_s", f"must be >= 0, got {self.default_release_s}")
+            require(value >= 0, f"{key}.release_s.{name}", f"must be >= 0, got {value}")
+        require(self.default_release_s >= 0, f"{key}.default_release_s", f"must be >= 0, got {self.default_release_s}")
         for name in ("min_chroma_accuracy", "min_octave_accuracy", "max_label_beyond_sound",
                      "max_sound_beyond_label", "yin_share"):
             value = getattr(self, name)
-            _require(0 <= value <= 1, f"{key}.{name}", f"must be within [0, 1], got {value}")
-        _require(self.max_missing_notes >= 0, f"{key}.max_missing_notes", f"must be >= 0, got {self.max_missing_notes}")
-        _require(-1 <= self.min_loudness_spearman <= 1, f"{key}.min_loudness_spearman",
+            require(0 <= value <= 1, f"{key}.{name}", f"must be within [0, 1], got {value}")
+        require(self.max_missing_notes >= 0, f"{key}.max_missing_notes", f"must be >= 0, got {self.max_missing_notes}")
+        require(-1 <= self.min_loudness_spearman <= 1, f"{key}.min_loudness_spearman",
                  f"must be within [-1, 1], got {self.min_loudness_spearman}")
 
 
@@ -324,10 +324,10 @@ class ExecConfig:
     wait_for_workers: float = 60.0
 
     def check(self, key: str) -> None:
-        _require(self.jobs >= 1, f"{key}.jobs", f"must be >= 1, got {self.jobs}")
-        _require(self.wait_for_workers >= 0, f"{key}.wait_for_workers", f"must be >= 0, got {self.wait_for_workers:g}")
-        _require(self.threads_per_job >= 0, f"{key}.threads_per_job", f"must be >= 0, got {self.threads_per_job}")
-        _require(self.select_files_per_task >= 1, f"{key}.select_files_per_task",
+        require(self.jobs >= 1, f"{key}.jobs", f"must be >= 1, got {self.jobs}")
+        require(self.wait_for_workers >= 0, f"{key}.wait_for_workers", f"must be >= 0, got {self.wait_for_workers:g}")
+        require(self.threads_per_job >= 0, f"{key}.threads_per_job", f"must be >= 0, got {self.threads_per_job}")
+        require(self.select_files_per_task >= 1, f"{key}.select_files_per_task",
                  f"must be >= 1, got {self.select_files_per_task}")
 
 
@@ -353,8 +353,8 @@ class PipelineConfig:
             object.__setattr__(self, "controls", controls)
 
     def check(self, key: str = "") -> None:
-        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        _require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
         sections = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
         for name in sorted(sections, key=lambda n: n == "controls"):  # grids are derived from the others: last
             getattr(self, name).check(name)
@@ -368,7 +368,7 @@ class PipelineConfig:
         return int(round(self.select.clip_seconds * self.render.sample_rate))
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
 
 def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
@@ -414,14 +414,14 @@ def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    cfg = _build(PipelineConfig, data, "")
+    cfg = build_section(PipelineConfig, data, "")
     cfg.check()
     return cfg
 
 
 def config_hash(section: Any) -> str:
     """A short stable hash of a config section: part of every manifest row, so a changed config is noticed."""
-    blob = json.dumps(_to_plain(section), sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(to_plain(section), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -453,11 +453,11 @@ def _resolve_grids(cfg: PipelineConfig) -> ControlsConfig | None:
         key = f"controls.grids[{n}]"
         g.check_given(key)
         kinds = stored.get(g.name, {})
-        _require(len(kinds) <= 1, "shard.control_grids", f"stores grid {g.name!r} beside both cqt and encodec/disc "
+        require(len(kinds) <= 1, "shard.control_grids", f"stores grid {g.name!r} beside both cqt and encodec/disc "
                  f"({', '.join(kinds.values())}), whose frames differ; give each its own grid")
         serves = g.serves
         for kind, fmt in kinds.items():
-            _require(serves in (None, kind), f"shard.control_grids.{fmt}",
+            require(serves in (None, kind), f"shard.control_grids.{fmt}",
                      f"grid {g.name!r} serves {serves}, not {kind}; name a grid that serves {kind}")
             serves = kind
         grids.append(_derive_grid(g, serves, key, cfg.clip_samples, sr, hop))
@@ -473,7 +473,7 @@ def _derive_grid(g: GridConfig, serves: str | None, key: str, samples: int, sr: 
         rate, frames, offset = sr / hop, samples // hop + 1, 0.0
         what = f"the centred CQT (hop {hop}) has {frames} frames"
     else:
-        _require(g.rate is not None, f"{key}.rate",
+        require(g.rate is not None, f"{key}.rate",
                  "must be given for a grid that serves no format (or say `serves: encodec` / `serves: cqt`)")
         rate, offset = float(g.rate), 0.5 if g.offset is None else g.offset
         frames = int(math.floor(seconds * rate - offset + 1e-9)) + 1  # the times (k + offset)/rate within [0, T]
@@ -489,28 +489,28 @@ def _derive_grid(g: GridConfig, serves: str | None, key: str, samples: int, sr: 
     return GridConfig(g.name, rate, frames, serves, offset)  # type: ignore[arg-type]
 
 
-def _require(ok: bool, key: str, msg: str) -> None:
+def require(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
 
 def _check_formats(formats: tuple[str, ...], key: str) -> None:
-    _require(len(formats) > 0, key, "must name at least one format")
+    require(len(formats) > 0, key, "must name at least one format")
     for fmt in formats:
-        _require(fmt in FORMATS, key, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        require(fmt in FORMATS, key, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        return [_to_plain(x) for x in obj]
+        return [to_plain(x) for x in obj]
     if isinstance(obj, dict):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     return obj
 
 
-def _build(cls: type, data: Any, key: str) -> Any:
+def build_section(cls: type, data: Any, key: str) -> Any:
     where = key or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
@@ -557,7 +557,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                               "or give name, program, source_programs)")
         return KNOWN_INSTRUMENTS[value]
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if origin is tuple:
         _expect(isinstance(value, (list, tuple)), key, "a list", value)
         if len(args) == 2 and args[1] is Ellipsis:

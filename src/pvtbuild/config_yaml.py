@@ -24,7 +24,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from .errors import ConfigError
+from pvtbuild.errors import ConfigError
 
 MAX_NODES = 100_000  # nodes of a config document once its aliases are expanded
 

@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .clip import ClipSpec
-from .config import PipelineConfig, config_from_dict, load_pipeline
-from .errors import ConfigError, PvtbuildError
-from .executor import Executor, open_executor
-from .manifest import atomic_write_bytes
-from .stage import StageSummary, run_stages
+from pvtbuild.clip import ClipSpec
+from pvtbuild.config import PipelineConfig, config_from_dict, load_pipeline
+from pvtbuild.engine.executor import Executor, open_executor
+from pvtbuild.engine.manifest import atomic_write_bytes
+from pvtbuild.engine.stage import StageSummary, run_stages
+from pvtbuild.errors import ConfigError, PvtbuildError
 
 BUILD_CONFIG = "pipeline.json"
 DATASET_DIR = "dataset"  # where the shard stage writes unless told otherwise
@@ -54,7 +54,7 @@ def build_config(out: Path, pipeline: str | None, **overrides: Any) -> PipelineC
 
 def selected_clips(cfg: PipelineConfig, out: Path, executor: Executor) -> tuple[list[ClipSpec], list[StageSummary]]:
     """Clips from the configured input: select from a MIDI folder, or read a selection manifest."""
-    from .select import read_selection, select
+    from pvtbuild.stages.select import read_selection, select
 
     source = midi_source(cfg)
     if source.is_file() and source.suffix == ".jsonl":
@@ -79,7 +79,7 @@ def midi_source(cfg: PipelineConfig) -> Path:
 
 def check_render_inputs(cfg: PipelineConfig) -> None:
     """Stop before any work (no executor started, nothing written) if the MIDI input or SoundFont is unusable."""
-    from .render import render_soundfont
+    from pvtbuild.stages.render import render_soundfont
 
     midi_source(cfg)
     render_soundfont(cfg)
@@ -87,7 +87,7 @@ def check_render_inputs(cfg: PipelineConfig) -> None:
 
 def preflight(cfg: PipelineConfig, out: Path, ex: Executor, midi: bool = False, soundfont: bool = False) -> None:
     """Before any work: every worker runs our versions, sees the inputs asked for and may write `out`."""
-    from .render import render_soundfont
+    from pvtbuild.stages.render import render_soundfont
 
     paths = {}
     if midi:
@@ -98,7 +98,7 @@ def preflight(cfg: PipelineConfig, out: Path, ex: Executor, midi: bool = False, 
 
 
 def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
-    from .render import render
+    from pvtbuild.stages.render import render
 
     clips, summaries = selected_clips(cfg, out, ex)
     summaries.append(render(clips, out, cfg, ex))
@@ -107,7 +107,7 @@ def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
 
 def run_select(cfg: PipelineConfig, out: Path) -> tuple[list[ClipSpec], StageSummary]:
     """Only the select stage, from the MIDI folder `cfg.midi` (for writing a selection manifest)."""
-    from .select import select
+    from pvtbuild.stages.select import select
 
     if not cfg.midi or not Path(cfg.midi).is_dir():
         raise PvtbuildError(f"--midi {cfg.midi or '(none)'}: select needs a folder of MIDI files")
@@ -127,13 +127,13 @@ def run_render(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
 
 def _check_encode_inputs(cfg: PipelineConfig) -> None:
     """Stop before any work (no executor started) if the EnCodec weights or the device asked for are missing."""
-    from .encode.stage import check_encode_config
+    from pvtbuild.stages.encode import check_encode_config
 
     check_encode_config(cfg)
 
 
 def _encode(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
-    from .encode.stage import encode
+    from pvtbuild.stages.encode import encode
 
     return encode(out, cfg, ex)
 
@@ -170,9 +170,9 @@ def stream_stages(clips: list[ClipSpec], cfg: PipelineConfig, out: Path, ex: Exe
     resume), except that a render shard not rendered yet is the render task's `After`.
     The shard stage needs every clip (it splits and packs them), so it comes after.
     """
-    from .encode.stage import plan_encode
-    from .qa import plan_qa
-    from .render import plan_render
+    from pvtbuild.stages.encode import plan_encode
+    from pvtbuild.stages.qa import plan_qa
+    from pvtbuild.stages.render import plan_render
 
     render = plan_render(clips, out, cfg)
     runs = [render, plan_encode(out, cfg, ex, render.upstream())]
@@ -182,7 +182,7 @@ def stream_stages(clips: list[ClipSpec], cfg: PipelineConfig, out: Path, ex: Exe
 
 
 def _qa(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
-    from .qa import qa
+    from pvtbuild.stages.qa import qa
 
     return qa(out, cfg, ex)
 
@@ -196,7 +196,7 @@ def run_qa(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
 
 def check_shard_formats(cfg: PipelineConfig) -> None:
     """Stop before any work when the dataset asks for a format the encode stage will not compute."""
-    from .shard import ENCODED
+    from pvtbuild.stages.shard import ENCODED
 
     missing = [f for f in cfg.shard.formats if f in ENCODED and f not in cfg.encode.formats]
     if missing:
@@ -206,7 +206,7 @@ def check_shard_formats(cfg: PipelineConfig) -> None:
 
 def _shard(cfg: PipelineConfig, out: Path, dataset: Path, ex: Executor,
            formats: tuple[str, ...] | None = None) -> StageSummary:
-    from .shard import shard
+    from pvtbuild.stages.shard import shard
 
     return shard(out, dataset, cfg, ex, formats)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .shapes import array_shapes, read_shapes, write_shapes
-from .tfrecord import (
+from pvtbuild.dataset.shapes import array_shapes, read_shapes, write_shapes
+from pvtbuild.dataset.tfrecord import (
     DATASET_JSON,
     SHAPES_FILE,
     ShardInfo,
@@ -29,7 +29,7 @@ from .tfrecord import (
     write_dataset_json,
     write_shard,
 )
-from .verify import VerifyReport, verify_dataset
+from pvtbuild.dataset.verify import VerifyReport, verify_dataset
 
 __all__ = [
     "DATASET_JSON",
@@ -59,11 +59,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "make_dataset":
-        from .tf_reader import make_dataset
+        from pvtbuild.dataset.tf_reader import make_dataset
 
         return make_dataset
     if name == "TFRecordIterableDataset":
-        from .torch_reader import TFRecordIterableDataset
+        from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 
         return TFRecordIterableDataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ machine). Blank lines and lines starting with ``#`` are ignored on reading.
 The last dimension of a pvtbuild array is time. A control ``{name}_{grid}``
 has the frames of the format stored beside it (dataset.json's
 ``control_grids``), and its frame k describes the instant that format's frame
-k is centred on (with N samples at sr Hz; pvtbuild.controls has the details):
+k is centred on (with N samples at sr Hz; pvtbuild.music.controls has the details):
 
 - ``encodec``, ``disc``: ceil(N/320) frames, frame k covers samples
   [320k, 320(k+1)); controls on their grid sample (k + 1/2)*320/sr s.
@@ -34,9 +34,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..manifest import atomic_write_bytes
-from .tfrecord import DATASET_JSON, SHAPES_FILE, SUPPORTED_DTYPES, read_dataset_json
+from pvtbuild.dataset.tfrecord import DATASET_JSON, SHAPES_FILE, SUPPORTED_DTYPES, read_dataset_json
+from pvtbuild.engine.manifest import atomic_write_bytes
+from pvtbuild.errors import InputError
 
 Shapes = dict[str, tuple[np.dtype, tuple[int, ...]]]
 

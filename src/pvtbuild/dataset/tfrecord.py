@@ -10,10 +10,10 @@ A dataset is one directory::
       train/train-00000-of-00012.tfrecord      shard_name("train", 0, 12)
       ...
       valid/valid-00000-of-00003.tfrecord
-      .shard/                                  the shard stage's bookkeeping (pvtbuild.shard); readers ignore it
+      .shard/                                  the shard stage's bookkeeping (pvtbuild.stages.shard); readers ignore it
 
 What goes into a pvtbuild dataset (formats, controls, metadata, splits, order)
-is decided by `pvtbuild.shard`; this module is only the container.
+is decided by `pvtbuild.stages.shard`; this module is only the container.
 
 **Shards** are standard TFRecord files: each record is framed as::
 
@@ -60,7 +60,7 @@ name. A trainer needs nothing else::
 The last axis of every array is time; a control has the frames of the format
 stored beside it, and frame k sits where that format's frame k is centred:
 (k + 1/2)*320/sr s for ``encodec`` / ``disc``, k*hop/sr s for the centred
-``cqt`` (`pvtbuild.dataset.shapes` and `pvtbuild.controls` spell it out).
+``cqt`` (`pvtbuild.dataset.shapes` and `pvtbuild.music.controls` spell it out).
 
 **dataset.json** (written by `write_dataset_json`)::
 
@@ -108,8 +108,8 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from crc32c import crc32c as _crc32c
 
-from ..errors import InputError, brief
-from ..manifest import atomic_write, atomic_write_bytes, path_within
+from pvtbuild.engine.manifest import atomic_write, atomic_write_bytes, path_within
+from pvtbuild.errors import InputError, brief
 
 FORMAT = "pvtbuild-tfrecord"
 FORMAT_VERSION = 1

@@ -52,10 +52,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..errors import InputError
-from .shapes import read_dataset_shapes
-from .tfrecord import (DATASET_JSON, SHAPES_FILE, decode_record, iter_records, list_shards, read_dataset_json,
-                       read_record_at, record_offsets)
+from pvtbuild.dataset.shapes import read_dataset_shapes
+from pvtbuild.dataset.tfrecord import (
+    DATASET_JSON,
+    SHAPES_FILE,
+    decode_record,
+    iter_records,
+    list_shards,
+    read_dataset_json,
+    read_record_at,
+    record_offsets,
+)
+from pvtbuild.errors import InputError
 
 
 class _SplitShare:

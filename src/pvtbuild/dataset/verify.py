@@ -22,9 +22,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import InputError
-from .shapes import Shapes, read_dataset_shapes
-from .tfrecord import decode_record, masked_crc32c, read_dataset_json, shard_name
+from pvtbuild.dataset.shapes import Shapes, read_dataset_shapes
+from pvtbuild.dataset.tfrecord import decode_record, masked_crc32c, read_dataset_json, shard_name
+from pvtbuild.errors import InputError
 
 _MAX_PER_SHARD = 5  # record-level problems reported per shard before "... and N more"
 

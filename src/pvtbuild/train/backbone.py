@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import _require
-from ..errors import ConfigError
-from .data import DataSpec
-from .guidance import NULL_VALUE, Controls
+from pvtbuild.config import require
+from pvtbuild.errors import ConfigError
+from pvtbuild.train.data import DataSpec
+from pvtbuild.train.guidance import NULL_VALUE, Controls
 
 
 @dataclass(frozen=True)
@@ -64,23 +64,23 @@ class UNetConfig:
 
     def check(self, key: str) -> None:
         # bounded so that a typo (channels: 51200) is one line here, not an allocator traceback at build
-        _require(1 <= self.channels <= 4096, f"{key}.channels", f"must be within 1..4096, got {self.channels}")
-        _require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), f"{key}.channel_mults",
+        require(1 <= self.channels <= 4096, f"{key}.channels", f"must be within 1..4096, got {self.channels}")
+        require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), f"{key}.channel_mults",
                  f"must be a non-empty list of integers >= 1, got {list(self.channel_mults)}")
         if self.up_channel_mults is not None:
-            _require(len(self.up_channel_mults) == len(self.channel_mults) and all(m >= 1 for m in self.up_channel_mults),
+            require(len(self.up_channel_mults) == len(self.channel_mults) and all(m >= 1 for m in self.up_channel_mults),
                      f"{key}.up_channel_mults", f"must have one integer >= 1 per level ({len(self.channel_mults)}), "
                      f"got {list(self.up_channel_mults)}")
-        _require(1 <= self.control_channels <= 4096, f"{key}.control_channels",
+        require(1 <= self.control_channels <= 4096, f"{key}.control_channels",
                  f"must be within 1..4096, got {self.control_channels}")
-        _require(all(h >= 1 for h in self.global_mlp), f"{key}.global_mlp",
+        require(all(h >= 1 for h in self.global_mlp), f"{key}.global_mlp",
                  f"must be a list of integers >= 1, got {list(self.global_mlp)}")
-        _require(self.code_embed_dim >= 1, f"{key}.code_embed_dim", f"must be >= 1, got {self.code_embed_dim}")
-        _require(self.noise_embed_dim >= 2 and self.noise_embed_dim % 2 == 0, f"{key}.noise_embed_dim",
+        require(self.code_embed_dim >= 1, f"{key}.code_embed_dim", f"must be >= 1, got {self.code_embed_dim}")
+        require(self.noise_embed_dim >= 2 and self.noise_embed_dim % 2 == 0, f"{key}.noise_embed_dim",
                  f"must be an even integer >= 2, got {self.noise_embed_dim}")
-        _require(self.freq_embed_channels >= 0, f"{key}.freq_embed_channels",
+        require(self.freq_embed_channels >= 0, f"{key}.freq_embed_channels",
                  f"must be >= 0, got {self.freq_embed_channels}")
-        _require(0 <= self.dropout < 1, f"{key}.dropout", f"must be within [0, 1), got {self.dropout}")
+        require(0 <= self.dropout < 1, f"{key}.dropout", f"must be within [0, 1), got {self.dropout}")
 
     @property
     def down_widths(self) -> tuple[int, ...]:
@@ -343,7 +343,7 @@ def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     cuDNN's bf16 kernels prefer it too. Raises `ConfigError` naming the key when the config cannot
     serve the data."""
     cfg.check(key)
-    _require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
+    require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
     if cfg.freq_embed_channels and len(spec.shape) != 3:
         raise ConfigError(f"{key}.freq_embed_channels: only 2-D data (cqt [C, F, T]) has a frequency axis; "
                           f"this data is shaped {list(spec.shape)}")

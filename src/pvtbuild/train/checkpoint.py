@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import ConfigError, InputError
-from ..manifest import atomic_write
+from pvtbuild.engine.manifest import atomic_write
+from pvtbuild.errors import ConfigError, InputError
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..clip import ClipNotes
-from ..config import GridConfig, PipelineConfig
-from ..controls import CONTROL_NAMES, clip_controls
-from ..errors import InputError, PvtbuildError
-from .data import DatasetLayout, assemble_controls
-from .guidance import NULL_VALUE, Controls
+from pvtbuild.clip import ClipNotes
+from pvtbuild.config import GridConfig, PipelineConfig
+from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.music.controls import CONTROL_NAMES, clip_controls
+from pvtbuild.train.data import DatasetLayout, assemble_controls
+from pvtbuild.train.guidance import NULL_VALUE, Controls
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def build_controls(request: ControlRequest, space: ControlSpace) -> RequestedCon
 def controls_from_midi(path: Path, space: ControlSpace, track: int | None = None,
                        start: float | None = None) -> RequestedControls:
     """A window of a MIDI file, chosen and controlled exactly as select + render would (variant 0)."""
-    from ..midi import clip_notes, load_midi, md5_file, select_clips
+    from pvtbuild.music.midi import clip_notes, load_midi, md5_file, select_clips
 
     path = Path(path)
     if not path.is_file():
@@ -168,7 +168,7 @@ def controls_from_midi(path: Path, space: ControlSpace, track: int | None = None
 
 def controls_from_clip(like: str, space: ControlSpace) -> RequestedControls:
     """The stored controls of clip ID of DATASET (`DATASET:ID`)."""
-    from ..inspect import find_clip
+    from pvtbuild.tools.inspect import find_clip
 
     dataset, sep, clip_id = like.rpartition(":")
     if not sep or not dataset or not clip_id:
@@ -240,7 +240,7 @@ def set_tempo(controls: RequestedControls, bpm: float, space: ControlSpace) -> N
     """
     if not (math.isfinite(bpm) and bpm > 0):
         raise PvtbuildError(f"--bpm must be a positive number, got {bpm}")
-    from ..controls import compute_controls
+    from pvtbuild.music.controls import compute_controls
 
     period = 60.0 / bpm
     duration = space.pipeline.select.clip_seconds

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import FORMATS, _build, _require, _to_plain, naming_file, read_config_file
-from ..controls import CONTROL_NAMES
-from ..errors import ConfigError, brief
+from pvtbuild.config import FORMATS, build_section, naming_file, read_config_file, require, to_plain
+from pvtbuild.errors import ConfigError, brief
+from pvtbuild.music.controls import CONTROL_NAMES
 
 TOYS = ("swissroll", "swissroll-disc")
 # control -> encoding -> channels it gives the network (`data.encodings`; data.encode_control computes them)
@@ -62,26 +62,26 @@ class TrainDataConfig:
     crop_seconds: float | None = None  # train on random crops this long, on the format's frames (None or 0: whole clips)
 
     def check(self, key: str) -> None:
-        _require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
-        _require(self.toy_size >= 16, f"{key}.toy_size", f"must be >= 16, got {self.toy_size}")
-        _require(self.format in TRAINABLE_FORMATS, f"{key}.format",
+        require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
+        require(self.toy_size >= 16, f"{key}.toy_size", f"must be >= 16, got {self.toy_size}")
+        require(self.format in TRAINABLE_FORMATS, f"{key}.format",
                  f"must be one of {', '.join(TRAINABLE_FORMATS)}, got {self.format!r}")
         for k, names in (("controls", self.controls), ("global_controls", self.global_controls)):
             for n in names:
-                _require(n in CONTROL_NAMES, f"{key}.{k}", f"unknown control {n!r} (known: {', '.join(CONTROL_NAMES)})")
-            _require(len(set(names)) == len(names), f"{key}.{k}", f"lists a control twice: {list(names)}")
+                require(n in CONTROL_NAMES, f"{key}.{k}", f"unknown control {n!r} (known: {', '.join(CONTROL_NAMES)})")
+            require(len(set(names)) == len(names), f"{key}.{k}", f"lists a control twice: {list(names)}")
         for name, enc in self.encodings.items():
-            _require(name in self.controls, f"{key}.encodings.{name}",
+            require(name in self.controls, f"{key}.encodings.{name}",
                      f"encodes a control that is not in {key}.controls ({', '.join(self.controls)})")
             known = CONTROL_ENCODINGS.get(name, {})
-            _require(enc in known, f"{key}.encodings.{name}",
+            require(enc in known, f"{key}.encodings.{name}",
                      f"must be one of {', '.join(known) or '(none: this control has no other encoding)'}, got {enc!r}")
-        _require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
+        require(self.stats_examples >= 1, f"{key}.stats_examples", f"must be >= 1, got {self.stats_examples}")
         # bounded: a typo (batch_size: 160000) is one line here, not an allocator traceback at the first batch
-        _require(1 <= self.batch_size <= 65536, f"{key}.batch_size", f"must be within 1..65536, got {self.batch_size}")
-        _require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
-        _require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-        _require(self.crop_seconds is None or self.crop_seconds >= 0, f"{key}.crop_seconds",
+        require(1 <= self.batch_size <= 65536, f"{key}.batch_size", f"must be within 1..65536, got {self.batch_size}")
+        require(self.num_workers >= 0, f"{key}.num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.shuffle_buffer >= 1, f"{key}.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        require(self.crop_seconds is None or self.crop_seconds >= 0, f"{key}.crop_seconds",
                  f"must be >= 0 (0: whole clips), got {self.crop_seconds}")
 
 
@@ -94,9 +94,9 @@ class GuidanceConfig:
     cfg_scale: float = 1.0  # w in D_u + w (D_c - D_u) when sampling; 1 = plain conditional
 
     def check(self, key: str) -> None:
-        _require(0 <= self.p_feature <= 1, f"{key}.p_feature", f"must be within [0, 1], got {self.p_feature}")
-        _require(0 <= self.p_all <= 1, f"{key}.p_all", f"must be within [0, 1], got {self.p_all}")
-        _require(self.cfg_scale >= 0, f"{key}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+        require(0 <= self.p_feature <= 1, f"{key}.p_feature", f"must be within [0, 1], got {self.p_feature}")
+        require(0 <= self.p_all <= 1, f"{key}.p_all", f"must be within [0, 1], got {self.p_all}")
+        require(self.cfg_scale >= 0, f"{key}.cfg_scale", f"must be >= 0, got {self.cfg_scale}")
 
 
 @dataclass(frozen=True)
@@ -118,22 +118,22 @@ class OptimConfig:
     ema_rampup_ratio: float | None = None
 
     def check(self, key: str) -> None:
-        _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
-        _require(all(0 <= b < 1 for b in self.betas), f"{key}.betas", f"must be within [0, 1), got {list(self.betas)}")
-        _require(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.warmup_steps >= 0, f"{key}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.decay_steps >= 1, f"{key}.decay_steps", f"must be >= 1, got {self.decay_steps}")
-        _require(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _require(0 <= self.ema_decay < 1, f"{key}.ema_decay", f"must be within [0, 1), got {self.ema_decay}")
-        _require(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", f"must be within [0, 1], got {self.min_lr_ratio}")
-        _require(self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0, f"{key}.ema_rampup_ratio",
+        require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
+        require(all(0 <= b < 1 for b in self.betas), f"{key}.betas", f"must be within [0, 1), got {list(self.betas)}")
+        require(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.warmup_steps >= 0, f"{key}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.decay_steps >= 1, f"{key}.decay_steps", f"must be >= 1, got {self.decay_steps}")
+        require(self.grad_clip >= 0, f"{key}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(0 <= self.ema_decay < 1, f"{key}.ema_decay", f"must be within [0, 1), got {self.ema_decay}")
+        require(0 <= self.min_lr_ratio <= 1, f"{key}.min_lr_ratio", f"must be within [0, 1], got {self.min_lr_ratio}")
+        require(self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0, f"{key}.ema_rampup_ratio",
                  f"must be > 0 (or null: no warm-up), got {self.ema_rampup_ratio}")
 
     def check_steps(self, steps: int, key: str = "train.steps") -> None:
         """Refuse a cosine schedule that would train at lr 0: past warmup + decay_steps without a floor.
         The loop checks it before any work (not at load: a stored config must still load to sample)."""
         end = self.warmup_steps + self.decay_steps
-        _require(self.schedule != "cosine" or self.min_lr_ratio > 0 or steps <= end, key,
+        require(self.schedule != "cosine" or self.min_lr_ratio > 0 or steps <= end, key,
                  f"{steps} steps train past step {end}, where the cosine schedule reaches lr 0 and stays; "
                  f"set optim.min_lr_ratio > 0 or raise optim.decay_steps")
 
@@ -161,17 +161,17 @@ class LoopConfig:
     accumulate: int = 1
 
     def check(self, key: str) -> None:
-        _require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
-        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
-        _require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
-        _require(self.sample_steps is None or self.sample_steps >= 1, f"{key}.sample_steps",
+        require(self.steps >= 1, f"{key}.steps", f"must be >= 1, got {self.steps}")
+        require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        require(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        require(self.sample_steps is None or self.sample_steps >= 1, f"{key}.sample_steps",
                  f"must be >= 1, got {self.sample_steps}")
-        _require(self.eval_every >= 0, f"{key}.eval_every", f"must be >= 0 (0: no validation), got {self.eval_every}")
-        _require(self.eval_batches >= 1, f"{key}.eval_batches", f"must be >= 1, got {self.eval_batches}")
-        _require(self.eval_clips >= 0, f"{key}.eval_clips", f"must be >= 0 (0: no judged clips), got {self.eval_clips}")
-        _require(not self.eval_clips or self.eval_every > 0, f"{key}.eval_clips",
+        require(self.eval_every >= 0, f"{key}.eval_every", f"must be >= 0 (0: no validation), got {self.eval_every}")
+        require(self.eval_batches >= 1, f"{key}.eval_batches", f"must be >= 1, got {self.eval_batches}")
+        require(self.eval_clips >= 0, f"{key}.eval_clips", f"must be >= 0 (0: no judged clips), got {self.eval_clips}")
+        require(not self.eval_clips or self.eval_every > 0, f"{key}.eval_clips",
                  "clips are judged at each validation; set train.eval_every too")
-        _require(1 <= self.accumulate <= 4096, f"{key}.accumulate", f"must be within 1..4096, got {self.accumulate}")
+        require(1 <= self.accumulate <= 4096, f"{key}.accumulate", f"must be within 1..4096, got {self.accumulate}")
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as YAML would spell it (what checkpoints store and `--resume` compares)."""
-        out = _to_plain(self)
+        out = to_plain(self)
         out["formalism"] = {"name": out.pop("formalism_name"), **out["formalism"]}
         if out.pop("sigma_data_auto"):
             out["formalism"]["sigma_data"] = "auto"
@@ -205,15 +205,15 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     data = read_config_file(Path(path), "training config")
     with naming_file(Path(path)):
         for key in ("formalism_name", "sigma_data_auto"):
-            _require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
+            require(key not in data, key, "unknown key (spell the formalism as formalism: {name: ...})")
         return train_config_from_dict(data, **overrides)
 
 
 def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
     """Validate a plain dict (a parsed YAML file, or what a checkpoint stored) into a `TrainConfig`."""
-    from .backbone import UNetConfig
-    from .formalisms import FORMALISMS
-    from .toys import ToyMLPConfig
+    from pvtbuild.train.backbone import UNetConfig
+    from pvtbuild.train.formalisms import FORMALISMS
+    from pvtbuild.train.toys import ToyMLPConfig
 
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for dotted, value in overrides.items():
@@ -228,14 +228,14 @@ def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfi
     name = formalism.pop("name")
     if not isinstance(name, str) or name not in FORMALISMS:
         raise ConfigError(f"formalism.name: must be one of {', '.join(FORMALISMS)}, got {brief(name)}")
-    cfg = _build(TrainConfig, data, "")
+    cfg = build_section(TrainConfig, data, "")
     model_cls = ToyMLPConfig if cfg.is_toy else UNetConfig
     formalism_cls = FORMALISMS[name][0]
     sigma_auto = formalism.get("sigma_data") == "auto"
     if sigma_auto:
         formalism.pop("sigma_data")  # resolved from the data by the loop (`resolve_sigma_data`)
-    cfg = dataclasses.replace(cfg, model=_build(model_cls, model, "model"), formalism_name=name,
-                              formalism=_build(formalism_cls, formalism, "formalism"), sigma_data_auto=sigma_auto)
+    cfg = dataclasses.replace(cfg, model=build_section(model_cls, model, "model"), formalism_name=name,
+                              formalism=build_section(formalism_cls, formalism, "formalism"), sigma_data_auto=sigma_auto)
     _check(cfg)
     return cfg
 
@@ -258,7 +258,7 @@ def differences(a: Any, b: Any, key: str = "") -> list[str]:
 
 
 def _check(cfg: TrainConfig) -> None:
-    _require(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    require(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and hasattr(value, "check"):
@@ -266,10 +266,10 @@ def _check(cfg: TrainConfig) -> None:
     discrete = cfg.formalism_name == "discdpm"
     if cfg.is_toy:
         wants = "swissroll-disc" if discrete else "swissroll"
-        _require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
-        _require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
-        _require(not cfg.train.eval_clips, "train.eval_clips", "toy points have no audio to judge; drop the key")
+        require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
+        require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
+        require(not cfg.train.eval_clips, "train.eval_clips", "toy points have no audio to judge; drop the key")
     else:
-        _require((cfg.data.format == "disc") == discrete, "data.format",
+        require((cfg.data.format == "disc") == discrete, "data.format",
                  f"formalism {cfg.formalism_name} cannot model format {cfg.data.format!r} "
                  f"({'discdpm models disc codes only' if discrete else 'disc codes need discdpm'})")

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ..config import ENCODEC_HOP
-from ..dataset.shapes import read_shapes
-from ..dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
-from ..dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDataset
-from ..errors import InputError
-from .config import CONTROL_ENCODINGS, TrainDataConfig
-from .guidance import NULL_VALUE, Controls
+from pvtbuild.config import ENCODEC_HOP
+from pvtbuild.dataset.shapes import read_shapes
+from pvtbuild.dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDataset
+from pvtbuild.errors import InputError
+from pvtbuild.train.config import CONTROL_ENCODINGS, TrainDataConfig
+from pvtbuild.train.guidance import NULL_VALUE, Controls
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class ToySource:
     crop_frames = 0  # points have no time axis
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0) -> None:
-        from .toys import swissroll, swissroll_disc
+        from pvtbuild.train.toys import swissroll, swissroll_disc
 
         draw = swissroll_disc if cfg.toy == "swissroll-disc" else swissroll
         self.points = draw(cfg.toy_size, seed)

@@ -63,11 +63,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..config import GridConfig
-from ..errors import InputError, PvtbuildError
-from ..manifest import atomic_write
-from .frechet import Gaussian, frechet, frechet_infinity
-from .judge import JUDGE_KEYS, CrepeJudge, score_tracked
+from pvtbuild.config import GridConfig
+from pvtbuild.engine.manifest import atomic_write
+from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.train.frechet import Gaussian, frechet, frechet_infinity
+from pvtbuild.train.judge import JUDGE_KEYS, CrepeJudge, score_tracked
 
 SEARCHED_KEYS = ("searched_voiced_agreement", "searched_chroma_accuracy", "searched_octave_accuracy",
                  "searched_pitch_accuracy", "loudness_velocity_spearman")
@@ -140,7 +140,7 @@ def score_clip(audio: np.ndarray, sample_rate: int, controls: Mapping[str, np.nd
                bpm_max: float) -> dict[str, float]:
     """The analysis's adherence (searched around the asked pitch) and tempo metrics of one clip's audio
     against controls on `grid` (nan where undefined); keys SEARCHED_KEYS + TEMPO_KEYS."""
-    from ..analysis import adherence, analyse
+    from pvtbuild.music.analysis import adherence, analyse
 
     expected = None
     if "pitch" in controls and "voiced" in controls and (np.asarray(controls["pitch"]) >= 0).all():
@@ -249,9 +249,9 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
              device: torch.device | str = "cpu", plot: bool = False, vggish: Path | None = None,
              split: str = "valid", judge_model: str = "auto") -> EvalReport:
     """Sample with the controls of `n` clips of `split` at each guidance scale and score them (module docstring)."""
-    from ..decode import AudioDecoder
-    from .conditioning import RequestedControls, model_controls
-    from .sample import control_space, decode_batches, generate, load_for_sampling, training_dataset
+    from pvtbuild.tools.decode import AudioDecoder
+    from pvtbuild.train.conditioning import RequestedControls, model_controls
+    from pvtbuild.train.sample import control_space, decode_batches, generate, load_for_sampling, training_dataset
 
     if n < 2:
         raise PvtbuildError(f"--n must be >= 2 (the floor row shuffles controls between clips), got {n}")
@@ -363,9 +363,9 @@ def reference_rows(judging: _Judging, real: np.ndarray, controls: list[dict[str,
 
 def read_clips(dataset: Path, space: Any, n: int, decoder: Any, split: str = "valid") -> tuple[list[EvalClip], str]:
     """The first `n` clips of `split` (file order): real audio and controls on the model's grid."""
-    from ..controls import CONTROL_NAMES
-    from ..dataset import decode_record, iter_records, list_shards, read_shapes
-    from ..decode import DECODABLE
+    from pvtbuild.dataset import decode_record, iter_records, list_shards, read_shapes
+    from pvtbuild.music.controls import CONTROL_NAMES
+    from pvtbuild.tools.decode import DECODABLE
 
     shapes = read_shapes(dataset)
     grid = space.grid.name
@@ -472,7 +472,7 @@ def _codec_for_embedding(decoder: Any) -> tuple[Any, str]:
     here would embed in a space nobody else could compare with.)"""
     if (decoder.doc.get("encoder") or {}).get("weights") in ("random", "pretrained"):
         return decoder.codec, ""
-    from ..encode.encodec import EncodecEncoder, hub_checkpoint_path
+    from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path
 
     if not hub_checkpoint_path().is_file():
         return None, (f"the dataset stores no EnCodec format and EnCodec's pretrained checkpoint is not at "
@@ -491,7 +491,7 @@ def _weights_of(decoder: Any) -> str:
 
 
 def _vggish(path: Path | None) -> tuple[Any, str]:
-    from .vggish import find_vggish_weights, load_vggish
+    from pvtbuild.train.vggish import find_vggish_weights, load_vggish
 
     found = find_vggish_weights(path)
     if found is None:

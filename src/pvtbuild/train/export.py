@@ -31,11 +31,11 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..dataset.tfrecord import DATASET_JSON
-from ..errors import InputError, PvtbuildError
-from .checkpoint import load_checkpoint, resolve_checkpoint, restoring
-from .config import train_config_from_dict
-from .loop import RUN_JSON
+from pvtbuild.dataset.tfrecord import DATASET_JSON
+from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.train.checkpoint import load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.config import train_config_from_dict
+from pvtbuild.train.loop import RUN_JSON
 
 EXPORT_JSON = "export.json"
 WEIGHTS = "model.safetensors"
@@ -86,7 +86,7 @@ def export_run(checkpoint: str | Path, out: Path, data: Path | None = None) -> P
 
 def load_export(folder: Path, device: torch.device) -> Any:
     """A `sample.Sampler` of an export directory: JSON, YAML and safetensors only, checked for fit."""
-    from .sample import build_sampler
+    from pvtbuild.train.sample import build_sampler
 
     record, config, weights = read_export(folder)
     return build_sampler(folder, config, record["spec"], record["stats"], weights, int(record["step"]), device,

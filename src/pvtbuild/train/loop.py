@@ -37,17 +37,33 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..errors import ConfigError, InputError, PvtbuildError
-from ..encode.device import pick_device as encode_device
-from ..manifest import atomic_write_bytes
-from .build import build_backbone, build_formalism, count_parameters
-from .checkpoint import (list_checkpoints, load_checkpoint, resolve_checkpoint, restoring, rng_state, save_checkpoint,
-                         set_rng_state)
-from .config import OptimConfig, TrainConfig, differences, first_difference, train_config_from_dict
-from .data import (BatchSource, DatasetSource, DataStats, Position, ToySource, dataset_layout, measure_stats,
-                   mix_seed, seeded_crop)
-from .guidance import drop_controls
-from .validate import EVAL_CSV, Validation, build_validator
+from pvtbuild.compute import pick_device as encode_device
+from pvtbuild.engine.manifest import atomic_write_bytes
+from pvtbuild.errors import ConfigError, InputError, PvtbuildError
+from pvtbuild.train.build import build_backbone, build_formalism, count_parameters
+from pvtbuild.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    restoring,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pvtbuild.train.config import OptimConfig, TrainConfig, differences, first_difference, train_config_from_dict
+from pvtbuild.train.data import (
+    BatchSource,
+    DatasetSource,
+    DataStats,
+    Position,
+    ToySource,
+    dataset_layout,
+    measure_stats,
+    mix_seed,
+    seeded_crop,
+)
+from pvtbuild.train.guidance import drop_controls
+from pvtbuild.train.validate import EVAL_CSV, Validation, build_validator
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "data_wait", "skipped")
 RUN_JSON = "run.json"
@@ -328,7 +344,7 @@ def _micro_input(batch: Any, cfg: TrainConfig, rank: int, step: int, i: int,
 def fine_tune_state(path: Path, cfg: TrainConfig, echo: Any) -> dict[str, Any]:
     """The checkpoint `--init-from` names (file, run directory or `pvtbuild export` folder), after echoing
     which config keys the new run changes (one line, `(none)` when none)."""
-    from .export import fine_tune_source, is_export  # export reads loop's RUN_JSON
+    from pvtbuild.train.export import fine_tune_source, is_export  # export reads loop's RUN_JSON
 
     found = Path(path) if is_export(Path(path)) else resolve_checkpoint(path)
     state = fine_tune_source(found) if found.is_dir() else load_checkpoint(found)

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, PvtbuildError
-from ..manifest import atomic_write
-from .build import build_backbone, build_formalism
-from .checkpoint import load_checkpoint, resolve_checkpoint, restoring
-from .config import TrainConfig, train_config_from_dict
-from .data import DatasetLayout, DataSpec, DataStats, mix_seed
-from .guidance import Controls
+from pvtbuild.engine.manifest import atomic_write
+from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.train.build import build_backbone, build_formalism
+from pvtbuild.train.checkpoint import load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.config import TrainConfig, train_config_from_dict
+from pvtbuild.train.data import DatasetLayout, DataSpec, DataStats, mix_seed
+from pvtbuild.train.guidance import Controls
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Sampler:
 def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
     """Rebuild a run's network from its checkpoint (file or run directory) and load the EMA weights; or
     the same from a `pvtbuild export` directory."""
-    from .export import is_export, load_export
+    from pvtbuild.train.export import is_export, load_export
 
     if is_export(Path(checkpoint)):
         return load_export(Path(checkpoint), device)
@@ -200,8 +200,8 @@ def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = N
 def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
     """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records; for an
     export, the export itself (its copy of dataset.json is all that decoding and controls read)."""
-    from ..dataset.tfrecord import DATASET_JSON
-    from .loop import RUN_JSON
+    from pvtbuild.dataset.tfrecord import DATASET_JSON
+    from pvtbuild.train.loop import RUN_JSON
 
     if data is None and sampler.exported:
         data = sampler.run_dir
@@ -230,10 +230,10 @@ def control_space(sampler: Sampler, dataset: Path) -> Any:
 
 def dataset_control_space(cfg: TrainConfig, layout: DatasetLayout, dataset: Path) -> Any:
     """`control_space` of a model that has no checkpoint yet (the loop's judged validation clips)."""
-    from ..config import config_from_dict
-    from ..dataset import read_dataset_json
-    from ..errors import ConfigError
-    from .conditioning import ControlSpace
+    from pvtbuild.config import config_from_dict
+    from pvtbuild.dataset import read_dataset_json
+    from pvtbuild.errors import ConfigError
+    from pvtbuild.train.conditioning import ControlSpace
 
     doc = read_dataset_json(dataset)
     try:
@@ -261,8 +261,8 @@ def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: 
                   device: torch.device | str = "cpu", plots: bool = True) -> SampleReport:
     """`n` samples of a real-format checkpoint under the controls of `request` (`conditioning.ControlRequest`),
     written to `out` as the module docstring says."""
-    from ..decode import AudioDecoder
-    from .conditioning import build_controls, model_controls
+    from pvtbuild.tools.decode import AudioDecoder
+    from pvtbuild.train.conditioning import build_controls, model_controls
 
     sampler = _sampler(checkpoint, device)
     if sampler.cfg.is_toy:
@@ -320,8 +320,8 @@ def decode_batches(decoder: Any, fmt: str, arrays: np.ndarray, batch_size: int =
 def write_samples(out: Path, audio: np.ndarray, arrays: np.ndarray, requested: list[Any], space: Any, decoder: Any,
                   title: str, plots: bool = True, first: int = 0) -> None:
     """Per sample i: `{i:04d}.wav`, `.npy`, `.controls.npz` and (with `plots`) `.png` in `out`."""
-    from ..decode import write_wav
-    from ..inspect import draw_clip
+    from pvtbuild.tools.decode import write_wav
+    from pvtbuild.tools.inspect import draw_clip
 
     out.mkdir(parents=True, exist_ok=True)
     grid = space.grid

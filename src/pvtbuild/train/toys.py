@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pvtbuild.config import _require
+from pvtbuild.config import require
 from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import Controls
 
@@ -68,9 +68,9 @@ class ToyMLPConfig:
     embed: int = 64  # noise-level embedding width (sinusoidal), and class embedding width (discrete)
 
     def check(self, key: str = "model") -> None:
-        _require(self.hidden >= 1, f"{key}.hidden", f"must be >= 1, got {self.hidden}")
-        _require(self.layers >= 1, f"{key}.layers", f"must be >= 1, got {self.layers}")
-        _require(self.embed >= 2 and self.embed % 2 == 0, f"{key}.embed", f"must be an even number >= 2, got {self.embed}")
+        require(self.hidden >= 1, f"{key}.hidden", f"must be >= 1, got {self.hidden}")
+        require(self.layers >= 1, f"{key}.layers", f"must be >= 1, got {self.layers}")
+        require(self.embed >= 2 and self.embed % 2 == 0, f"{key}.embed", f"must be an even number >= 2, got {self.embed}")
 
 
 def sinusoidal(level: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -92,8 +92,8 @@ class ToyMLP(nn.Module):
     def __init__(self, cfg: ToyMLPConfig, spec: DataSpec):
         super().__init__()
         cfg.check()
-        _require(len(spec.shape) == 1, "data.shape", f"the toy MLP takes 1-D examples, got {spec.shape}")
-        _require(spec.local_channels == 0, "controls", "the toy MLP takes no local controls")
+        require(len(spec.shape) == 1, "data.shape", f"the toy MLP takes 1-D examples, got {spec.shape}")
+        require(spec.local_channels == 0, "controls", "the toy MLP takes no local controls")
         self.cfg, self.spec = cfg, spec
         d, k = spec.shape[0], spec.num_classes
         if k > 0:

@@ -36,20 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..controls import CONTROL_NAMES
-from ..dataset.shapes import read_shapes
-from ..dataset.tfrecord import SHAPES_FILE
-from ..dataset.torch_reader import TFRecordIterableDataset
-from ..decode import AudioDecoder
-from ..errors import InputError
-from ..inspect import draw_clip
-from .checkpoint import checkpoint_path
-from .conditioning import ControlSpace, RequestedControls, model_controls, null_controls
-from .config import TrainConfig
-from .data import BatchSource, DatasetSource, DataStats, mix_seed, seeded_crop
-from .guidance import drop_controls
-from .judge import JUDGE_KEYS, CrepeJudge
-from .sample import Sampler, dataset_control_space, decode_batches, generate
+from pvtbuild.dataset.shapes import read_shapes
+from pvtbuild.dataset.tfrecord import SHAPES_FILE
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
+from pvtbuild.errors import InputError
+from pvtbuild.music.controls import CONTROL_NAMES
+from pvtbuild.tools.decode import AudioDecoder
+from pvtbuild.tools.inspect import draw_clip
+from pvtbuild.train.checkpoint import checkpoint_path
+from pvtbuild.train.conditioning import ControlSpace, RequestedControls, model_controls, null_controls
+from pvtbuild.train.config import TrainConfig
+from pvtbuild.train.data import BatchSource, DatasetSource, DataStats, mix_seed, seeded_crop
+from pvtbuild.train.guidance import drop_controls
+from pvtbuild.train.judge import JUDGE_KEYS, CrepeJudge
+from pvtbuild.train.sample import Sampler, dataset_control_space, decode_batches, generate
 
 EVAL_CSV = "eval.csv"
 

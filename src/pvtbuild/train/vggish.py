@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from pvtbuild.errors import InputError
 
 WEIGHTS_NAME = "vggish-10086976.pth"
 SAMPLE_RATE = 16000

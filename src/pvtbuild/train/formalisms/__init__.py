@@ -17,13 +17,13 @@ from typing import Any, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from pvtbuild.config import _build
+from pvtbuild.config import build_section
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.guidance import Controls, Net
 from pvtbuild.train.formalisms.ddpm import DDPM, DDPMConfig
 from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig
 from pvtbuild.train.formalisms.edm import EDM, EDMConfig
 from pvtbuild.train.formalisms.iadb import IADB, IADBConfig
+from pvtbuild.train.guidance import Controls, Net
 
 
 class Formalism(Protocol):
@@ -61,7 +61,7 @@ def make_formalism(name: str, cfg: Any = None, key: str = "formalism") -> Formal
     if cfg is None:
         cfg = config_cls()
     elif isinstance(cfg, Mapping):
-        cfg = _build(config_cls, dict(cfg), key)
+        cfg = build_section(config_cls, dict(cfg), key)
     elif not isinstance(cfg, config_cls):
         raise TypeError(f"{name} needs a {config_cls.__name__}, got {type(cfg).__name__}")
     cfg.check(key)

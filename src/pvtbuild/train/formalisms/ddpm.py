@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pvtbuild.config import _require
-from pvtbuild.train.guidance import Controls, Net, guided
+from pvtbuild.config import require
 from pvtbuild.train.formalisms._common import per_example, spaced_timesteps, timestep_level
+from pvtbuild.train.guidance import Controls, Net, guided
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,15 @@ class DDPMConfig:
     cosine_s: float = 0.008  # cosine schedule offset (Nichol & Dhariwal)
 
     def check(self, key: str = "formalism") -> None:
-        _require(self.schedule in ("linear", "cosine"), f"{key}.schedule", f"must be linear or cosine, got {self.schedule!r}")
-        _require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
-        _require(1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
+        require(self.schedule in ("linear", "cosine"), f"{key}.schedule", f"must be linear or cosine, got {self.schedule!r}")
+        require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
+        require(1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
                  f"must be within 1..timesteps ({self.timesteps}), got {self.sample_steps}")
-        _require(0 < self.beta_start <= self.beta_end, f"{key}.beta_start",
+        require(0 < self.beta_start <= self.beta_end, f"{key}.beta_start",
                  f"need 0 < beta_start <= beta_end, got {self.beta_start}, {self.beta_end}")
-        _require(self.beta_end * 1000 / self.timesteps < 1, f"{key}.beta_end",
+        require(self.beta_end * 1000 / self.timesteps < 1, f"{key}.beta_end",
                  f"beta_end * 1000 / timesteps must be < 1, got {self.beta_end * 1000 / self.timesteps}")
-        _require(self.cosine_s > 0, f"{key}.cosine_s", f"must be > 0, got {self.cosine_s}")
+        require(self.cosine_s > 0, f"{key}.cosine_s", f"must be > 0, got {self.cosine_s}")
 
 
 def beta_schedule(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,

@@ -39,10 +39,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pvtbuild.config import _require
-from pvtbuild.train.guidance import Controls, Net, guided
+from pvtbuild.config import require
 from pvtbuild.train.formalisms._common import spaced_timesteps, timestep_level
 from pvtbuild.train.formalisms.ddpm import beta_schedule
+from pvtbuild.train.guidance import Controls, Net, guided
 
 CLASS_AXIS = 2  # logits [B, C, K, *rest]
 _CHUNK_ELEMENTS = 1 << 22  # elements of logits per chunk of the loss's class reductions (16 MB of float32)
@@ -58,12 +58,12 @@ class DiscDPMConfig:
     sample_steps: int | None = 100
 
     def check(self, key: str = "formalism") -> None:
-        _require(self.num_classes >= 2, f"{key}.num_classes", f"must be >= 2, got {self.num_classes}")
-        _require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
-        _require(self.schedule in ("cosine", "linear"), f"{key}.schedule", f"must be cosine or linear, got {self.schedule!r}")
-        _require(self.schedule == "cosine" or self.timesteps > 20, f"{key}.timesteps",
+        require(self.num_classes >= 2, f"{key}.num_classes", f"must be >= 2, got {self.num_classes}")
+        require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
+        require(self.schedule in ("cosine", "linear"), f"{key}.schedule", f"must be cosine or linear, got {self.schedule!r}")
+        require(self.schedule == "cosine" or self.timesteps > 20, f"{key}.timesteps",
                  f"the linear schedule (beta 1e-4..0.02 at T = 1000, scaled by 1000 / T) needs T > 20, got {self.timesteps}")
-        _require(self.sample_steps is None or 1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
+        require(self.sample_steps is None or 1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
                  f"must be within 1..timesteps ({self.timesteps}), got {self.sample_steps}")
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pvtbuild.config import _require
+from pvtbuild.config import require
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.guidance import Controls, Net, guided
 from pvtbuild.train.formalisms._common import batch_of, per_example
+from pvtbuild.train.guidance import Controls, Net, guided
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,15 @@ class EDMConfig:
     S_noise: float = 1.0
 
     def check(self, key: str = "formalism") -> None:
-        _require(self.sigma_data > 0, f"{key}.sigma_data", f"must be > 0, got {self.sigma_data}")
-        _require(self.P_std > 0, f"{key}.P_std", f"must be > 0, got {self.P_std}")
-        _require(self.sample_steps >= 1, f"{key}.sample_steps", f"must be >= 1, got {self.sample_steps}")
-        _require(0 < self.sigma_min < self.sigma_max, f"{key}.sigma_min",
+        require(self.sigma_data > 0, f"{key}.sigma_data", f"must be > 0, got {self.sigma_data}")
+        require(self.P_std > 0, f"{key}.P_std", f"must be > 0, got {self.P_std}")
+        require(self.sample_steps >= 1, f"{key}.sample_steps", f"must be >= 1, got {self.sample_steps}")
+        require(0 < self.sigma_min < self.sigma_max, f"{key}.sigma_min",
                  f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        _require(self.rho > 0, f"{key}.rho", f"must be > 0, got {self.rho}")
-        _require(self.S_churn >= 0, f"{key}.S_churn", f"must be >= 0, got {self.S_churn}")
-        _require(0 <= self.S_min <= self.S_max, f"{key}.S_min", f"need 0 <= S_min <= S_max, got {self.S_min}, {self.S_max}")
-        _require(self.S_noise > 0, f"{key}.S_noise", f"must be > 0, got {self.S_noise}")
+        require(self.rho > 0, f"{key}.rho", f"must be > 0, got {self.rho}")
+        require(self.S_churn >= 0, f"{key}.S_churn", f"must be >= 0, got {self.S_churn}")
+        require(0 <= self.S_min <= self.S_max, f"{key}.S_min", f"need 0 <= S_min <= S_max, got {self.S_min}, {self.S_max}")
+        require(self.S_noise > 0, f"{key}.S_noise", f"must be > 0, got {self.S_noise}")
 
 
 class EDM:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pvtbuild.config import _require
+from pvtbuild.config import require
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.guidance import Controls, Net, guided
 from pvtbuild.train.formalisms._common import per_example
+from pvtbuild.train.guidance import Controls, Net, guided
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class IADBConfig:
     sample_steps: int = 128  # N deterministic blending steps
 
     def check(self, key: str = "formalism") -> None:
-        _require(self.sample_steps >= 1, f"{key}.sample_steps", f"must be >= 1, got {self.sample_steps}")
+        require(self.sample_steps >= 1, f"{key}.sample_steps", f"must be >= 1, got {self.sample_steps}")
 
 
 class IADB:

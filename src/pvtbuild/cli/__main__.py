@@ -1,0 +1,7 @@
+"""`python -m pvtbuild.cli` (as torchrun starts it)."""
+
+import sys
+
+from pvtbuild.cli import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""What runs the stages and knows nothing of MIDI or audio: executors (local, dask), stage files and their
+records, run planning and resume, manifests and atomic writes, npz shards, the parse sandbox."""
