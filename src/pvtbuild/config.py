@@ -264,7 +264,7 @@ def _default_release_s() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class QaConfig:
-    """The qa stage: how the audio is analysed (analysis.py) and when a clip fails, per reason."""
+    """The qa stage: how the audio is analysed (`pvtbuild.music.analysis`) and when a clip fails, per reason."""
 
     enabled: bool = True  # `pvtbuild run` runs qa between encode and shard
     drop_failing: bool = False  # shard keeps clips that failed qa out of the dataset
