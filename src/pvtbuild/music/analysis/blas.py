@@ -16,7 +16,6 @@ except ImportError:  # not installed: `one_blas_thread` leaves BLAS as it is
     ThreadpoolController = None
 
 
-
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS (OpenBLAS/MKL) limited to one thread inside; re-entrant, a no-op without threadpoolctl.

@@ -19,7 +19,6 @@ MAX_FREQ = 4800.0
 TIMBRE_HARMONICS = 8  # harmonics in FrameEstimates.harmonics (the timbre profile)
 
 
-
 @dataclass(frozen=True)
 class AnalysisParams:
     """Thresholds of `analyse` (defaults measured on GeneralUser GS renders of Lakh lines)."""
@@ -28,7 +27,6 @@ class AnalysisParams:
     range_db: float = 50.0  # ...and below the clip's 99th-percentile loudness minus this
     min_harmonicity: float = 0.5  # template score (nats) a voiced frame needs
     onset_threshold: float = 0.25  # mean positive log-flux per bin (nats) of an onset peak
-
 
 
 @dataclass(frozen=True)
