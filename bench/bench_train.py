@@ -57,7 +57,7 @@ from typing import Any, Iterator
 
 import torch
 
-from pvtbuild.dataset.tfrecord import read_dataset_json
+from pvtbuild.dataset.layout import read_dataset_json
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.train import loop

@@ -35,8 +35,8 @@ from pvtbuild.dataset import (
     write_shapes,
     write_shard,
 )
+from pvtbuild.dataset.framing import crc32c, masked_crc32c
 from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
-from pvtbuild.dataset.tfrecord import crc32c, masked_crc32c
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import InputError
 
@@ -433,7 +433,7 @@ def test_verify_catches_non_finite_floats(tmp_path):
 
 
 def test_any_metadata_string_is_stored_without_error_and_a_file_name_keeps_its_own_bytes():
-    from pvtbuild.dataset.tfrecord import text_bytes
+    from pvtbuild.dataset.example import text_bytes
 
     assert text_bytes("café.mid") == "café.mid".encode()  # valid text: its UTF-8, as before
     assert text_bytes(os.fsdecode(b"caf\xe9.mid")) == b"caf\xe9.mid"  # os.fsencode's bytes

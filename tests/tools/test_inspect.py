@@ -206,7 +206,7 @@ def test_inspect_of_a_malformed_dataset_json_is_one_line_naming_the_key(built, t
 def test_inspect_verify_of_a_huge_length_with_a_valid_crc_is_a_problem_not_a_memory_error(built, tmp_path):
     import struct
 
-    from pvtbuild.dataset.tfrecord import masked_crc32c
+    from pvtbuild.dataset.framing import masked_crc32c
 
     ds = shutil.copytree(built["audio"], tmp_path / "ds")
     shard_file = sorted(ds.glob("*/*.tfrecord"))[0]

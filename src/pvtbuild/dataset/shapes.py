@@ -1,6 +1,6 @@
 """shapes.txt: the dtype and shape of every array a dataset stores, one line each.
 
-Format (see `pvtbuild.dataset.tfrecord` for the whole dataset layout)::
+Format (see `pvtbuild.dataset` for the whole dataset format)::
 
     audio float32 1,192000
     cqt float32 2,216,1921
@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pvtbuild.dataset.tfrecord import DATASET_JSON, SHAPES_FILE, SUPPORTED_DTYPES, read_dataset_json
+from pvtbuild.dataset.example import SUPPORTED_DTYPES
+from pvtbuild.dataset.layout import DATASET_JSON, SHAPES_FILE, read_dataset_json
 from pvtbuild.engine.manifest import atomic_write_bytes
 from pvtbuild.errors import InputError
 

@@ -25,8 +25,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from pvtbuild.dataset.framing import check_framing
+from pvtbuild.dataset.layout import DATASET_JSON, SHAPES_FILE, list_shards, read_dataset_json
 from pvtbuild.dataset.shapes import read_dataset_shapes
-from pvtbuild.dataset.tfrecord import DATASET_JSON, SHAPES_FILE, check_framing, list_shards, read_dataset_json
 from pvtbuild.errors import InputError
 
 _META_DTYPES = {"string": tf.string, "int": tf.int64, "float": tf.float32}

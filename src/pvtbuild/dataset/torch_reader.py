@@ -9,7 +9,7 @@
         for batch in loader:    # {"encodec": [16,128,600] float32, ...}
             ...
 
-Records are read with `pvtbuild.dataset.tfrecord.iter_records` and decoded by
+Records are read with `pvtbuild.dataset.framing.iter_records` and decoded by
 its small Example decoder (`parse_example`); arrays are ``np.frombuffer`` views
 of the record's buffer turned into tensors without a copy, except where the
 protobuf framing leaves an array's bytes misaligned for its dtype (then one
@@ -52,17 +52,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from pvtbuild.dataset.example import decode_record
+from pvtbuild.dataset.framing import iter_records, read_record_at, record_offsets
+from pvtbuild.dataset.layout import DATASET_JSON, SHAPES_FILE, list_shards, read_dataset_json
 from pvtbuild.dataset.shapes import read_dataset_shapes
-from pvtbuild.dataset.tfrecord import (
-    DATASET_JSON,
-    SHAPES_FILE,
-    decode_record,
-    iter_records,
-    list_shards,
-    read_dataset_json,
-    read_record_at,
-    record_offsets,
-)
 from pvtbuild.errors import InputError
 
 

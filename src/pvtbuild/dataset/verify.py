@@ -22,8 +22,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from pvtbuild.dataset.example import decode_record
+from pvtbuild.dataset.framing import masked_crc32c
+from pvtbuild.dataset.layout import read_dataset_json, shard_name
 from pvtbuild.dataset.shapes import Shapes, read_dataset_shapes
-from pvtbuild.dataset.tfrecord import decode_record, masked_crc32c, read_dataset_json, shard_name
 from pvtbuild.errors import InputError
 
 _MAX_PER_SHARD = 5  # record-level problems reported per shard before "... and N more"

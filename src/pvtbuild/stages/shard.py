@@ -1,6 +1,6 @@
 """The shard stage: a build directory's rendered and encoded clips in, a TFRecord dataset out.
 
-The on-disk format is `pvtbuild.dataset.tfrecord`'s (shards, shapes.txt,
+The on-disk format is `pvtbuild.dataset`'s (shards, shapes.txt,
 dataset.json); this module decides what goes in it:
 
 - which clips: those `ok` in render and, when an encoded format is asked for,
@@ -53,7 +53,7 @@ from pvtbuild.dataset import (
     write_shapes,
     write_shard,
 )
-from pvtbuild.dataset.tfrecord import SPLITS, num_shards
+from pvtbuild.dataset.layout import SPLITS, num_shards
 from pvtbuild.engine.executor import Executor, Task
 from pvtbuild.engine.manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
 from pvtbuild.engine.npz import NpzRows

@@ -25,7 +25,7 @@ import numpy as np
 
 from pvtbuild.clip import check_clip_id
 from pvtbuild.dataset import decode_record, iter_records, list_shards, parse_example, read_dataset_json, read_shapes
-from pvtbuild.dataset.tfrecord import SPLITS
+from pvtbuild.dataset.layout import SPLITS
 from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import InputError
 

@@ -23,8 +23,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pvtbuild.config import ENCODEC_HOP
+from pvtbuild.dataset.layout import DATASET_JSON, SHAPES_FILE, read_dataset_json
 from pvtbuild.dataset.shapes import read_shapes
-from pvtbuild.dataset.tfrecord import DATASET_JSON, SHAPES_FILE, read_dataset_json
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDataset
 from pvtbuild.errors import InputError
 from pvtbuild.train.config import CONTROL_ENCODINGS, TrainDataConfig

@@ -31,7 +31,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pvtbuild.dataset.tfrecord import DATASET_JSON
+from pvtbuild.dataset.layout import DATASET_JSON
 from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.train.checkpoint import load_checkpoint, resolve_checkpoint, restoring
 from pvtbuild.train.config import train_config_from_dict

@@ -200,7 +200,7 @@ def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = N
 def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
     """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records; for an
     export, the export itself (its copy of dataset.json is all that decoding and controls read)."""
-    from pvtbuild.dataset.tfrecord import DATASET_JSON
+    from pvtbuild.dataset.layout import DATASET_JSON
     from pvtbuild.train.loop import RUN_JSON
 
     if data is None and sampler.exported:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvtbuild.dataset.layout import SHAPES_FILE
 from pvtbuild.dataset.shapes import read_shapes
-from pvtbuild.dataset.tfrecord import SHAPES_FILE
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import InputError
 from pvtbuild.music.controls import CONTROL_NAMES
