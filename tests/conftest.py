@@ -91,6 +91,12 @@ def dataset(small_build, tmp_path_factory) -> Path:
     return ds
 
 
+# A YAML bomb (the config tests of pipeline files, training files and the CLI refuse it): nine levels of
+# nine aliases, 9**9 (387 million) strings once expanded, from ~400 bytes
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+
+
 def write_slow_midi(path: Path, events: int = 2_400_000) -> Path:
     """A valid 7 MB type-0 MIDI file (under select.max_file_mb) of `events` note events: mido and pretty_midi
     take 10-40 s to parse it here, far past any test's parse_timeout, on a quiet machine or a busy one."""

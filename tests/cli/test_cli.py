@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import write_slow_midi
+from conftest import BOMB, write_slow_midi
 from paths import EDGE
 from pvtbuild.cli import cli
-from test_config_yaml import BOMB
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "midi"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from conftest import BOMB
 from paths import REPO
 from pvtbuild.cli import cli
-from test_config_yaml import BOMB
 
 SWISSROLL = (REPO / "pipelines" / "train" / "swissroll-edm.yaml").read_text()
 

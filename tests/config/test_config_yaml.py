@@ -1,16 +1,13 @@
-"""Tests of pvtbuild.config_yaml: config files a careless or hostile user hands in (a YAML bomb,
+"""Tests of pvtbuild.config.yaml_file: config files a careless or hostile user hands in (a YAML bomb,
 duplicate keys, dates, binary, bytes that are not UTF-8) give one line naming the file, and nothing hangs."""
 
 from __future__ import annotations
 
 import pytest
 
-from pvtbuild.config_yaml import MAX_NODES, load_config_yaml
+from conftest import BOMB
+from pvtbuild.config.yaml_file import MAX_NODES, load_config_yaml
 from pvtbuild.errors import ConfigError
-
-# nine levels of nine aliases: 9**9 (387 million) strings once expanded, from ~400 bytes
-BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
 
 
 def load(tmp_path, text: str | bytes):

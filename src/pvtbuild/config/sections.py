@@ -1,30 +1,18 @@
-"""Pipeline configs: YAML files in `pipelines/` turned into typed, validated objects.
+"""The sections of a pipeline file (`select`, `render`, `controls`, `encode`, `shard`, `qa`, `exec`): one
+frozen dataclass each, its defaults and its range checks (`check(key)`, one line naming the key).
 
-Every number of SPEC.md lives in a pipeline file, not in code. The YAML is
-checked once, here, against the dataclasses below: an unknown key, a value of
-the wrong type or out of range fails with one line naming the key
-(`select.clip_seconds: must be > 0, got -1`), before any work starts. Code
-downstream reads only these frozen objects.
+Every number of the data contract (docs/data-contract.md) lives in a pipeline file, not in code;
+`pvtbuild.config.pipeline_config` puts the sections together and `pvtbuild.config.loader` builds them
+from YAML.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import hashlib
-import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Union
+from typing import Literal
 
-from pvtbuild.config_yaml import load_config_yaml
+from pvtbuild.config.loader import require
 from pvtbuild.errors import ConfigError, brief
-
-MAX_INT = 2**63  # every integer of a config fits int64 (numpy seeds, torch), or is refused at load
 
 
 @dataclass(frozen=True)
@@ -34,6 +22,14 @@ class InstrumentConfig:
     name: str
     program: int
     source_programs: tuple[int, int]
+
+    @classmethod
+    def from_name(cls, name: str, key: str) -> InstrumentConfig:
+        """A known instrument by name (`KNOWN_INSTRUMENTS`): how the loader takes `instruments: [piano, violin]`."""
+        if name not in KNOWN_INSTRUMENTS:
+            raise ConfigError(f"{key}: unknown instrument {brief(name)} (known: {', '.join(KNOWN_INSTRUMENTS)}; "
+                              "or give name, program, source_programs)")
+        return KNOWN_INSTRUMENTS[name]
 
     def check(self, key: str) -> None:
         require(0 <= self.program <= 127, f"{key}.program", f"must be a GM program 0..127, got {self.program}")
@@ -238,6 +234,12 @@ class EncodeConfig:
         self.encodec.check(f"{key}.encodec")
 
 
+def _check_formats(formats: tuple[str, ...], key: str) -> None:
+    require(len(formats) > 0, key, "must name at least one format")
+    for fmt in formats:
+        require(fmt in FORMATS, key, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
 def _default_control_grids() -> dict[str, str]:
     return {"audio": "240hz", "cqt": "240hz", "encodec": "75hz", "disc": "75hz"}
 
@@ -329,262 +331,3 @@ class ExecConfig:
         require(self.threads_per_job >= 0, f"{key}.threads_per_job", f"must be >= 0, got {self.threads_per_job}")
         require(self.select_files_per_task >= 1, f"{key}.select_files_per_task",
                  f"must be >= 1, got {self.select_files_per_task}")
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    name: str = "pvt"
-    # A folder of MIDI files or a selection manifest (.jsonl); in a pipeline file,
-    # relative to that file's folder.
-    midi: str = ""
-    seed: int = 0
-    limit: int = 0  # at most this many source MIDI files (0: all)
-    select: SelectConfig = field(default_factory=SelectConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    controls: ControlsConfig = field(default_factory=ControlsConfig)
-    encode: EncodeConfig = field(default_factory=EncodeConfig)
-    shard: ShardConfig = field(default_factory=ShardConfig)
-    qa: QaConfig = field(default_factory=QaConfig)
-    exec: ExecConfig = field(default_factory=ExecConfig)
-
-    def __post_init__(self) -> None:
-        controls = _resolve_grids(self)
-        if controls is not None:
-            object.__setattr__(self, "controls", controls)
-
-    def check(self, key: str = "") -> None:
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        require(self.limit >= 0, "limit", f"must be >= 0, got {self.limit}")
-        sections = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
-        for name in sorted(sections, key=lambda n: n == "controls"):  # grids are derived from the others: last
-            getattr(self, name).check(name)
-        for fmt, grid in self.shard.control_grids.items():
-            self.controls.grid(grid)  # raises naming the missing grid
-        if self.qa.grid:
-            self.controls.grid(self.qa.grid)
-
-    @property
-    def clip_samples(self) -> int:
-        return int(round(self.select.clip_seconds * self.render.sample_rate))
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-
-def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
-    """Read and validate a pipeline file; `overrides` are dotted keys (`render.soundfont`) set on top."""
-    p = Path(path)
-    data = read_config_file(p, "pipeline file")
-    if isinstance(data.get("midi"), str) and data["midi"] and not Path(data["midi"]).is_absolute():
-        data["midi"] = str((p.parent / data["midi"]).resolve())
-    with naming_file(p, [key for key, value in overrides.items() if value is not None]):
-        return config_from_dict(data, **overrides)
-
-
-@contextlib.contextmanager
-def naming_file(path: Path, overridden: Iterable[str] = ()) -> Iterator[None]:
-    """Prefix a `ConfigError` raised in the block with the config file it is about (`FILE: key: reason`),
-    unless it is about a key in `overridden` (a command-line option: the file is not to blame)."""
-    try:
-        yield
-    except ConfigError as e:
-        if str(e).startswith(tuple(f"{key}:" for key in overridden)):
-            raise
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def read_config_file(p: Path, what: str) -> dict[str, Any]:
-    """A YAML config file as a mapping of sections (`name` defaults to the file's stem); one line on any mistake."""
-    if not p.is_file():
-        raise ConfigError(f"{p}: {what} not found")
-    data = load_config_yaml(p) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: must be a mapping of sections, got {type(data).__name__}")
-    data.setdefault("name", p.stem)
-    return data
-
-
-def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
-    data = copy.deepcopy(data)  # overrides must not change the caller's dict
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    cfg = build_section(PipelineConfig, data, "")
-    cfg.check()
-    return cfg
-
-
-def config_hash(section: Any) -> str:
-    """A short stable hash of a config section: part of every manifest row, so a changed config is noticed."""
-    blob = json.dumps(to_plain(section), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# --- internals --------------------------------------------------------------------------
-
-
-def _resolve_grids(cfg: PipelineConfig) -> ControlsConfig | None:
-    """`controls` with every grid's rate, frames and offset filled in from the clip and the format it serves.
-
-    A grid serves `encodec` (frames of 320 samples: rate sr/320, ceil(N/320)
-    frames, sampled at their centres, offset 0.5) or `cqt` (centred frames:
-    rate sr/hop, N // hop + 1 frames centred at k*hop/sr, offset 0), N the
-    clip's samples. A grid without `serves` that `shard.control_grids` stores
-    beside cqt, encodec or disc serves that format (configs listing rate and
-    frames by hand, as older ones do). Values given by hand must equal the
-    derived ones. Returns None while the clip, sample rate or hop are invalid
-    (`check` then names them).
-    """
-    seconds, sr, hop = cfg.select.clip_seconds, cfg.render.sample_rate, cfg.encode.cqt.hop_length
-    if not (seconds > 0 and sr > 0 and hop >= 1):
-        return None
-    stored: dict[str, dict[str, str]] = {}  # grid name -> {format it serves: shard.control_grids key}
-    for fmt, name in cfg.shard.control_grids.items():
-        kind = {"cqt": "cqt", "encodec": "encodec", "disc": "encodec"}.get(fmt)
-        if kind is not None:
-            stored.setdefault(name, {}).setdefault(kind, fmt)
-    grids = []
-    for n, g in enumerate(cfg.controls.grids):
-        key = f"controls.grids[{n}]"
-        g.check_given(key)
-        kinds = stored.get(g.name, {})
-        require(len(kinds) <= 1, "shard.control_grids", f"stores grid {g.name!r} beside both cqt and encodec/disc "
-                 f"({', '.join(kinds.values())}), whose frames differ; give each its own grid")
-        serves = g.serves
-        for kind, fmt in kinds.items():
-            require(serves in (None, kind), f"shard.control_grids.{fmt}",
-                     f"grid {g.name!r} serves {serves}, not {kind}; name a grid that serves {kind}")
-            serves = kind
-        grids.append(_derive_grid(g, serves, key, cfg.clip_samples, sr, hop))
-    return dataclasses.replace(cfg.controls, grids=tuple(grids))
-
-
-def _derive_grid(g: GridConfig, serves: str | None, key: str, samples: int, sr: int, hop: int) -> GridConfig:
-    seconds = samples / sr
-    if serves == "encodec":
-        rate, frames, offset = sr / ENCODEC_HOP, -(-samples // ENCODEC_HOP), 0.5
-        what = f"EnCodec has {frames} frames of {ENCODEC_HOP} samples"
-    elif serves == "cqt":
-        rate, frames, offset = sr / hop, samples // hop + 1, 0.0
-        what = f"the centred CQT (hop {hop}) has {frames} frames"
-    else:
-        require(g.rate is not None, f"{key}.rate",
-                 "must be given for a grid that serves no format (or say `serves: encodec` / `serves: cqt`)")
-        rate, offset = float(g.rate), 0.5 if g.offset is None else g.offset
-        frames = int(math.floor(seconds * rate - offset + 1e-9)) + 1  # the times (k + offset)/rate within [0, T]
-        what = f"a {rate:g} Hz grid sampled at (k + {offset:g})/{rate:g} s has {frames} frames"
-    where = f"for {seconds:g} s clips at {sr} Hz"
-    fix = "drop the key: it follows the clip" + (f" and the format the grid serves ({serves})" if serves else "")
-    if g.rate is not None and not math.isclose(g.rate, rate, rel_tol=1e-9):
-        raise ConfigError(f"{key}.rate: {g.rate:g}, but {what} at {rate:g} Hz {where}; {fix}")
-    if g.frames is not None and g.frames != frames:
-        raise ConfigError(f"{key}.frames: {g.frames}, but {what} {where}; {fix}")
-    if g.offset is not None and not math.isclose(g.offset, offset, abs_tol=1e-9):
-        raise ConfigError(f"{key}.offset: {g.offset:g}, but {serves} frame k sits at (k + {offset:g})/{rate:g} s; {fix}")
-    return GridConfig(g.name, rate, frames, serves, offset)  # type: ignore[arg-type]
-
-
-def require(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def _check_formats(formats: tuple[str, ...], key: str) -> None:
-    require(len(formats) > 0, key, "must name at least one format")
-    for fmt in formats:
-        require(fmt in FORMATS, key, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-
-
-def to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(x) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def build_section(cls: type, data: Any, key: str) -> Any:
-    where = key or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(str, set(data) - names))
-    if unknown:
-        raise ConfigError(f"{_join(key, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(hints[name], value, _join(key, name)) for name, value in data.items()}
-    for f in dataclasses.fields(cls):
-        value = kwargs.get(f.name)
-        if isinstance(value, float) and math.isinf(value) and not _infinite_default(f):
-            raise ConfigError(f"{_join(key, f.name)}: must be a finite number, got {value}")
-    return cls(**kwargs)
-
-
-def _infinite_default(f: dataclasses.Field) -> bool:
-    """Whether a float field may be infinite: only where its default is (EDM's S_max), never elsewhere
-    (`clip_seconds: .inf` or `lr: .inf` once passed the range checks and failed late or trained NaN)."""
-    return isinstance(f.default, float) and math.isinf(f.default)
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """`value` as type `tp`, or a `ConfigError` naming `key`; messages are formatted only when raised
-    (a value may be huge: formatting it on every call once made a YAML bomb hang)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        _expect(isinstance(value, (str, int, float, bool, type(None))) and value in args, key,
-                f"one of {', '.join(map(str, args))}", value)
-        return value
-    if tp is InstrumentConfig and isinstance(value, str):
-        if value not in KNOWN_INSTRUMENTS:
-            raise ConfigError(f"{key}: unknown instrument {brief(value)} (known: {', '.join(KNOWN_INSTRUMENTS)}; "
-                              "or give name, program, source_programs)")
-        return KNOWN_INSTRUMENTS[value]
-    if dataclasses.is_dataclass(tp):
-        return build_section(tp, value, key)
-    if origin is tuple:
-        _expect(isinstance(value, (list, tuple)), key, "a list", value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        _expect(len(value) == len(args), key, f"a list of {len(args)} items", value)
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        _expect(isinstance(value, dict), key, "a mapping", value)
-        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        _expect(isinstance(value, bool), key, "true or false", value)
-        return value
-    if tp is int:
-        _expect(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
-        _expect(-MAX_INT <= value < MAX_INT, key, "an integer within +-2^63", value)
-        return value
-    if tp is float:
-        _expect(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
-        _expect(not math.isnan(value), key, "a number", value)
-        return float(value)
-    if tp is str:
-        _expect(isinstance(value, str), key, "a string", value)
-        return value
-    raise TypeError(f"config type {tp!r} at {key} is not supported")  # a bug, not a user mistake
-
-
-def _expect(ok: bool, key: str, what: str, value: Any) -> None:
-    """Raise `key: must be WHAT, got VALUE` (VALUE cut short) unless `ok`."""
-    if not ok:
-        raise ConfigError(f"{key}: must be {what}, got {brief(value)}")
