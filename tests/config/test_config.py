@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from paths import REPO
-from pvtbuild.config import GridConfig, PipelineConfig, config_from_dict, load_pipeline
+from pvtbuild.config import PipelineConfig, config_from_dict, load_pipeline
 from pvtbuild.errors import ConfigError
 
 # pipelines/pvt.yaml's grids as they were written before grids followed the clip
@@ -46,7 +46,8 @@ def test_a_hand_given_frame_count_the_clip_does_not_have_is_one_line_naming_the_
         load_pipeline(pipeline)
     msg = str(e.value)
     assert msg.startswith(f"{pipeline}: controls.grids[0].frames: 600, but EnCodec has 300 frames") and "\n" not in msg
-    with pytest.raises(ConfigError, match=r"^controls\.grids\[1\]\.frames: 1921, but the centred CQT \(hop 100\) has 961"):
+    with pytest.raises(ConfigError,
+                       match=r"^controls\.grids\[1\]\.frames: 1921, but the centred CQT \(hop 100\) has 961"):
         config_from_dict({"select": {"clip_seconds": 4},
                           "controls": {"grids": [{"name": "75hz", "serves": "encodec"},
                                                  {"name": "240hz", "serves": "cqt", "frames": 1921}]}})
@@ -77,25 +78,21 @@ def test_a_grid_stored_beside_a_format_it_does_not_serve_is_refused():
 
 def test_a_free_grid_samples_frame_centres_within_the_clip():
     cfg = config_from_dict({"select": {"clip_seconds": 4},
-                            "controls": {"grids": [{"name": "75hz", "serves": "encodec"}, {"name": "240hz", "serves": "cqt"},
+                            "controls": {"grids": [{"name": "75hz", "serves": "encodec"},
+                                                   {"name": "240hz", "serves": "cqt"},
                                                    {"name": "100hz", "rate": 100},
                                                    {"name": "50hz", "rate": 50, "offset": 0.0}]}})
     g = grids(cfg)
     assert g["100hz"] == (100.0, 400, None, 0.5)  # (k + 1/2)/100 for k < 400 lies within [0, 4]
     assert g["50hz"] == (50.0, 201, None, 0.0)  # k/50 for k <= 200
-    with pytest.raises(ConfigError, match=r"^controls\.grids\[0\]\.rate: must be given for a grid that serves no format"):
+    with pytest.raises(ConfigError,
+                       match=r"^controls\.grids\[0\]\.rate: must be given for a grid that serves no format"):
         config_from_dict({"controls": {"grids": [{"name": "x", "frames": 10}]},
                           "shard": {"formats": ["audio"], "control_grids": {"audio": "x"}}})
     with pytest.raises(ConfigError, match=r"^controls\.grids\[0\]\.frames: 800, but a 100 Hz grid"):
-        config_from_dict({"select": {"clip_seconds": 4}, "controls": {"grids": [{"name": "x", "rate": 100, "frames": 800}]},
+        config_from_dict({"select": {"clip_seconds": 4},
+                          "controls": {"grids": [{"name": "x", "rate": 100, "frames": 800}]},
                           "shard": {"formats": ["audio"], "control_grids": {"audio": "x"}}})
-
-
-def test_a_grid_built_by_hand_without_a_config_has_no_sampling_times():
-    from pvtbuild.music.controls import frame_times
-
-    with pytest.raises(ValueError, match="no derived rate"):
-        frame_times(GridConfig("75hz", serves="encodec"))
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -40,7 +40,8 @@ def test_aliases_that_expand_to_a_normal_size_still_load(tmp_path):
 
 
 def test_a_key_given_twice_is_refused_naming_its_line_instead_of_keeping_the_last(tmp_path):
-    assert "(line 3): key 'clip_seconds' given twice" in refused(tmp_path, "select:\n  clip_seconds: 8\n  clip_seconds: 4\n")
+    text = "select:\n  clip_seconds: 8\n  clip_seconds: 4\n"
+    assert "(line 3): key 'clip_seconds' given twice" in refused(tmp_path, text)
 
 
 @pytest.mark.parametrize("text, reason", [

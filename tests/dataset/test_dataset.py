@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf  # noqa: E402  (a dependency: its absence must fail, not skip)
 import torch
+from tensorflow.core.example import example_pb2
 
 from pvtbuild.dataset import (
     array_shapes,
@@ -35,6 +36,7 @@ from pvtbuild.dataset import (
     write_shapes,
     write_shard,
 )
+from pvtbuild.dataset.example import text_bytes
 from pvtbuild.dataset.framing import crc32c, masked_crc32c
 from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
@@ -89,7 +91,8 @@ def _write_dataset(root: Path, shapes: dict, splits: dict[str, list[list[int]]])
             items = [(_arrays(i, shapes), _meta(i)) for i in idx]
             records.update({m["id"]: (a, m) for a, m in items})
             path = root / split / shard_name(split, k, len(shards))
-            infos[split].append(write_shard(path, (serialize_example(a, m, shapes=read_shapes_like(shapes)) for a, m in items)))
+            examples = (serialize_example(a, m, shapes=read_shapes_like(shapes)) for a, m in items)
+            infos[split].append(write_shard(path, examples))
     write_shapes(root / "shapes.txt", shapes)
     write_dataset_json(root / "dataset.json", infos, {"config": {"name": "test"}}, meta_schema(_meta(0)))
     return records
@@ -149,8 +152,6 @@ def test_write_shard_bytes_equal_tensorflow_tfrecordwriter(tmp_path):
 
 
 def test_serialize_example_is_deterministic_and_parses_as_a_protobuf_example(tmp_path):
-    from tensorflow.core.example import example_pb2
-
     arrays, meta = _arrays(7, SMALL_SHAPES), _meta(7)
     a = serialize_example(arrays, meta)
     b = serialize_example(dict(reversed(list(arrays.items()))), dict(reversed(list(meta.items()))))
@@ -256,7 +257,8 @@ def test_tf_and_torch_readers_agree_bit_exact_on_a_full_size_record(tmp_path):
     full = {"cqt": ("float32", (2, 216, 1921)), "audio": ("float32", (1, 192000)),
             "disc": ("int16", (16, 600)), "velocity_240hz": ("float32", (1921,))}
     records = _write_dataset(tmp_path, full, {"train": [[1, 2]]})
-    via_tf = {r["id"].numpy().decode(): r for r in make_dataset(tmp_path, "train", names=[*full, "id"], batch_size=None)}
+    via_tf = {r["id"].numpy().decode(): r
+              for r in make_dataset(tmp_path, "train", names=[*full, "id"], batch_size=None)}
     via_torch = {r["id"]: r for r in TFRecordIterableDataset(tmp_path, "train", names=[*full, "id"])}
     assert via_tf.keys() == via_torch.keys() == records.keys()
     for rid, (arrays, _) in records.items():
@@ -433,8 +435,6 @@ def test_verify_catches_non_finite_floats(tmp_path):
 
 
 def test_any_metadata_string_is_stored_without_error_and_a_file_name_keeps_its_own_bytes():
-    from pvtbuild.dataset.example import text_bytes
-
     assert text_bytes("café.mid") == "café.mid".encode()  # valid text: its UTF-8, as before
     assert text_bytes(os.fsdecode(b"caf\xe9.mid")) == b"caf\xe9.mid"  # os.fsencode's bytes
     assert text_bytes("\ud800") == b"\xed\xa0\x80"  # a hand-made lone surrogate: no error either
@@ -497,7 +497,8 @@ def _edit(doc: dict, key: str, value) -> dict:
     ("splits.train", 5, "splits.train: must be a mapping with an integer count and a list of shards, got 5"),
     ("splits.train.shards.0.records", None, "splits.train.shards[0]: must be {file, records, bytes, sha256}"),
     ("control_grids", 7, "control_grids: must be a mapping of names to strings, got 7"),
-    ("splits.train.shards.0.file", "../../outside.tfrecord", "splits.train.shards[0]: file '../../outside.tfrecord' lies outside"),
+    ("splits.train.shards.0.file", "../../outside.tfrecord",
+     "splits.train.shards[0]: file '../../outside.tfrecord' lies outside"),
     ("splits.train.shards.0.file", "/etc/passwd", "splits.train.shards[0]: file '/etc/passwd' is not a relative path"),
 ])
 def test_a_malformed_dataset_json_is_one_line_naming_the_key_in_readers_and_verify(copy, key, value, message):

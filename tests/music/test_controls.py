@@ -177,7 +177,8 @@ def tempo_controls(path: Path) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
     spec = select_clips(midi, str(path), md5_file(path), cfg.select, 0)[0]
     assert spec.start == 0.0
     grid = cfg.controls.grid("75hz")
-    return spec.time_signature, compute_controls(clip_notes(midi, spec, cfg.select), 0, 3, grid, BPM_MAX), frame_times(grid)
+    controls = compute_controls(clip_notes(midi, spec, cfg.select), 0, 3, grid, BPM_MAX)
+    return spec.time_signature, controls, frame_times(grid)
 
 
 @pytest.mark.parametrize("signature", [(4, 4), (6, 8), (2, 2), (3, 4), (12, 8)])
@@ -209,3 +210,8 @@ def test_an_odd_bar_changes_neither_the_quarter_note_beat_nor_bpm(tmp_path):
     assert time_signature == "7/8"  # in force at the clip start
     np.testing.assert_allclose(c["bpm"] * BPM_MAX, 120.0, rtol=1e-5)
     np.testing.assert_allclose(c["beat"], (t % 0.5) / 0.5, atol=1e-5)
+
+
+def test_a_grid_built_by_hand_without_a_config_has_no_sampling_times():
+    with pytest.raises(ValueError, match="no derived rate"):
+        frame_times(GridConfig("75hz", serves="encodec"))

@@ -117,7 +117,8 @@ def test_clip_does_not_depend_on_clips_rendered_before_it(soundfont, cfg, tmp_pa
     # with reverb and chorus off and on: FluidSynth state must not leak from one clip into the next.
     n = 8 * SR
     out = str(tmp_path / "b")
-    code = _FRESH_PROCESS.format(tests=str(Path(__file__).parent), program=VIOLIN, soundfont=str(soundfont), n=n, out=out)
+    code = _FRESH_PROCESS.format(tests=str(Path(__file__).parent), program=VIOLIN, soundfont=str(soundfont), n=n,
+                                 out=out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     for fx in (False, True):

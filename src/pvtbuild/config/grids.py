@@ -73,5 +73,6 @@ def _derive_grid(g: GridConfig, serves: str | None, key: str, samples: int, sr: 
     if g.frames is not None and g.frames != frames:
         raise ConfigError(f"{key}.frames: {g.frames}, but {what} {where}; {fix}")
     if g.offset is not None and not math.isclose(g.offset, offset, abs_tol=1e-9):
-        raise ConfigError(f"{key}.offset: {g.offset:g}, but {serves} frame k sits at (k + {offset:g})/{rate:g} s; {fix}")
+        raise ConfigError(f"{key}.offset: {g.offset:g}, but {serves} frame k sits at (k + {offset:g})/{rate:g} s; "
+                          f"{fix}")
     return GridConfig(g.name, rate, frames, serves, offset)  # type: ignore[arg-type]

@@ -57,11 +57,13 @@ def config_hash(section: Any) -> str:
 
 
 def require(ok: bool, key: str, msg: str) -> None:
+    """Raise `ConfigError("KEY: MSG")` unless `ok`: every range check of a section, one line naming its key."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
 
 def to_plain(obj: Any) -> Any:
+    """A config (dataclasses, tuples, dicts) as plain JSON data: what manifests hash and datasets record."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -72,6 +74,9 @@ def to_plain(obj: Any) -> Any:
 
 
 def build_section(cls: type, data: Any, key: str) -> Any:
+    """The dataclass `cls` built from the mapping `data` (a section of a config file at `key`, "" for the
+    whole file), every value coerced to its field's type; a `ConfigError` naming the key on an unknown key
+    or a value of the wrong type. Range checks are the section's own (`check`)."""
     where = key or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")

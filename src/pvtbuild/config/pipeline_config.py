@@ -25,6 +25,8 @@ from pvtbuild.config.sections import (
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """A whole pipeline file: its sections, the MIDI source and the seed; control grids derived at creation."""
+
     name: str = "pvt"
     # A folder of MIDI files or a selection manifest (.jsonl); in a pipeline file,
     # relative to that file's folder.
@@ -57,6 +59,7 @@ class PipelineConfig:
 
     @property
     def clip_samples(self) -> int:
+        """Samples of one rendered clip."""
         return int(round(self.select.clip_seconds * self.render.sample_rate))
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +77,8 @@ def load_pipeline(path: str | Path, **overrides: Any) -> PipelineConfig:
 
 
 def config_from_dict(data: dict[str, Any], **overrides: Any) -> PipelineConfig:
+    """A checked `PipelineConfig` from a pipeline file's data, with `overrides` (dotted keys; None: not given)
+    set on top of a copy."""
     data = copy.deepcopy(data)  # overrides must not change the caller's dict
     for dotted, value in overrides.items():
         if value is None:

@@ -73,8 +73,8 @@ class SelectConfig:
     clips_per_source: int = 8  # at most this many windows per MIDI file (0: all)
     variants: int = 1  # velocity-modulation variants per window
     modulation_depth: float = 0.5  # d in m(t) = d + (1-d)(1/2 + 1/2 sin(2 pi f t + phi))
-    freq_min_cycles: float = 0.125  # f_min = freq_min_cycles / T  (report: 1/(8T))
-    freq_max_cycles: float = 8.0  # f_max = freq_max_cycles / T   (report: 8/T)
+    freq_min_cycles: float = 0.125  # f_min = freq_min_cycles / T: 1/(8T), an eighth of a swell per clip
+    freq_max_cycles: float = 8.0  # f_max = freq_max_cycles / T: 8/T, eight swells per clip
     parse_timeout: float = 30.0  # seconds one MIDI file may take to parse
     parse_memory_mb: int = 3072  # address-space cap of the parsing process
     max_file_mb: float = 8.0  # larger MIDI files are skipped unread
@@ -87,13 +87,15 @@ class SelectConfig:
         for n, inst in enumerate(self.instruments):
             inst.check(f"{key}.instruments[{n}]")
         require(0 <= self.pitch_min and self.pitch_min + 12 <= self.pitch_max <= 127, f"{key}.pitch_max",
-                 f"the range pitch_min..pitch_max must span at least an octave within 0..127, got {self.pitch_min}..{self.pitch_max}")
+                 "the range pitch_min..pitch_max must span at least an octave within 0..127, "
+                 f"got {self.pitch_min}..{self.pitch_max}")
         require(self.overlap_tolerance >= 0, f"{key}.overlap_tolerance", f"must be >= 0, got {self.overlap_tolerance}")
         require(0 <= self.min_voiced <= 1, f"{key}.min_voiced", f"must be within [0, 1], got {self.min_voiced}")
         require(self.min_notes >= 1, f"{key}.min_notes", f"must be >= 1, got {self.min_notes}")
         require(self.clips_per_source >= 0, f"{key}.clips_per_source", f"must be >= 0, got {self.clips_per_source}")
         require(self.variants >= 1, f"{key}.variants", f"must be >= 1, got {self.variants}")
-        require(0 <= self.modulation_depth <= 1, f"{key}.modulation_depth", f"must be within [0, 1], got {self.modulation_depth}")
+        require(0 <= self.modulation_depth <= 1, f"{key}.modulation_depth",
+                f"must be within [0, 1], got {self.modulation_depth}")
         require(0 < self.freq_min_cycles <= self.freq_max_cycles, f"{key}.freq_max_cycles",
                  f"need 0 < freq_min_cycles <= freq_max_cycles, got {self.freq_min_cycles}, {self.freq_max_cycles}")
         require(self.parse_timeout > 0, f"{key}.parse_timeout", f"must be > 0, got {self.parse_timeout}")
@@ -120,7 +122,8 @@ class RenderConfig:
     voices: int = 64
 
     def check(self, key: str) -> None:
-        require(8000 <= self.sample_rate <= 96000, f"{key}.sample_rate", f"must be within 8000..96000, got {self.sample_rate}")
+        require(8000 <= self.sample_rate <= 96000, f"{key}.sample_rate",
+                f"must be within 8000..96000, got {self.sample_rate}")
         require(0 < self.gain <= 10, f"{key}.gain", f"must be within (0, 10], got {self.gain}")
         require(self.clip_limit > 0, f"{key}.clip_limit", f"must be > 0, got {self.clip_limit}")
         require(self.clips_per_shard >= 1, f"{key}.clips_per_shard", f"must be >= 1, got {self.clips_per_shard}")
@@ -154,7 +157,8 @@ class GridConfig:
         """The values given by hand, before the derived ones are filled in."""
         require(self.rate is None or self.rate > 0, f"{key}.rate", f"must be > 0, got {self.rate}")
         require(self.frames is None or self.frames >= 1, f"{key}.frames", f"must be >= 1, got {self.frames}")
-        require(self.offset is None or 0 <= self.offset < 1, f"{key}.offset", f"must be within [0, 1), got {self.offset}")
+        require(self.offset is None or 0 <= self.offset < 1, f"{key}.offset",
+                f"must be within [0, 1), got {self.offset}")
 
     def check(self, key: str) -> None:
         self.check_given(key)
@@ -169,6 +173,8 @@ def _default_grids() -> tuple[GridConfig, ...]:
 
 @dataclass(frozen=True)
 class ControlsConfig:
+    """The frame grids controls are computed on, and the scale of the `bpm` control."""
+
     grids: tuple[GridConfig, ...] = field(default_factory=_default_grids)
     bpm_max: float = 300.0  # bpm control = local tempo in quarter notes per minute / bpm_max, clipped to [0, 1]
 
@@ -181,6 +187,7 @@ class ControlsConfig:
         require(self.bpm_max > 0, f"{key}.bpm_max", f"must be > 0, got {self.bpm_max}")
 
     def grid(self, name: str) -> GridConfig:
+        """The grid named `name`; a `ConfigError` naming the grids there are otherwise."""
         for g in self.grids:
             if g.name == name:
                 return g
@@ -189,6 +196,8 @@ class ControlsConfig:
 
 @dataclass(frozen=True)
 class CqtConfig:
+    """The constant-Q transform of the `cqt` format (geometric bins from `fmin`, `hop_length` samples apart)."""
+
     fmin: float = 130.81
     bins_per_octave: int = 36
     n_bins: int = 216
@@ -203,6 +212,8 @@ class CqtConfig:
 
 @dataclass(frozen=True)
 class EncodecConfig:
+    """The EnCodec model of the `encodec` and `disc` formats."""
+
     bandwidth: float = 12.0  # kbps; 12 -> 16 codebooks
     checkpoint: str | None = None  # a path; default: torch hub's cache
 
@@ -216,6 +227,8 @@ FORMATS = ("audio", "cqt", "encodec", "disc")
 
 @dataclass(frozen=True)
 class EncodeConfig:
+    """The encode stage: which formats are computed from the audio, on which device."""
+
     formats: tuple[str, ...] = ("cqt", "encodec", "disc")
     device: str = "auto"
     batch_size: int = 0  # 0: chosen per device
@@ -246,6 +259,8 @@ def _default_control_grids() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ShardConfig:
+    """The shard stage: which formats go into the dataset, the valid split and the shard size."""
+
     formats: tuple[str, ...] = ("audio", "cqt", "encodec", "disc")
     valid_share: float = 0.2
     shard_mb: float = 150.0
@@ -313,6 +328,8 @@ class QaConfig:
 
 @dataclass(frozen=True)
 class ExecConfig:
+    """How the stages run: worker count, the dask scheduler, threads, task size."""
+
     jobs: int = 2
     # None: local dask cluster; "sync": in-process; "tcp://host:port" or "tls://host:port" (certificates
     # from dask config: distributed.comm.tls.*, see docs/cluster.md)

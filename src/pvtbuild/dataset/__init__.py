@@ -51,13 +51,13 @@ __all__ = [
     "DATASET_JSON",
     "SHAPES_FILE",
     "ShardInfo",
-    "TFRecordIterableDataset",
+    "TFRecordIterableDataset",  # noqa: F822  (provided by __getattr__, on first use: it imports torch)
     "VerifyReport",
     "array_shapes",
     "decode_record",
     "iter_records",
     "list_shards",
-    "make_dataset",
+    "make_dataset",  # noqa: F822  (provided by __getattr__, on first use: it imports TensorFlow)
     "meta_schema",
     "num_shards",
     "parse_example",
@@ -74,6 +74,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """The readers, imported on first use: their frameworks cost seconds that writers never need to pay."""
     if name == "make_dataset":
         from pvtbuild.dataset.tf_reader import make_dataset  # noqa: PLC0415  (imports TensorFlow: ~4 s)
 

@@ -170,7 +170,8 @@ def _array_bytes(name: str, arr: np.ndarray) -> memoryview:
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"array {name!r}: expected a numpy array, got {type(arr).__name__}")
     if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
-        raise ValueError(f"array {name!r}: dtype {arr.dtype} not supported (use one of {[d.name for d in SUPPORTED_DTYPES]})")
+        raise ValueError(f"array {name!r}: dtype {arr.dtype} not supported "
+                         f"(use one of {[d.name for d in SUPPORTED_DTYPES]})")
     if arr.ndim == 0:
         raise ValueError(f"array {name!r}: 0-d arrays are not stored as arrays; pass the value as metadata")
     le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
@@ -229,7 +230,8 @@ def _check_against_shapes(arrays: Mapping[str, np.ndarray], shapes: Mapping[str,
         arr = arrays[name]
         if arr.dtype.newbyteorder("=") != np.dtype(dtype) or tuple(arr.shape) != tuple(shape):
             raise ValueError(
-                f"array {name!r}: {arr.dtype} {list(arr.shape)} does not match shapes.txt {np.dtype(dtype)} {list(shape)}"
+                f"array {name!r}: {arr.dtype} {list(arr.shape)} does not match shapes.txt "
+                f"{np.dtype(dtype)} {list(shape)}"
             )
 
 

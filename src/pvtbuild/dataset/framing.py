@@ -197,5 +197,6 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
+    """TFRecord's masked CRC-32C of `data`: the CRC rotated and offset, so a CRC of CRCs is not trivial."""
     c = _crc32c(data)
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF

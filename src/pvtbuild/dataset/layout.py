@@ -163,8 +163,9 @@ def _check_dataset_doc(doc: dict[str, Any], path: Path) -> None:
         _expect(isinstance(info, dict) and _is_int(info.get("count")) and isinstance(info.get("shards"), list),
                 path, key, "a mapping with an integer count and a list of shards", info)
         for i, entry in enumerate(info["shards"]):
-            ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
-                  and _is_int(entry.get("records")) and _is_int(entry.get("bytes")))
+            ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                  and isinstance(entry.get("sha256"), str) and _is_int(entry.get("records"))
+                  and _is_int(entry.get("bytes")))
             _expect(ok, path, f"{key}.shards[{i}]", "{file, records, bytes, sha256}", entry)
             path_within(path.parent, entry["file"], f"{path}: {key}.shards[{i}]")
 

@@ -51,7 +51,8 @@ def format_shapes(shapes: Mapping[str, tuple[Any, Sequence[int]]]) -> str:
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"array name must be non-empty without whitespace, got {name!r}")
         if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"array {name!r}: dtype {dtype} not supported (use one of {[d.name for d in SUPPORTED_DTYPES]})")
+            raise ValueError(f"array {name!r}: dtype {dtype} not supported "
+                             f"(use one of {[d.name for d in SUPPORTED_DTYPES]})")
         if len(shape) == 0 or any(int(d) < 1 for d in shape):
             raise ValueError(f"array {name!r}: shape must have at least one dimension, all >= 1, got {list(shape)}")
         lines.append(f"{name} {dtype.name} {','.join(str(int(d)) for d in shape)}\n")

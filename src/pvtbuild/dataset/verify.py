@@ -45,10 +45,12 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": list(self.problems), "shards": self.shards, "records": self.records, "bytes": self.bytes}
+        return {"ok": self.ok, "problems": list(self.problems), "shards": self.shards, "records": self.records,
+                "bytes": self.bytes}
 
     def summary(self) -> str:
-        head = f"{'ok' if self.ok else 'FAILED'}: {self.shards} shards, {self.records} records, {self.bytes / 1e6:.1f} MB"
+        head = (f"{'ok' if self.ok else 'FAILED'}: {self.shards} shards, {self.records} records, "
+                f"{self.bytes / 1e6:.1f} MB")
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
@@ -78,7 +80,8 @@ def _verify_split(root: Path, split: str, info: dict[str, Any], shapes: Shapes, 
         report.problems.append(f"{split}: count {info.get('count')} is not the sum of its shards' records")
     for i, entry in enumerate(shards):
         if Path(entry["file"]).name != shard_name(split, i, len(shards)):
-            report.problems.append(f"{entry['file']}: expected name {shard_name(split, i, len(shards))} for shard {i} of {len(shards)}")
+            report.problems.append(f"{entry['file']}: expected name {shard_name(split, i, len(shards))} "
+                                   f"for shard {i} of {len(shards)}")
         _verify_shard(root, entry, shapes, report)
     for path in sorted((root / split).glob("*.tfrecord")):
         if path.resolve() not in listed:
@@ -104,7 +107,8 @@ def _verify_shard(root: Path, entry: dict[str, Any], shapes: Shapes, report: Ver
     report.records += count
     report.bytes += size
     if h.hexdigest() != entry["sha256"]:
-        report.problems.append(f"{rel}: sha256 {h.hexdigest()[:12]}... does not match dataset.json {entry['sha256'][:12]}...")
+        report.problems.append(f"{rel}: sha256 {h.hexdigest()[:12]}... does not match dataset.json "
+                               f"{entry['sha256'][:12]}...")
     if whole and count != entry["records"]:
         report.problems.append(f"{rel}: {count} records read, dataset.json says {entry['records']}")
 

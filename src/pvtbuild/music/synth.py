@@ -317,7 +317,7 @@ def _fluidsynth():
     """Import pyfluidsynth once, declare the C functions it lacks, and quiet FluidSynth's console log."""
     global _FLUIDSYNTH
     if _FLUIDSYNTH is None:
-        import fluidsynth
+        import fluidsynth  # noqa: PLC0415  (loads libfluidsynth through ctypes: only render workers need it)
 
         cfunc = fluidsynth.cfunc
         _C.write_float = cfunc("fluid_synth_write_float", c_int, ("synth", c_void_p, 1), ("len", c_int, 1),
@@ -330,7 +330,8 @@ def _fluidsynth():
         names = ("write_float", "add_sfont", "remove_sfont", "get_sfont_by_id", "get_active_voice_count")
         missing = [n for n in names if getattr(_C, n) is None]
         if missing:
-            raise RuntimeError(f"libfluidsynth lacks fluid_synth_{', fluid_synth_'.join(missing)} (need FluidSynth >= 2)")
+            raise RuntimeError(f"libfluidsynth lacks fluid_synth_{', fluid_synth_'.join(missing)} "
+                               "(need FluidSynth >= 2)")
         set_log = cfunc("fluid_set_log_function", c_void_p, ("level", c_int, 1), ("fun", c_void_p, 1),
                         ("data", c_void_p, 1))
         if set_log is not None:
