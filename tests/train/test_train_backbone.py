@@ -9,8 +9,8 @@ import torch
 
 from pvtbuild.errors import ConfigError
 from pvtbuild.train.backbone import UNet, UNetConfig, build_unet, count_parameters
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import Controls
+from pvtbuild.train.spec import DataSpec
 
 TINY = UNetConfig(channels=8, channel_mults=(1, 2, 2), control_channels=4, noise_embed_dim=16)
 

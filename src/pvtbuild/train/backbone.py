@@ -44,8 +44,8 @@ from torch import Tensor, nn
 
 from pvtbuild.config import require
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import NULL_VALUE, Controls
+from pvtbuild.train.spec import DataSpec
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class UNetConfig:
     global_mlp: tuple[int, ...] = ()  # hidden sizes of the chained global-control MLP blocks (FiLM)
     code_embed_dim: int = 32  # per-codebook embedding width of discrete inputs
     noise_embed_dim: int = 64  # sinusoidal embedding of the noise level; its MLP is 4x wider
-    freq_embed_channels: int = 0  # 2-D data: learned per-bin channels (of the bin and the local controls) joined to the input
+    # 2-D data: learned per-bin channels (of the bin and the local controls) joined to the input
+    freq_embed_channels: int = 0
     dropout: float = 0.0  # inside every block, after the modulation
 
     def check(self, key: str) -> None:
@@ -68,7 +69,8 @@ class UNetConfig:
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), f"{key}.channel_mults",
                  f"must be a non-empty list of integers >= 1, got {list(self.channel_mults)}")
         if self.up_channel_mults is not None:
-            require(len(self.up_channel_mults) == len(self.channel_mults) and all(m >= 1 for m in self.up_channel_mults),
+            require(len(self.up_channel_mults) == len(self.channel_mults)
+                    and all(m >= 1 for m in self.up_channel_mults),
                      f"{key}.up_channel_mults", f"must have one integer >= 1 per level ({len(self.channel_mults)}), "
                      f"got {list(self.up_channel_mults)}")
         require(1 <= self.control_channels <= 4096, f"{key}.control_channels",
@@ -343,7 +345,8 @@ def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     cuDNN's bf16 kernels prefer it too. Raises `ConfigError` naming the key when the config cannot
     serve the data."""
     cfg.check(key)
-    require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
+    require(1 <= len(spec.shape) <= 3, key,
+            f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
     if cfg.freq_embed_channels and len(spec.shape) != 3:
         raise ConfigError(f"{key}.freq_embed_channels: only 2-D data (cqt [C, F, T]) has a frequency axis; "
                           f"this data is shaped {list(spec.shape)}")

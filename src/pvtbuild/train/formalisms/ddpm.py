@@ -31,7 +31,8 @@ class DDPMConfig:
     cosine_s: float = 0.008  # cosine schedule offset (Nichol & Dhariwal)
 
     def check(self, key: str = "formalism") -> None:
-        require(self.schedule in ("linear", "cosine"), f"{key}.schedule", f"must be linear or cosine, got {self.schedule!r}")
+        require(self.schedule in ("linear", "cosine"), f"{key}.schedule",
+                f"must be linear or cosine, got {self.schedule!r}")
         require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
         require(1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
                  f"must be within 1..timesteps ({self.timesteps}), got {self.sample_steps}")
