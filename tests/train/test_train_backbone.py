@@ -18,7 +18,7 @@ CQT = DataSpec((2, 36, 97), local_channels=5)  # odd F and T: padded and cropped
 ENCODEC = DataSpec((8, 50), local_channels=3, global_channels=2)
 DISC = DataSpec((4, 40), num_classes=7, local_channels=2)
 
-# The report's Table 4.1 frameworks: (spec, model config, learnable parameters). The same
+# Manté 2024's Table 4.1 frameworks (cited in train/__init__.py): (spec, model config, learnable parameters). The same
 # `model:` sections are in pipelines/train/{ddpm,edm}-{cqt,encodec}.yaml and discdpm-disc.yaml.
 REPORT_CONTROLS = 5  # velocity (1) + chroma (1) + instrument (3)
 TABLE_4_1 = {

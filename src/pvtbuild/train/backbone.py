@@ -1,4 +1,4 @@
-"""The conditional U-Net of the report (§3.4, Fig. 3.7): ``F(x_in, noise_level, controls)``.
+"""The conditional U-Net of Manté 2024 (§3.4, Fig. 3.7): ``F(x_in, noise_level, controls)``.
 
 It knows nothing of EDM, DDPM or IADB: a formalism hands it the noisy input, one float per
 example saying how noisy it is (``ln(sigma)/4``, a timestep, ``1000 alpha``: the embedding does
@@ -6,20 +6,20 @@ not care), and the batch's `Controls`; it returns a tensor shaped like the data 
 formats) or logits ``[B, C, K, *rest]`` (discrete codes ``[B, C, *rest]``, class axis 2: the output
 convolution's ``[B, C * K, T]`` viewed, no transposed copy).
 
-Layout, following Ronneberger et al. 2015 as the report does:
+Layout, following Ronneberger et al. 2015 as Manté 2024 does:
 
 - ``L = len(channel_mults)`` levels. The encoder has one `Block` per level (two convolutions
   with the noise-level modulation between them; GroupNorm with one group; SiLU), and max-pools
   time (and frequency, for 2D data) by 2 between levels.
 - The decoder has one `Block` per level too: a middle block at the deepest level, then per
   shallower level a nearest-neighbour upsampling, the concatenated skip connection, and a block.
-  Its widths are ``channels * up_channel_mults`` (UNetExpand, §3.4.3: wider than the encoder's
+  Its widths are ``channels * up_channel_mults`` (UNetExpand, Manté 2024 §3.4.3: wider than the encoder's
   for discrete codes, so the 1x1 `OutConv` does not jump from 16 to 16 x 1024 channels).
 - Local controls ``[B, C_local, T]`` go through a branch shaped like the encoder with
   ``control_channels`` channels at every level (time halved per level); its features are
   concatenated to each encoder block's input. 2D data broadcast them over frequency.
 - Global controls ``[B, C_global]`` go through a chain of MLP blocks ending in a sigmoid (each
-  one's output the next one's input, §3.4.2); the last output joins the noise embedding in the
+  one's output the next one's input, Manté 2024 §3.4.2); the last output joins the noise embedding in the
   vector every block's scale/shift (FiLM) is computed from.
 
 Sizes not divisible by ``2**(L-1)`` (1921 CQT frames, 216 bins) are zero-padded on the right
@@ -55,7 +55,7 @@ class UNetConfig:
     channels: int = 32  # base width: level i of the encoder has channels * channel_mults[i]
     channel_mults: tuple[int, ...] = (1, 2, 4)  # one per level; time (and frequency) halved per level
     up_channel_mults: tuple[int, ...] | None = None  # decoder's, one per level (UNetExpand); None: the encoder's
-    control_channels: int = 128  # width of the local-control branch at every level (report: 128)
+    control_channels: int = 128  # width of the local-control branch at every level (Manté 2024: 128)
     global_mlp: tuple[int, ...] = ()  # hidden sizes of the chained global-control MLP blocks (FiLM)
     code_embed_dim: int = 32  # per-codebook embedding width of discrete inputs
     noise_embed_dim: int = 64  # sinusoidal embedding of the noise level; its MLP is 4x wider
@@ -116,8 +116,8 @@ class NoiseEmbedding(nn.Module):
 
 
 class GlobalBranch(nn.Module):
-    """Global controls through chained MLP blocks, each ``Linear, SiLU, Linear, Sigmoid`` (report
-    §3.4.2: the sigmoid makes each output an activation mechanism for channels); the last block's
+    """Global controls through chained MLP blocks, each ``Linear, SiLU, Linear, Sigmoid`` (Manté
+    2024 §3.4.2: the sigmoid makes each output an activation mechanism for channels); the last block's
     output feeds every U-Net block's FiLM."""
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...]) -> None:

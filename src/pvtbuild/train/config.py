@@ -92,7 +92,7 @@ class TrainDataConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Control dropout while training (report §4.1: 30 % per feature) and the default guidance scale."""
+    """Control dropout while training (30 % per feature, as Manté 2024 §4.1 trains) and the default guidance scale."""
 
     p_feature: float = 0.3  # each feature of each example nulled (-1) independently
     p_all: float = 0.0  # every feature of an example nulled at once

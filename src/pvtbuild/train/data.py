@@ -202,8 +202,9 @@ def encode_control(control: str, encoding: str, values: np.ndarray, voiced: np.n
     """A stored control [T] as the channels its encoding gives the network.
 
     `chroma: onehot`: [12, T], 1 on the pitch class round(11 * chroma) where a note sounds and 0
-    elsewhere, so silence no longer shares chroma 0 with C (report §4.4) and each pitch class is a
-    channel of its own, not a point on a line the network must unfold into a harmonic comb. A frame
+    elsewhere, so silence no longer shares chroma 0 with C (stored chroma is 0 for both:
+    docs/data-contract.md) and each pitch class is a channel of its own, not a point on a line the
+    network must unfold into a harmonic comb. A frame
     counts as sounding where `voiced` > 0.5; where `voiced` is not given (-1 throughout, as in a
     hand-written request with chroma alone) every frame with a chroma is. Frames whose chroma is
     the unconditional -1 are -1 on all 12 channels, the value control dropout writes.

@@ -1,6 +1,6 @@
 """Toy data: the 2-D swiss roll and its quantised twin, for training runs that need no dataset.
 
-`swissroll` is the 2-D swiss roll of the report: the points (x, z) of
+`swissroll` is the 2-D swiss roll Manté 2024 (§3.1) trains toys on: the points (x, z) of
 ``sklearn.datasets.make_swiss_roll(n, noise=0.5)`` divided by 10, drawn here with torch's
 generator (the same formula: ``t = 1.5 pi (1 + 2u)``, ``x = t cos t``, ``z = t sin t``, plus
 N(0, 0.5^2) noise on each coordinate) so that a run's data follow its seed and torch RNG

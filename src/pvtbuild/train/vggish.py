@@ -1,4 +1,4 @@
-"""VGGish embeddings for FAD (Kilgour et al. 2019), as the report measured it, when the weights are here.
+"""VGGish embeddings for FAD (Kilgour et al. 2019), as Manté 2024 measured it, when the weights are here.
 
 The network is torchvggish's port of Google's VGGish (state-dict keys `features.*`,
 `embeddings.*`, file `vggish-10086976.pth`); pvtbuild never downloads it. Looked for at

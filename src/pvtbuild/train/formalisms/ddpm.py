@@ -1,4 +1,4 @@
-"""DDPM (Ho, Jain & Abbeel 2020; report §2.2.1): epsilon-prediction, ancestral sampling.
+"""DDPM (Ho, Jain & Abbeel 2020): epsilon-prediction, ancestral sampling.
 
 Timesteps are 1-indexed, ``t = 1..T``; the net sees ``noise_level = t * 1000 / T``.
 Sampling may use fewer steps than training: an evenly spaced subset of the timesteps

@@ -1,4 +1,4 @@
-"""DiscDPM: multinomial diffusion (Hoogeboom et al. 2021; report §2.3.2).
+"""DiscDPM: multinomial diffusion (Hoogeboom et al. 2021).
 
 Data are class indices ``[B, C, *rest]`` (int64, K = `num_classes`); the net takes them as they
 are (it embeds them) and returns logits of x0 with the class axis at dim 2, ``[B, C, K, *rest]``

@@ -1,4 +1,4 @@
-"""EDM (Karras, Aittala, Aila & Laine 2022; report §2.2.2): preconditioned denoiser, Heun sampler.
+"""EDM (Karras, Aittala, Aila & Laine 2022): preconditioned denoiser, Heun sampler.
 
 The denoiser is ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (eq. 2.13) with
 
