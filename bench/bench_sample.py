@@ -52,11 +52,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvtbuild.train.build import build_backbone, build_formalism, count_parameters
+from pvtbuild.train.backbone import count_parameters
+from pvtbuild.train.build import build_backbone, build_formalism
 from pvtbuild.train.config import load_train_config, train_config_from_dict
-from pvtbuild.train.data import DataSpec, DataStats
 from pvtbuild.train.guidance import Controls
 from pvtbuild.train.sample import Sampler, generate
+from pvtbuild.train.spec import DataSpec, DataStats
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "pipelines" / "train"

@@ -61,9 +61,11 @@ from pvtbuild.dataset.layout import read_dataset_json
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.train import loop
-from pvtbuild.train.build import build_backbone, count_parameters
+from pvtbuild.train.backbone import count_parameters
+from pvtbuild.train.build import build_backbone
 from pvtbuild.train.config import TrainConfig, load_train_config
-from pvtbuild.train.data import DatasetSource, DataSpec, Position, dataset_layout, measure_stats
+from pvtbuild.train.data import DatasetSource, Position, dataset_layout, measure_stats
+from pvtbuild.train.spec import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "pipelines" / "train"

@@ -193,13 +193,14 @@ def train_one(name: str, dataset: Path) -> str:
     import torch
 
     from pvtbuild.train.config import load_train_config
-    from pvtbuild.train.loop import train
+    from pvtbuild.train.loop import TrainOptions, train
 
     cuda = torch.cuda.is_available()
     cfg = load_train_config(REPO / "pipelines" / "train" / f"{name}.yaml", **{"train.amp": "bf16"})
     run = Path(tempfile.mkdtemp(prefix=f"gpucheck-c-{name}-"))
     t0 = time.perf_counter()
-    train(cfg, run, dataset, TRAIN_STEPS if cuda else 3, device="cuda" if cuda else "cpu", echo=lambda line: None)
+    options = TrainOptions(run, dataset, steps=TRAIN_STEPS if cuda else 3, device="cuda" if cuda else "cpu")
+    train(cfg, options, echo=lambda line: None)
     wall = time.perf_counter() - t0
     with open(run / "log.csv") as f:
         rates = [float(r["examples_per_s"]) for r in csv.DictReader(f)][2:]  # the first two are warm-up (on CPU one step is left)
@@ -218,9 +219,9 @@ def section_d(cuda: bool) -> list[Row]:
     from bench_sample import GROUPS, _controls  # one melody: the same controls bench_sample uses
     from pvtbuild.train.build import build_backbone, build_formalism
     from pvtbuild.train.config import load_train_config
-    from pvtbuild.train.data import DataSpec, DataStats
     from pvtbuild.train.guidance import Controls
     from pvtbuild.train.sample import Sampler, generate
+    from pvtbuild.train.spec import DataSpec, DataStats
 
     rows = []
     for name, shape, n, report in (("edm-encodec", (128, 600), 64, "12.7 s"), ("discdpm-disc", (16, 300), 8, "112.8 s")):

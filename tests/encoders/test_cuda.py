@@ -14,9 +14,9 @@ import torch
 
 from pvtbuild.train.build import build_backbone
 from pvtbuild.train.config import load_train_config
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import Controls
-from pvtbuild.train.loop import train
+from pvtbuild.train.loop import TrainOptions, train
+from pvtbuild.train.spec import DataSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "train"
@@ -57,7 +57,7 @@ def test_unet_forward_under_bf16_autocast_stays_close_to_float32():
 
 def test_toy_training_on_cuda_with_bf16_autocast_lowers_the_loss(tmp_path):
     cfg = load_train_config(CONFIGS / "swissroll-edm.yaml", **{"train.amp": "bf16"})
-    train(cfg, tmp_path, None, 300, device="cuda", echo=lambda line: None)
+    train(cfg, TrainOptions(tmp_path, None, steps=300, device="cuda"), echo=lambda line: None)
     with open(tmp_path / "log.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     assert all(map(lambda v: v == v, losses))  # no NaN

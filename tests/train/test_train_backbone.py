@@ -9,8 +9,8 @@ import torch
 
 from pvtbuild.errors import ConfigError
 from pvtbuild.train.backbone import UNet, UNetConfig, build_unet, count_parameters
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import Controls
+from pvtbuild.train.spec import DataSpec
 
 TINY = UNetConfig(channels=8, channel_mults=(1, 2, 2), control_channels=4, noise_embed_dim=16)
 
@@ -18,7 +18,7 @@ CQT = DataSpec((2, 36, 97), local_channels=5)  # odd F and T: padded and cropped
 ENCODEC = DataSpec((8, 50), local_channels=3, global_channels=2)
 DISC = DataSpec((4, 40), num_classes=7, local_channels=2)
 
-# The report's Table 4.1 frameworks: (spec, model config, learnable parameters). The same
+# Manté 2024's Table 4.1 frameworks (cited in train/__init__.py): (spec, model config, learnable parameters). The same
 # `model:` sections are in pipelines/train/{ddpm,edm}-{cqt,encodec}.yaml and discdpm-disc.yaml.
 REPORT_CONTROLS = 5  # velocity (1) + chroma (1) + instrument (3)
 TABLE_4_1 = {

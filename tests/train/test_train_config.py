@@ -33,7 +33,8 @@ def test_a_bad_training_config_is_one_line_naming_the_file_and_key_and_trains_no
 
 def test_a_model_too_wide_to_build_is_one_line_at_load_not_an_allocator_traceback(tmp_path):
     config = tmp_path / "wide.yaml"
-    config.write_text((REPO / "pipelines" / "train" / "edm-cqt-tiny.yaml").read_text().replace("channels: 8,", "channels: 800000,"))
+    tiny = (REPO / "pipelines" / "train" / "edm-cqt-tiny.yaml").read_text()
+    config.write_text(tiny.replace("channels: 8,", "channels: 800000,"))
     result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert result.output.startswith(f"pvtbuild: error: {config}: model.channels: must be within 1..4096, got 800000")

@@ -21,15 +21,25 @@ from click.testing import CliRunner
 from test_train_loop import config, log_rows, quiet
 
 from pvtbuild.cli import cli
+from pvtbuild.config import config_from_dict
+from pvtbuild.dataset import (
+    array_shapes,
+    meta_schema,
+    read_dataset_json,
+    serialize_example,
+    shard_name,
+    write_dataset_json,
+    write_shapes,
+    write_shard,
+)
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
 from pvtbuild.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
-from pvtbuild.train.conditioning import model_controls
+from pvtbuild.train.conditioning import ControlSpace, model_controls, null_controls
 from pvtbuild.train.config import load_train_config, train_config_from_dict
 from pvtbuild.train.data import (
     Collate,
     DatasetSource,
-    DataStats,
     Position,
     crop_starts,
     dataset_layout,
@@ -37,7 +47,8 @@ from pvtbuild.train.data import (
     random_crop,
 )
 from pvtbuild.train.guidance import NULL_VALUE
-from pvtbuild.train.loop import train
+from pvtbuild.train.loop import Resume, TrainOptions, train
+from pvtbuild.train.spec import DataStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,7 +95,8 @@ def test_a_dataset_batch_feeds_chroma_as_twelve_channels_matching_the_stored_chr
     _, batch = next(DatasetSource(cfg.data, dataset, layout, DataStats(), seed=0).batches(Position()))
     local = batch.controls.local.numpy()
     assert local.shape == (2, 16, 1921)
-    stored = {r["id"]: r for r in TFRecordIterableDataset(dataset, "train", names=["id", "chroma_240hz", "voiced_240hz"])}
+    names = ["id", "chroma_240hz", "voiced_240hz"]
+    stored = {r["id"]: r for r in TFRecordIterableDataset(dataset, "train", names=names)}
     for i, clip_id in enumerate(batch.ids):
         chroma, voiced = stored[clip_id]["chroma_240hz"].numpy(), stored[clip_id]["voiced_240hz"].numpy() > 0.5
         onehot = local[i, 1:13]
@@ -95,10 +107,6 @@ def test_a_dataset_batch_feeds_chroma_as_twelve_channels_matching_the_stored_chr
 
 def test_sampling_assembles_the_same_encoding_from_written_controls(dataset) -> None:
     """`pvtbuild sample` builds controls through model_controls: a request's chroma gets the training encoding."""
-    from pvtbuild.config import config_from_dict
-    from pvtbuild.dataset import read_dataset_json
-    from pvtbuild.train.conditioning import ControlSpace, null_controls
-
     cfg = _config()
     layout = dataset_layout(cfg.data, dataset)
     pipeline = config_from_dict(read_dataset_json(dataset)["config"])
@@ -146,13 +154,14 @@ def test_the_crop_of_a_clips_controls_equals_the_controls_of_the_crop(fmt, datas
 def test_crops_are_whole_frames_of_the_format_for_cqt_encodec_and_disc(fmt, x0, local, dataset, tmp_path):
     lines: list[str] = []
     cfg = config(FORMATS[fmt], data={"batch_size": 2, "crop_seconds": 1.0})
-    train(cfg, tmp_path / "run", dataset, dry_run=True, echo=lines.append)
+    train(cfg, TrainOptions(tmp_path / "run", dataset, dry_run=True), echo=lines.append)
     assert f"batch: x0 {x0} " in lines[-1] and f"local controls {local}" in lines[-1], lines
 
 
 def test_a_model_trained_on_crops_samples_whole_clips(dataset, tmp_path):
     run, out = tmp_path / "run", tmp_path / "s"
-    train(config("edm-encodec-tiny", data={"batch_size": 2, "crop_seconds": 1.0}), run, dataset, steps=2, echo=quiet)
+    train(config("edm-encodec-tiny", data={"batch_size": 2, "crop_seconds": 1.0}), TrainOptions(run, dataset, steps=2),
+          echo=quiet)
     res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(run), "--out", str(out), "--n", "1", "--steps", "2",
                                    "--instrument", "violin", "--no-plot", "--device", "cpu"])
     assert res.exit_code == 0, res.output
@@ -162,7 +171,8 @@ def test_a_model_trained_on_crops_samples_whole_clips(dataset, tmp_path):
 
 def test_a_crop_longer_than_a_clip_or_on_a_toy_is_one_error_naming_the_key(dataset, tmp_path):
     with pytest.raises(InputError, match=r"^data\.crop_seconds: 9 s is 675 frames of encodec, longer than the 600"):
-        train(config("edm-encodec-tiny", data={"crop_seconds": 9.0}), tmp_path / "r", dataset, steps=1, echo=quiet)
+        train(config("edm-encodec-tiny", data={"crop_seconds": 9.0}), TrainOptions(tmp_path / "r", dataset, steps=1),
+              echo=quiet)
     with pytest.raises(ConfigError, match=r"^data\.crop_seconds: toy points have no time axis"):
         config("swissroll-edm", data={"crop_seconds": 1.0})
     with pytest.raises(ConfigError, match=r"^data\.crop_seconds: must be >= 0"):
@@ -179,16 +189,6 @@ SHAPES_OF = {"encodec": (128, FRAMES), "velocity_75hz": (FRAMES,), "chroma_75hz"
 def write_train_set(root: Path, records_per_file: list[int]) -> list[str]:
     """A real dataset, written by the project's TFRecord writer: a train split of one file per entry of
     `records_per_file` (ids `f{file}-{k}`), a valid split of 2 records; returns the train ids."""
-    from pvtbuild.dataset import (
-        array_shapes,
-        meta_schema,
-        serialize_example,
-        shard_name,
-        write_dataset_json,
-        write_shapes,
-        write_shard,
-    )
-
     def record(n: int, clip_id: str) -> tuple[dict, dict]:
         rng = np.random.default_rng(n)
         arrays = {k: rng.random(s, dtype=np.float32) for k, s in SHAPES_OF.items()}
@@ -256,7 +256,8 @@ def test_every_record_is_read_once_per_epoch_across_ranks_in_an_order_of_seed_ep
 
 def test_a_rank_whose_share_is_smaller_than_a_batch_is_one_line_naming_the_split(tmp_path):
     write_train_set(tmp_path, [4, 4, 4, 4, 2])
-    with pytest.raises(InputError, match=r"/train: rank 0 got 18 examples in epoch 0, fewer than data\.batch_size = 32"):
+    with pytest.raises(InputError,
+                       match=r"/train: rank 0 got 18 examples in epoch 0, fewer than data\.batch_size = 32"):
         next(_source(tmp_path, batch_size=32).batches(Position()))
 
 
@@ -327,13 +328,14 @@ def test_resuming_with_another_world_size_is_refused_in_one_line_unless_allowed(
     assert refused.exit_code != 0 and list_checkpoints(run)[-1].name == "ckpt-00000020.pt"
     assert re.fullmatch(r"pvtbuild: error: \S+ckpt-00000020\.pt: was written by 2 process\(es\) and this run has 1; "
                         r"every rank resumes its own data position exactly only with the world size that wrote them: "
-                        r"resume with 2 process\(es\), or pass --allow-inexact-resume\n", refused.output), refused.output
+                        r"resume with 2 process\(es\), or pass --allow-inexact-resume\n",
+                        refused.output), refused.output
     furthest = max((p["epoch"], p["batch"]) for p in load_checkpoint(run)["positions"])
     lines: list[str] = []
-    result = train(load_train_config(cfg_file), run, data, steps=22, resume=True, allow_inexact_resume=True,
-                   echo=lines.append)
+    options = TrainOptions(run, data, steps=22, resume=Resume.YES, allow_inexact_resume=True)
+    result = train(load_train_config(cfg_file), options, echo=lines.append)
     assert result.step == 22
-    warning = [l for l in lines if "warning" in l]
+    warning = [line for line in lines if "warning" in line]
     assert len(warning) == 1 and f"continues from epoch {furthest[0]}, batch {furthest[1]}" in warning[0]
     assert load_checkpoint(run)["positions"][0]["epoch"] >= furthest[0]
 
@@ -342,13 +344,13 @@ def test_a_checkpoint_holding_one_position_still_resumes_one_process_exactly(tmp
     """Checkpoints from before every rank's position was kept hold `position` alone."""
     cfg = config("swissroll-edm", data={"batch_size": 16})
     once, twice = tmp_path / "once", tmp_path / "twice"
-    full = train(cfg, once, steps=6, echo=quiet)
-    train(cfg, twice, steps=3, echo=quiet)
+    full = train(cfg, TrainOptions(once, steps=6), echo=quiet)
+    train(cfg, TrainOptions(twice, steps=3), echo=quiet)
     path = list_checkpoints(twice)[-1]
     state = torch.load(path, weights_only=True)
     del state["positions"]
     torch.save(state, path)
-    assert train(cfg, twice, steps=6, resume=True, echo=quiet).losses == full.losses[3:]
+    assert train(cfg, TrainOptions(twice, steps=6, resume=Resume.YES), echo=quiet).losses == full.losses[3:]
     path = list_checkpoints(twice)[-1]
     state = torch.load(path, weights_only=True)
     del state["positions"]
@@ -356,4 +358,4 @@ def test_a_checkpoint_holding_one_position_still_resumes_one_process_exactly(tmp
     torch.save(state, path)
     with pytest.raises(PvtbuildError, match=r"holds rank 0's data position alone \(written by 2 processes, before "
                                             r"every rank's was kept\); .*: pass --allow-inexact-resume"):
-        train(cfg, twice, steps=7, resume=True, echo=quiet)
+        train(cfg, TrainOptions(twice, steps=7, resume=Resume.YES), echo=quiet)

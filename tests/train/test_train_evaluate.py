@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,15 @@ import torch
 from click.testing import CliRunner
 from test_train_loop import config, quiet
 
+from paths import LAKH
 from pvtbuild.cli import cli
 from pvtbuild.config import config_from_dict
 from pvtbuild.dataset import read_dataset_json
 from pvtbuild.tools.decode import AudioDecoder
 from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls
 from pvtbuild.train.data import dataset_layout
-from pvtbuild.train.evaluate import read_clips, reported_keys, requested_beats, score_clip, tempo_scores
-from pvtbuild.train.loop import train
+from pvtbuild.train.evaluate import read_clips, reported_keys, requested_beats, score_clip, tempo_scores, vggish_model
+from pvtbuild.train.loop import TrainOptions, train
 from pvtbuild.train.vggish import VGGish, load_vggish
 
 SR = 24000
@@ -62,7 +64,7 @@ def test_the_datasets_own_audio_obeys_its_controls_and_shuffled_controls_collaps
 
 
 def test_a_clip_transposed_by_a_semitone_scores_near_zero_chroma_accuracy(clips, space):
-    import librosa
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import; this test alone needs it here)
 
     c = clips[0]
     up = librosa.effects.pitch_shift(c.audio, sr=SR, n_steps=1)
@@ -100,7 +102,7 @@ def test_vggish_weights_in_torchvggish_layout_embed_each_096s_example_of_each_cl
 @pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval-run") / "run"
-    train(config("edm-encodec-tiny", data={"batch_size": 2}), out, dataset, steps=3, echo=quiet)
+    train(config("edm-encodec-tiny", data={"batch_size": 2}), TrainOptions(out, dataset, steps=3), echo=quiet)
     return out
 
 
@@ -160,10 +162,8 @@ def test_evaluate_prints_crepe_and_searched_rows_of_trained_controls_and_frame_p
 
 
 def test_without_vggish_weights_fad_is_one_clear_line(tmp_path, monkeypatch):
-    from pvtbuild.train.evaluate import _vggish
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing there
-    model, note = _vggish(None)
+    model, note = vggish_model(None)
     assert model is None and note.startswith("no VGGish weights on this machine") and "\n" not in note
 
 
@@ -176,10 +176,6 @@ def test_evaluate_on_a_split_with_one_clip_says_so(run, dataset, tmp_path):
 @pytest.fixture(scope="module")
 def proof_dataset(tmp_path_factory) -> Path:
     """pipelines/proof.yaml's dataset (2 s clips, only the coarse CQT) from eight Lakh files (both splits)."""
-    import shutil
-
-    from paths import LAKH
-
     midi = tmp_path_factory.mktemp("proof-midi")
     for path in sorted(LAKH.glob("*.mid"))[:8]:
         shutil.copy(path, midi / path.name)
@@ -200,7 +196,7 @@ def test_the_proof_recipe_trains_samples_and_is_judged_without_any_encodec_weigh
                                                              "freq_embed_channels": 2},
                  train={"eval_every": 0, "eval_clips": 0})
     run = tmp_path / "run"
-    train(cfg, run, proof_dataset, steps=2, echo=quiet)
+    train(cfg, TrainOptions(run, proof_dataset, steps=2), echo=quiet)
     out = tmp_path / "eval"
     res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(run), "--data", str(proof_dataset), "--n", "3",
                                    "--split", "train", "--cfg-scale", "1,2", "--steps", "2", "--out", str(out),
@@ -210,5 +206,6 @@ def test_the_proof_recipe_trains_samples_and_is_judged_without_any_encodec_weigh
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["row"] for r in metrics["rows"]] == ["ceiling", "floor", "cfg 1", "cfg 2"]
     assert metrics["rows"][0]["metrics"]["crepe_chroma_accuracy"] >= 0.9  # the coarse CQT's inverse keeps pitch
-    assert metrics["embeddings"]["fd_encodec"].startswith("not computed") and "fd_encodec" not in metrics["frechet_sets"]
+    assert metrics["embeddings"]["fd_encodec"].startswith("not computed")
+    assert "fd_encodec" not in metrics["frechet_sets"]
     assert metrics["decoder"].startswith("the CQT inverse")

@@ -14,8 +14,8 @@ from test_train_loop import config, quiet
 from pvtbuild.cli import cli
 from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.train.checkpoint import load_checkpoint
-from pvtbuild.train.export import export_run, load_export
-from pvtbuild.train.loop import train
+from pvtbuild.train.export import export_run
+from pvtbuild.train.loop import TrainOptions, train
 from pvtbuild.train.sample import load_for_sampling, sampling_autocast
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,14 +28,14 @@ def invoke(*args) -> object:
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export-toy") / "run"
-    train(config("swissroll-edm"), run, steps=3, echo=quiet)
+    train(config("swissroll-edm"), TrainOptions(run, steps=3), echo=quiet)
     return run
 
 
 @pytest.fixture(scope="module")
 def real_run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("export-real") / "run"
-    train(config("edm-encodec-tiny", data={"batch_size": 2}), run, dataset, steps=2, echo=quiet)
+    train(config("edm-encodec-tiny", data={"batch_size": 2}), TrainOptions(run, dataset, steps=2), echo=quiet)
     return run
 
 
@@ -45,7 +45,7 @@ def test_a_toy_export_holds_the_ema_weights_and_samples_the_same_bytes_as_its_ru
     names = sorted(p.name for p in (tmp_path / "ex").iterdir())
     assert names == ["config.yaml", "export.json", "model.safetensors"]  # a toy has no dataset.json
     assert not list(tmp_path.glob(".ex.tmp-*"))  # the temporary folder was renamed
-    state, sampler = load_checkpoint(toy_run), load_export(tmp_path / "ex", torch.device("cpu"))
+    state, sampler = load_checkpoint(toy_run), load_for_sampling(tmp_path / "ex", torch.device("cpu"))
     ema = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
     assert all(torch.equal(sampler.net.state_dict()[k], v) for k, v in ema.items())
     assert not all(torch.equal(state["model"][k], v) for k, v in ema.items())  # the EMA, not the raw weights
@@ -78,14 +78,15 @@ def test_an_export_is_never_overwritten_and_a_changed_weights_file_is_one_line(t
     assert "model.safetensors: its sha256 is not the one export.json records" in res.output
     (tmp_path / "ex" / "export.json").write_text("{}")
     with pytest.raises(InputError, match="export.json: not a pvtbuild export"):
-        load_export(tmp_path / "ex", torch.device("cpu"))
+        load_for_sampling(tmp_path / "ex", torch.device("cpu"))
 
 
 @pytest.mark.slow  # ~1 min on a loaded 2-core box, most of it evaluate's judges (CREPE, EnCodec embeddings)
 def test_a_real_format_export_samples_the_same_wavs_alone_and_evaluate_accepts_it(real_run, dataset, tmp_path):
     res = invoke("export", "--checkpoint", real_run, "--out", tmp_path / "ex")
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "ex" / "dataset.json").read_text()) == json.loads((dataset / "dataset.json").read_text())
+    copied = json.loads((tmp_path / "ex" / "dataset.json").read_text())
+    assert copied == json.loads((dataset / "dataset.json").read_text())
     outs = {}
     for src, out in ((real_run, "a"), (tmp_path / "ex", "b")):  # the export needs no --data: its dataset.json decodes
         res = invoke("sample", "--checkpoint", src, "--out", tmp_path / out, "--n", "1", "--steps", "2", "--bpm", "120",
@@ -114,10 +115,10 @@ def test_init_from_an_export_starts_from_its_ema_weights(toy_run, tmp_path):
     export_run(toy_run, tmp_path / "ex")
     lines: list[str] = []
     cfg = config("swissroll-edm", optim={"lr": 1e-9, "warmup_steps": 0})  # one step that barely moves
-    train(cfg, tmp_path / "ft", steps=1, echo=lines.append, init_from=tmp_path / "ex")
+    train(cfg, TrainOptions(tmp_path / "ft", steps=1, init_from=tmp_path / "ex"), echo=lines.append)
     assert any("fine-tuning from" in line and "config keys changed: optim.lr, optim.warmup_steps" in line
                for line in lines)
-    ema = load_export(tmp_path / "ex", torch.device("cpu")).net.state_dict()
+    ema = load_for_sampling(tmp_path / "ex", torch.device("cpu")).net.state_dict()
     ft = load_checkpoint(tmp_path / "ft")
     assert all(torch.allclose(ft["model"][k], v, atol=1e-8) for k, v in ema.items())
     assert int(ft["ema"]["n_averaged"]) == int(load_checkpoint(toy_run)["ema"]["n_averaged"]) + 1

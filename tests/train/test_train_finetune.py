@@ -15,9 +15,10 @@ from pvtbuild.cli import cli
 from pvtbuild.errors import ConfigError, InputError
 from pvtbuild.train.build import build_backbone, build_formalism
 from pvtbuild.train.checkpoint import load_checkpoint
-from pvtbuild.train.data import DataStats, Position, ToySource
+from pvtbuild.train.data import Position, ToySource
 from pvtbuild.train.guidance import Controls
-from pvtbuild.train.loop import accumulated_backward, ema_beta, lr_factor, train
+from pvtbuild.train.loop import Resume, TrainOptions, accumulated_backward, ema_beta, lr_factor, train
+from pvtbuild.train.spec import DataStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +47,7 @@ def test_with_the_rampup_the_ema_at_step_10_no_longer_holds_the_first_weights(tm
     near the current weights."""
     def run(name: str, steps: int = 10, **optim) -> dict:
         cfg = config("swissroll-edm", optim={"ema_decay": 0.9999, "warmup_steps": 0, **optim})
-        train(cfg, tmp_path / name, steps=steps, echo=quiet)
+        train(cfg, TrainOptions(tmp_path / name, steps=steps), echo=quiet)
         return load_checkpoint(tmp_path / name)
 
     plain, ramped, first = run("plain"), run("ramped", ema_rampup_ratio=0.05), run("first", steps=1)["model"]
@@ -59,9 +60,9 @@ def test_with_the_rampup_the_ema_at_step_10_no_longer_holds_the_first_weights(tm
 
 def test_the_ema_rampup_resumes_exactly(tmp_path):
     cfg = config("swissroll-edm", data={"batch_size": 64}, optim={"ema_decay": 0.999, "ema_rampup_ratio": 0.05})
-    full = train(cfg, tmp_path / "once", steps=12, echo=quiet)
-    train(cfg, tmp_path / "twice", steps=6, echo=quiet)
-    rest = train(cfg, tmp_path / "twice", steps=12, resume=True, echo=quiet)
+    full = train(cfg, TrainOptions(tmp_path / "once", steps=12), echo=quiet)
+    train(cfg, TrainOptions(tmp_path / "twice", steps=6), echo=quiet)
+    rest = train(cfg, TrainOptions(tmp_path / "twice", steps=12, resume=Resume.YES), echo=quiet)
     assert rest.losses == full.losses[6:]
     a, b = load_checkpoint(tmp_path / "once"), load_checkpoint(tmp_path / "twice")
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
@@ -82,15 +83,15 @@ def test_a_cosine_schedule_decays_to_its_floor_and_stays_there():
 def test_a_cosine_schedule_without_floor_refuses_to_train_past_its_end(tmp_path):
     cfg = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 100, "decay_steps": 200})
     with pytest.raises(ConfigError, match=r"^train\.steps: 3000 steps train past step 300, .*optim\.min_lr_ratio"):
-        train(cfg, tmp_path / "run", echo=quiet)
+        train(cfg, TrainOptions(tmp_path / "run"), echo=quiet)
     assert not (tmp_path / "run").exists()  # refused before any work
     cfg = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 1, "decay_steps": 2},
                  train={"steps": 3})
     with pytest.raises(ConfigError, match=r"^--steps: 5 steps train past step 3"):
-        train(cfg, tmp_path / "run", steps=5, echo=quiet)
+        train(cfg, TrainOptions(tmp_path / "run", steps=5), echo=quiet)
     floored = config("swissroll-edm", optim={"schedule": "cosine", "warmup_steps": 1, "decay_steps": 2,
                                              "min_lr_ratio": 0.1}, train={"steps": 3})
-    assert train(floored, tmp_path / "run", steps=5, echo=quiet).step == 5
+    assert train(floored, TrainOptions(tmp_path / "run", steps=5), echo=quiet).step == 5
 
 
 # --- gradient accumulation ----------------------------------------------------------------------
@@ -146,14 +147,14 @@ def test_two_accumulated_micro_batches_of_4_step_to_the_weights_of_one_batch_of_
 
 def test_accumulate_reads_n_micro_batches_a_step_and_resumes_exactly(tmp_path):
     cfg = config("swissroll-edm", data={"batch_size": 32}, train={"accumulate": 3})
-    full = train(cfg, tmp_path / "once", steps=6, echo=quiet)
+    full = train(cfg, TrainOptions(tmp_path / "once", steps=6), echo=quiet)
     state = load_checkpoint(tmp_path / "once")
     assert state["position"]["batch"] == 18  # 3 toy batches a step
     assert float(log_rows(tmp_path / "once")[0]["examples_per_s"]) > 0
-    train(cfg, tmp_path / "twice", steps=3, echo=quiet)
-    rest = train(cfg, tmp_path / "twice", steps=6, resume=True, echo=quiet)
+    train(cfg, TrainOptions(tmp_path / "twice", steps=3), echo=quiet)
+    rest = train(cfg, TrainOptions(tmp_path / "twice", steps=6, resume=Resume.YES), echo=quiet)
     assert rest.losses == full.losses[3:]
-    one = train(config("swissroll-edm", data={"batch_size": 32}), tmp_path / "one", steps=6, echo=quiet)
+    one = train(config("swissroll-edm", data={"batch_size": 32}), TrainOptions(tmp_path / "one", steps=6), echo=quiet)
     assert one.losses[0] != full.losses[0]  # the first micro-batch is the same: the loss is averaged with the others
 
 
@@ -168,14 +169,15 @@ def test_a_bad_accumulate_is_one_line_naming_the_key():
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("base") / "run"
-    train(config("swissroll-edm", optim={"warmup_steps": 0}), run, steps=4, echo=quiet)  # moved ~4 x lr 1e-3
+    # moved ~4 x lr 1e-3
+    train(config("swissroll-edm", optim={"warmup_steps": 0}), TrainOptions(run, steps=4), echo=quiet)
     return run
 
 
 def test_init_from_loads_weights_and_ema_not_optimizer_or_step_and_prints_changed_keys(base_run, tmp_path):
     lines: list[str] = []
     cfg = config("swissroll-edm", optim={"lr": 5e-4, "warmup_steps": 3})
-    result = train(cfg, tmp_path / "ft", steps=1, echo=lines.append, init_from=base_run)
+    result = train(cfg, TrainOptions(tmp_path / "ft", steps=1, init_from=base_run), echo=lines.append)
     assert result.step == 1
     said = next(line for line in lines if "fine-tuning" in line)
     assert said.endswith("config keys changed: optim.lr, optim.warmup_steps"), said
@@ -187,9 +189,10 @@ def test_init_from_loads_weights_and_ema_not_optimizer_or_step_and_prints_change
     ema = {k: 0.99 * base["ema"][k] + 0.01 * ft["model"][k[len("module."):]]
            for k in base["ema"] if k.startswith("module.")}
     assert all(torch.allclose(ft["ema"][k], v, atol=1e-7) for k, v in ema.items())
-    fresh = train(cfg, tmp_path / "fresh", steps=1, echo=quiet)  # without --init-from: the base's 4 steps are gone
-    assert fresh.step == 1 and max(float((load_checkpoint(tmp_path / "fresh")["model"][k] - base["model"][k]).abs().max())
-                                   for k in base["model"]) > 2e-3
+    # without --init-from: the base's 4 steps are gone
+    fresh = train(cfg, TrainOptions(tmp_path / "fresh", steps=1), echo=quiet)
+    fresh_model = load_checkpoint(tmp_path / "fresh")["model"]
+    assert fresh.step == 1 and max(float((fresh_model[k] - base["model"][k]).abs().max()) for k in base["model"]) > 2e-3
 
 
 def test_init_from_another_architecture_is_one_line_naming_the_parameter(base_run, tmp_path):
@@ -200,7 +203,8 @@ def test_init_from_another_architecture_is_one_line_naming_the_parameter(base_ru
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "--init-from: parameter inp.weight has shape [128, 2] there, [64, 2] in this config's model" in res.output
     with pytest.raises(InputError, match="no such checkpoint"):
-        train(config("swissroll-edm"), tmp_path / "ft2", steps=1, echo=quiet, init_from=tmp_path / "nothing")
+        train(config("swissroll-edm"), TrainOptions(tmp_path / "ft2", steps=1, init_from=tmp_path / "nothing"),
+              echo=quiet)
     res = CliRunner().invoke(cli, ["train", "--config", str(TRAIN_CONFIGS / "swissroll-edm.yaml"), "--out",
                                    str(base_run), "--resume", "--init-from", str(base_run)])
     assert res.exit_code == 2 and "pass one" in res.output

@@ -11,7 +11,6 @@ import torch
 from discdpm_reference import ReferenceDiscDPM
 from pvtbuild.errors import ConfigError
 from pvtbuild.train.backbone import UNetConfig, build_unet
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.formalisms import (
     DDPM,
     EDM,
@@ -26,15 +25,10 @@ from pvtbuild.train.formalisms import (
     make_formalism,
 )
 from pvtbuild.train.guidance import Controls, guided
-from pvtbuild.train.toys import (
-    ToyMLPConfig,
-    build_toy_mlp,
-    disc_to_points,
-    nearest_neighbour_distance,
-    sliced_wasserstein,
-    swissroll,
-    swissroll_disc,
-)
+from pvtbuild.train.spec import DataSpec
+from pvtbuild.train.toy_data import disc_to_points, swissroll, swissroll_disc
+from pvtbuild.train.toy_metrics import nearest_neighbour_distance, sliced_wasserstein
+from pvtbuild.train.toy_model import ToyMLPConfig, build_toy_mlp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

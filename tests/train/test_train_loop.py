@@ -18,13 +18,16 @@ import yaml
 from click.testing import CliRunner
 
 from pvtbuild.cli import cli
+from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
 from pvtbuild.train import loop as loop_module
 from pvtbuild.train.build import build_backbone, build_formalism
 from pvtbuild.train.checkpoint import list_checkpoints, load_checkpoint
 from pvtbuild.train.config import load_train_config, train_config_from_dict
-from pvtbuild.train.data import DatasetSource, DataStats, Position, dataset_layout, mix_seed
-from pvtbuild.train.loop import LOG_COLUMNS, train
+from pvtbuild.train.data import DatasetSource, Position, dataset_layout, mix_seed
+from pvtbuild.train.loop import LOG_COLUMNS, Resume, TrainOptions, train
+from pvtbuild.train.sample import sample_toy
+from pvtbuild.train.spec import DataStats
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_CONFIGS = REPO / "pipelines" / "train"
@@ -76,9 +79,7 @@ def test_every_toy_config_trains_logs_checkpoints_and_samples_through_the_cli(na
 
 def test_sampling_is_reproducible_from_its_seed_and_differs_across_seeds(tmp_path):
     run = tmp_path / "run"
-    train(config("swissroll-iadb"), run, steps=3, echo=quiet)
-    from pvtbuild.train.sample import sample_toy
-
+    train(config("swissroll-iadb"), TrainOptions(run, steps=3), echo=quiet)
     a = np.load(sample_toy(run, tmp_path / "a", 32, 4, seed=1))
     b = np.load(sample_toy(run, tmp_path / "b", 32, 4, seed=1))
     c = np.load(sample_toy(run, tmp_path / "c", 32, 4, seed=2))
@@ -91,9 +92,9 @@ def test_sampling_is_reproducible_from_its_seed_and_differs_across_seeds(tmp_pat
 def test_ten_plus_ten_resumed_steps_equal_twenty_bit_for_bit_on_a_toy(tmp_path):
     cfg = config("swissroll-edm", data={"batch_size": 64})
     once, twice = tmp_path / "once", tmp_path / "twice"
-    full = train(cfg, once, steps=20, echo=quiet)
-    first = train(cfg, twice, steps=10, echo=quiet)
-    second = train(cfg, twice, steps=20, resume=True, echo=quiet)
+    full = train(cfg, TrainOptions(once, steps=20), echo=quiet)
+    first = train(cfg, TrainOptions(twice, steps=10), echo=quiet)
+    second = train(cfg, TrainOptions(twice, steps=20, resume=Resume.YES), echo=quiet)
     assert first.losses + second.losses == full.losses  # floats compared exactly
     assert [r["loss"] for r in log_rows(twice)] == [r["loss"] for r in log_rows(once)]
     a, b = load_checkpoint(once), load_checkpoint(twice)
@@ -104,9 +105,9 @@ def test_ten_plus_ten_resumed_steps_equal_twenty_bit_for_bit_on_a_toy(tmp_path):
 def test_resume_on_a_dataset_continues_at_the_same_data_position_bit_for_bit(dataset, tmp_path):
     cfg = config("edm-encodec-tiny", data={"batch_size": 1})  # 1 per batch: an epoch ends within the run
     once, twice = tmp_path / "once", tmp_path / "twice"
-    full = train(cfg, once, dataset, steps=8, echo=quiet)
-    train(cfg, twice, dataset, steps=4, echo=quiet)
-    rest = train(cfg, twice, dataset, steps=8, resume=True, echo=quiet)
+    full = train(cfg, TrainOptions(once, dataset, steps=8), echo=quiet)
+    train(cfg, TrainOptions(twice, dataset, steps=4), echo=quiet)
+    rest = train(cfg, TrainOptions(twice, dataset, steps=8, resume=Resume.YES), echo=quiet)
     assert rest.losses == full.losses[4:]
     a, b = load_checkpoint(once), load_checkpoint(twice)
     assert a["position"] == b["position"] and a["position"]["epoch"] >= 1
@@ -115,29 +116,32 @@ def test_resume_on_a_dataset_continues_at_the_same_data_position_bit_for_bit(dat
 
 def test_resume_refuses_a_changed_config_naming_the_first_differing_key(tmp_path):
     run = tmp_path / "run"
-    train(config("swissroll-ddpm"), run, steps=2, echo=quiet)
+    train(config("swissroll-ddpm"), TrainOptions(run, steps=2), echo=quiet)
     with pytest.raises(ConfigError, match=r"^optim\.lr: differs .*0\.001 there, 0\.002 now"):
-        train(config("swissroll-ddpm", optim={"lr": 2e-3}), run, steps=4, resume=True, echo=quiet)
-    train(config("swissroll-ddpm", train={"steps": 99}), run, steps=4, resume=True, echo=quiet)  # steps may change
+        train(config("swissroll-ddpm", optim={"lr": 2e-3}), TrainOptions(run, steps=4, resume=Resume.YES), echo=quiet)
+    # steps may change
+    train(config("swissroll-ddpm", train={"steps": 99}), TrainOptions(run, steps=4, resume=Resume.YES), echo=quiet)
 
 
 def test_a_run_directory_with_checkpoints_is_never_overwritten_without_resume(tmp_path):
     run = tmp_path / "run"
-    train(config("swissroll-ddpm"), run, steps=2, echo=quiet)
+    train(config("swissroll-ddpm"), TrainOptions(run, steps=2), echo=quiet)
     with pytest.raises(PvtbuildError, match="already holds checkpoints.*--resume"):
-        train(config("swissroll-ddpm"), run, steps=4, echo=quiet)
+        train(config("swissroll-ddpm"), TrainOptions(run, steps=4), echo=quiet)
     with pytest.raises(PvtbuildError, match="no checkpoint to resume"):
-        train(config("swissroll-ddpm"), tmp_path / "new", steps=4, resume=True, echo=quiet)
-    assert train(config("swissroll-ddpm"), tmp_path / "auto", steps=2, resume="auto", echo=quiet).step == 2  # starts
-    assert train(config("swissroll-ddpm"), run, steps=3, resume="auto", echo=quiet).losses.__len__() == 1  # resumes
+        train(config("swissroll-ddpm"), TrainOptions(tmp_path / "new", steps=4, resume=Resume.YES), echo=quiet)
+    auto = TrainOptions(tmp_path / "auto", steps=2, resume=Resume.AUTO)
+    assert train(config("swissroll-ddpm"), auto, echo=quiet).step == 2  # starts
+    again = TrainOptions(run, steps=3, resume=Resume.AUTO)
+    assert train(config("swissroll-ddpm"), again, echo=quiet).losses.__len__() == 1  # resumes
 
 
 def test_a_resume_keeps_only_log_rows_up_to_its_checkpoint(tmp_path):
     cfg = config("swissroll-iadb", train={"checkpoint_every": 3})
     run = tmp_path / "run"
-    train(cfg, run, steps=5, echo=quiet)  # checkpoints at 3 and 5
+    train(cfg, TrainOptions(run, steps=5), echo=quiet)  # checkpoints at 3 and 5
     list_checkpoints(run)[-1].unlink()  # as if killed after step 5's log row, before its checkpoint
-    train(cfg, run, steps=6, resume=True, echo=quiet)
+    train(cfg, TrainOptions(run, steps=6, resume=Resume.YES), echo=quiet)
     assert [int(r["step"]) for r in log_rows(run)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -180,14 +184,14 @@ def test_a_non_finite_loss_is_counted_and_its_step_skipped(tmp_path, monkeypatch
     cfg = config("swissroll-edm")
     monkeypatch.setattr(loop_module, "build_formalism", lambda *a: NaNAtThird(real(*a)))
     run2 = tmp_path / "run2"
-    result = train(cfg, run2, steps=3, echo=quiet)
+    result = train(cfg, TrainOptions(run2, steps=3), echo=quiet)
     assert result.skipped == 1
     rows = log_rows(run2)
     assert rows[2]["loss"] == "nan" and rows[2]["skipped"] == "1"
     ckpt = load_checkpoint(run2)
     assert ckpt["skipped"] == 1
     monkeypatch.setattr(loop_module, "build_formalism", real)
-    ref = train(cfg, tmp_path / "ref", steps=2, echo=quiet)  # the same first two steps, no NaN
+    ref = train(cfg, TrainOptions(tmp_path / "ref", steps=2), echo=quiet)  # the same first two steps, no NaN
     assert ref.losses == result.losses[:2]
     two = load_checkpoint(tmp_path / "ref")["model"]
     assert all(torch.equal(ckpt["model"][k], two[k]) for k in two)  # step 3 changed no weight
@@ -211,12 +215,12 @@ def test_a_config_asking_for_what_the_dataset_lacks_stops_naming_both(dataset, t
     small = tmp_path / "ds"
     shutil.copytree(dataset, small)
     shapes = (small / "shapes.txt").read_text().splitlines()
-    (small / "shapes.txt").write_text("\n".join(l for l in shapes if not l.startswith(("cqt ", "beat_"))) + "\n")
+    (small / "shapes.txt").write_text("\n".join(s for s in shapes if not s.startswith(("cqt ", "beat_"))) + "\n")
     with pytest.raises(InputError, match=r"has no 'cqt' array .*data\.format: cqt"):
-        train(config("edm-cqt-tiny"), tmp_path / "r1", small, steps=1, echo=quiet)
+        train(config("edm-cqt-tiny"), TrainOptions(tmp_path / "r1", small, steps=1), echo=quiet)
     with pytest.raises(InputError, match=r"has no control 'beat_75hz'.*data\.controls"):
-        train(config("edm-encodec-tiny", data={"controls": ["velocity", "beat"]}), tmp_path / "r2", small, steps=1,
-              echo=quiet)
+        train(config("edm-encodec-tiny", data={"controls": ["velocity", "beat"]}),
+              TrainOptions(tmp_path / "r2", small, steps=1), echo=quiet)
 
 
 def test_a_bad_training_config_is_one_line_naming_the_key(tmp_path):
@@ -252,16 +256,12 @@ def test_two_ranks_read_disjoint_files_that_cover_the_split_each_epoch(dataset):
                 break
             epoch0 += batch.ids
         ids.append(epoch0)
-    from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
-
     every = sorted(r["id"] for r in TFRecordIterableDataset(dataset, "train", names=["id"]))
     assert set(ids[0]).isdisjoint(ids[1]) and ids[0] and ids[1]
     assert sorted(ids[0] + ids[1]) == every
 
 
 def test_controls_are_the_datasets_and_resampled_to_the_data_grid(dataset):
-    from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
-
     cfg = config("edm-cqt-tiny", data={"batch_size": 1, "control_grid": "75hz", "controls": ["velocity"]})
     layout = dataset_layout(cfg.data, dataset)
     source = DatasetSource(cfg.data, dataset, layout, DataStats(), seed=0)
@@ -305,7 +305,7 @@ def test_tiny_real_configs_learn_on_a_real_dataset(name, batch, steps, lr, ratio
     cfg = config(name, data={"batch_size": batch}, optim={"lr": lr, "warmup_steps": 5}, guidance={"p_feature": 0.0},
                  train={"checkpoint_every": 1})
     run = tmp_path / "run"
-    train(cfg, run, dataset, steps=steps, echo=quiet)
+    train(cfg, TrainOptions(run, dataset, steps=steps), echo=quiet)
     first, last = load_checkpoint(list_checkpoints(run)[0]), load_checkpoint(run)
     torch.manual_seed(mix_seed(cfg.seed, 0))
     init = {"model": build_backbone(cfg, dataset_layout(cfg.data, dataset).spec).state_dict(), "stats": last["stats"]}
@@ -326,7 +326,7 @@ def test_two_gloo_processes_under_torchrun_keep_identical_weights(dataset, tmp_p
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "pvtbuild.cli", "train",
            "--config", str(cfg_file), "--data", str(dataset), "--out", str(run), "--steps", "4", "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, "\n".join(l for l in res.stderr.splitlines() if "%|" not in l)[-3000:]
+    assert res.returncode == 0, "\n".join(s for s in res.stderr.splitlines() if "%|" not in s)[-3000:]
     state = load_checkpoint(run)
     digests = state["rank_weights_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
@@ -338,9 +338,9 @@ def test_two_gloo_processes_under_torchrun_keep_identical_weights(dataset, tmp_p
 def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(tmp_path):
     """Keys added since (data.crop_seconds, train.eval_*) read as their defaults, not as a changed config."""
     run = tmp_path / "run"
-    train(config("swissroll-ddpm"), run, steps=2, echo=quiet)
+    train(config("swissroll-ddpm"), TrainOptions(run, steps=2), echo=quiet)
     path = list_checkpoints(run)[-1]
     state = torch.load(path, weights_only=True)
     del state["config"]["data"]["crop_seconds"], state["config"]["train"]["eval_every"]
     torch.save(state, path)
-    assert train(config("swissroll-ddpm"), run, steps=3, resume=True, echo=quiet).step == 3
+    assert train(config("swissroll-ddpm"), TrainOptions(run, steps=3, resume=Resume.YES), echo=quiet).step == 3

@@ -7,6 +7,7 @@ Tiny checkpoints of each real format are trained for 3 steps on the session's sm
 from __future__ import annotations
 
 import json
+import shutil
 import wave
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pvtbuild.cli import cli
 from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.music.controls import CONTROL_NAMES, frame_times
 from pvtbuild.stages.select import read_selection
+from pvtbuild.tools.inspect import clip_ids
 from pvtbuild.train.conditioning import (
     ControlRequest,
     build_controls,
@@ -28,10 +30,11 @@ from pvtbuild.train.conditioning import (
     controls_from_midi,
     model_controls,
 )
-from pvtbuild.train.data import DatasetSource, DataStats, Position
+from pvtbuild.train.data import DatasetSource, Position
 from pvtbuild.train.guidance import NULL_VALUE
-from pvtbuild.train.loop import train
-from pvtbuild.train.sample import control_space, load_for_sampling
+from pvtbuild.train.loop import TrainOptions, train
+from pvtbuild.train.sample import control_space, load_for_sampling, sample_to_wav
+from pvtbuild.train.spec import DataStats
 
 EXAMPLES = REPO / "examples" / "midi"
 DEMO_FILE = EXAMPLES / "024bdf7815ae8b97ac8cac959cce3c5f.mid"  # shipped demo file, also one of the small build's
@@ -47,7 +50,7 @@ def runs(dataset, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sample-runs")
     out = {}
     for fmt, name in FORMATS.items():
-        train(config(name, data={"batch_size": 2}), root / fmt, dataset, steps=3, echo=quiet)
+        train(config(name, data={"batch_size": 2}), TrainOptions(root / fmt, dataset, steps=3), echo=quiet)
         out[fmt] = root / fmt
     return out
 
@@ -63,8 +66,6 @@ def _wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _a_clip(dataset: Path) -> str:
-    from pvtbuild.tools.inspect import clip_ids
-
     return clip_ids(dataset)[0]
 
 
@@ -193,22 +194,19 @@ def test_bad_sampling_requests_are_one_line_errors(args, expected, runs, tmp_pat
 
 def test_a_run_whose_dataset_moved_asks_for_data(runs, tmp_path):
     moved = tmp_path / "run"
-    import shutil
-
     shutil.copytree(runs["encodec"], moved)
     rec = json.loads((moved / "run.json").read_text())
     rec["dataset"] = str(tmp_path / "gone")
     (moved / "run.json").write_text(json.dumps(rec))
     with pytest.raises(PvtbuildError, match="pass --data"):
-        from pvtbuild.train.sample import sample_to_wav
-
         sample_to_wav(moved, tmp_path / "s", 1, ControlRequest(), steps=1)
 
 
 def test_iadb_encodec_bpm_tiny_trains_and_samples_a_tempo_through_the_cli(dataset, tmp_path):
     """LADMG's setup (issue 18, item 6): IADB on EnCodec latents with beat and bpm controls, as a user runs it."""
     run, out = tmp_path / "run", tmp_path / "s"
-    res = CliRunner().invoke(cli, ["train", "--config", str(REPO / "pipelines" / "train" / "iadb-encodec-bpm-tiny.yaml"),
+    bpm_config = REPO / "pipelines" / "train" / "iadb-encodec-bpm-tiny.yaml"
+    res = CliRunner().invoke(cli, ["train", "--config", str(bpm_config),
                                    "--data", str(dataset), "--out", str(run), "--steps", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(run), "--out", str(out), "--n", "1", "--steps", "2",

@@ -1,4 +1,4 @@
-"""Toy data, the toy backbone and the sample metrics (train/toys.py)."""
+"""Toy data, the toy backbone and the sample metrics (train/toy_data.py, toy_model.py, toy_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,16 @@ import pytest
 import torch
 
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import Controls
-from pvtbuild.train.toys import (
-    TOYS,
-    ToyMLPConfig,
-    build_toy_mlp,
-    disc_to_points,
-    nearest_neighbour_distance,
-    points_to_disc,
-    sliced_wasserstein,
-    swissroll,
-    swissroll_disc,
-)
+from pvtbuild.train.spec import DataSpec
+from pvtbuild.train.toy_data import TOYS, disc_to_points, points_to_disc, swissroll, swissroll_disc
+from pvtbuild.train.toy_metrics import nearest_neighbour_distance, sliced_wasserstein
+from pvtbuild.train.toy_model import ToyMLPConfig, build_toy_mlp
 
 
 def test_swissroll_follows_sklearns_make_swiss_roll():
-    from sklearn import datasets  # installed with librosa; declared in the test extras: absent means fail, not skip
+    # installed with librosa; declared in the test extras: absent means fail, not skip
+    from sklearn import datasets  # noqa: PLC0415  (scikit-learn takes seconds to import; this test alone needs it)
 
     theirs = torch.from_numpy(datasets.make_swiss_roll(20000, noise=0.5, random_state=0)[0][:, [0, 2]] / 10).float()
     ours = swissroll(20000, 1)

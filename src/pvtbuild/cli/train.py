@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -30,12 +29,13 @@ from pvtbuild.errors import PvtbuildError
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print its parameter count and a batch's shapes, exit.")
 @click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None,
-              help="Fine-tune: start from the weights and EMA of this checkpoint, run or export; fresh optimizer, step 0.")
+              help="Fine-tune: start from the weights and EMA of this checkpoint, run or export; fresh optimizer, "
+                   "step 0.")
 def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resume: bool, auto_resume: bool,
               allow_inexact_resume: bool, device: str, dry_run: bool, init_from: Path | None) -> None:
     """Train a diffusion model on a dataset (or a toy) into --out; torchrun runs it on several GPUs."""
-    from pvtbuild.train.config import load_train_config
-    from pvtbuild.train.loop import train
+    from pvtbuild.train.config import load_train_config  # noqa: PLC0415  (the trainer loads torch: seconds)
+    from pvtbuild.train.loop import Resume, TrainOptions, train  # noqa: PLC0415  (the trainer loads torch: seconds)
 
     if steps is not None and steps < 1:
         raise PvtbuildError(f"--steps must be >= 1, got {steps}")
@@ -44,14 +44,12 @@ def train_cmd(config: str, data: Path | None, out: Path, steps: int | None, resu
     if resume and init_from is not None:
         raise PvtbuildError("--resume continues a run, --init-from starts one; pass one "
                             "(--auto-resume --init-from suits a requeued fine-tuning job)")
-    cfg = load_train_config(config)
-    result = train(cfg, out, data, steps, "auto" if auto_resume else resume, device, dry_run,
-                   echo=lambda line: click.echo(line, err=True), init_from=init_from,
-                   allow_inexact_resume=allow_inexact_resume)
-    code = 143 if result.stopped_by_signal else 0
+    mode = Resume.AUTO if auto_resume else Resume.YES if resume else Resume.NO
+    options = TrainOptions(out, data, steps, mode, device, dry_run, init_from, allow_inexact_resume)
+    result = train(load_train_config(config), options, echo=lambda line: click.echo(line, err=True))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _exit_without_finalizing(code)
-    sys.exit(code)
+        _exit_without_finalizing(result.exit_code)
+    sys.exit(result.exit_code)
 
 
 def _exit_without_finalizing(code: int) -> None:
@@ -77,7 +75,7 @@ def _exit_without_finalizing(code: int) -> None:
               help="The training dataset (default: the one run.json records), whose dataset.json is copied.")
 def export_cmd(checkpoint: Path, out: Path, data: Path | None) -> None:
     """Export a run's EMA weights as safetensors with its config, data facts and dataset summary."""
-    from pvtbuild.train.export import export_run
+    from pvtbuild.train.export import export_run  # noqa: PLC0415  (the trainer loads torch: seconds)
 
     click.echo(f"export: {export_run(checkpoint, out, data)}", err=True)
 
@@ -97,7 +95,8 @@ def export_cmd(checkpoint: Path, out: Path, data: Path | None) -> None:
               help="Controls from a .npz or .json of arrays (velocity, chroma, instrument, beat, ...).")
 @click.option("--instrument", default=None, help="Instrument class (piano, violin, ...); overrides the controls'.")
 @click.option("--bpm", type=float, default=None, help="A constant tempo: beat sawtooth of period 60/BPM s.")
-@click.option("--cfg-scale", type=float, default=None, help="Classifier-free guidance scale (config: guidance.cfg_scale).")
+@click.option("--cfg-scale", type=float, default=None,
+              help="Classifier-free guidance scale (config: guidance.cfg_scale).")
 @click.option("--steps", type=int, default=None, help="Sampler steps (default: the config's / formalism's).")
 @click.option("--batch-size", type=int, default=None, help="Samples per sampler call [min(n, 8)].")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -110,24 +109,12 @@ def sample_cmd(checkpoint: Path, out: Path, n: int | None, midi: Path | None, tr
                cfg_scale: float | None, steps: int | None, batch_size: int | None, data: Path | None, no_plot: bool,
                seed: int, device: str) -> None:
     """Sample a trained model: a toy into OUT/samples.npy; a real format to WAVs from controls you write."""
-    from pvtbuild.train.conditioning import ControlRequest
-    from pvtbuild.train.loop import pick_device
-    from pvtbuild.train.sample import load_for_sampling, sample_to_wav, sample_toy
+    from pvtbuild.train.conditioning import ControlRequest  # noqa: PLC0415  (the trainer loads torch: seconds)
+    from pvtbuild.train.sample import SampleOptions, sample  # noqa: PLC0415  (the trainer loads torch: seconds)
 
-    _check_finite("--cfg-scale", cfg_scale)
     request = ControlRequest(midi, track, start, like, controls_file, instrument, bpm)
-    dev = pick_device(device)
-    sampler = load_for_sampling(checkpoint, dev)
-    if sampler.cfg.is_toy:
-        if request != ControlRequest() or cfg_scale is not None or data is not None:
-            raise PvtbuildError(f"{checkpoint}: a toy model takes no controls, --cfg-scale or --data")
-        count = _sample_count(n, 1000, 1_000_000)
-        path = sample_toy(sampler, out, count, steps, seed)
-        click.echo(f"sample: {count} samples in {path}", err=True)
-        return
-    report = sample_to_wav(sampler, out, _sample_count(n, 4, 10_000), request, data, steps, cfg_scale, seed,
-                           batch_size, dev, plots=not no_plot)
-    echo_lines(report.lines)
+    echo_lines(sample(SampleOptions(checkpoint, out, n, request, cfg_scale, steps, batch_size, data, not no_plot, seed,
+                                    device)).lines)
 
 
 @cli.command("evaluate")
@@ -155,32 +142,12 @@ def evaluate_cmd(checkpoint: Path, data: Path, n: int, cfg_scale: str, out: Path
                  batch_size: int, plot: bool, vggish: Path | None, split: str, seed: int, device: str,
                  judge_model: str) -> None:
     """Sample with the controls of N valid clips and measure how well the audio obeys them (metrics.json)."""
-    from pvtbuild.train.evaluate import evaluate
-    from pvtbuild.train.loop import pick_device
+    from pvtbuild.train.evaluate import EvalOptions, evaluate  # noqa: PLC0415  (the trainer loads torch: seconds)
 
     try:
         scales = tuple(float(x) for x in csv_option(cfg_scale) or ())
     except ValueError:
         raise PvtbuildError(f"--cfg-scale {cfg_scale!r}: expected comma-separated numbers, e.g. 1,2,4") from None
-    for scale in scales:
-        _check_finite("--cfg-scale", scale)
-    report = evaluate(checkpoint, data, n, scales, out, steps, seed, batch_size, pick_device(device), plot, vggish, split,
-                      judge_model=judge_model)
+    report = evaluate(EvalOptions(checkpoint, data, n, scales, out, steps, seed, batch_size, device, plot, vggish,
+                                  split, judge_model))
     click.echo("\n".join(report.lines))
-
-
-def _check_finite(option: str, value: float | None) -> None:
-    """A float option (`--cfg-scale`) must be a number: nan or inf would sample NaN audio without a word."""
-    if value is not None and not math.isfinite(value):
-        raise PvtbuildError(f"{option} must be a finite number, got {value}")
-
-
-def _sample_count(n: int | None, default: int, most: int) -> int:
-    """`--n`, or `default` when not given; 0 once silently meant the default, and a huge count failed late
-    in an allocator: both are refused."""
-    if n is None:
-        return default
-    if not 1 <= n <= most:
-        raise PvtbuildError(f"--n must be within 1..{most}, got {n}")
-    return n
-

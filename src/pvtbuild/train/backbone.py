@@ -1,4 +1,4 @@
-"""The conditional U-Net of the report (§3.4, Fig. 3.7): ``F(x_in, noise_level, controls)``.
+"""The conditional U-Net of Manté 2024 (§3.4, Fig. 3.7): ``F(x_in, noise_level, controls)``.
 
 It knows nothing of EDM, DDPM or IADB: a formalism hands it the noisy input, one float per
 example saying how noisy it is (``ln(sigma)/4``, a timestep, ``1000 alpha``: the embedding does
@@ -6,20 +6,20 @@ not care), and the batch's `Controls`; it returns a tensor shaped like the data 
 formats) or logits ``[B, C, K, *rest]`` (discrete codes ``[B, C, *rest]``, class axis 2: the output
 convolution's ``[B, C * K, T]`` viewed, no transposed copy).
 
-Layout, following Ronneberger et al. 2015 as the report does:
+Layout, following Ronneberger et al. 2015 as Manté 2024 does:
 
 - ``L = len(channel_mults)`` levels. The encoder has one `Block` per level (two convolutions
   with the noise-level modulation between them; GroupNorm with one group; SiLU), and max-pools
   time (and frequency, for 2D data) by 2 between levels.
 - The decoder has one `Block` per level too: a middle block at the deepest level, then per
   shallower level a nearest-neighbour upsampling, the concatenated skip connection, and a block.
-  Its widths are ``channels * up_channel_mults`` (UNetExpand, §3.4.3: wider than the encoder's
+  Its widths are ``channels * up_channel_mults`` (UNetExpand, Manté 2024 §3.4.3: wider than the encoder's
   for discrete codes, so the 1x1 `OutConv` does not jump from 16 to 16 x 1024 channels).
 - Local controls ``[B, C_local, T]`` go through a branch shaped like the encoder with
   ``control_channels`` channels at every level (time halved per level); its features are
   concatenated to each encoder block's input. 2D data broadcast them over frequency.
 - Global controls ``[B, C_global]`` go through a chain of MLP blocks ending in a sigmoid (each
-  one's output the next one's input, §3.4.2); the last output joins the noise embedding in the
+  one's output the next one's input, Manté 2024 §3.4.2); the last output joins the noise embedding in the
   vector every block's scale/shift (FiLM) is computed from.
 
 Sizes not divisible by ``2**(L-1)`` (1921 CQT frames, 216 bins) are zero-padded on the right
@@ -44,8 +44,8 @@ from torch import Tensor, nn
 
 from pvtbuild.config import require
 from pvtbuild.errors import ConfigError
-from pvtbuild.train.data import DataSpec
 from pvtbuild.train.guidance import NULL_VALUE, Controls
+from pvtbuild.train.spec import DataSpec
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,12 @@ class UNetConfig:
     channels: int = 32  # base width: level i of the encoder has channels * channel_mults[i]
     channel_mults: tuple[int, ...] = (1, 2, 4)  # one per level; time (and frequency) halved per level
     up_channel_mults: tuple[int, ...] | None = None  # decoder's, one per level (UNetExpand); None: the encoder's
-    control_channels: int = 128  # width of the local-control branch at every level (report: 128)
+    control_channels: int = 128  # width of the local-control branch at every level (Manté 2024: 128)
     global_mlp: tuple[int, ...] = ()  # hidden sizes of the chained global-control MLP blocks (FiLM)
     code_embed_dim: int = 32  # per-codebook embedding width of discrete inputs
     noise_embed_dim: int = 64  # sinusoidal embedding of the noise level; its MLP is 4x wider
-    freq_embed_channels: int = 0  # 2-D data: learned per-bin channels (of the bin and the local controls) joined to the input
+    # 2-D data: learned per-bin channels (of the bin and the local controls) joined to the input
+    freq_embed_channels: int = 0
     dropout: float = 0.0  # inside every block, after the modulation
 
     def check(self, key: str) -> None:
@@ -68,7 +69,8 @@ class UNetConfig:
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), f"{key}.channel_mults",
                  f"must be a non-empty list of integers >= 1, got {list(self.channel_mults)}")
         if self.up_channel_mults is not None:
-            require(len(self.up_channel_mults) == len(self.channel_mults) and all(m >= 1 for m in self.up_channel_mults),
+            require(len(self.up_channel_mults) == len(self.channel_mults)
+                    and all(m >= 1 for m in self.up_channel_mults),
                      f"{key}.up_channel_mults", f"must have one integer >= 1 per level ({len(self.channel_mults)}), "
                      f"got {list(self.up_channel_mults)}")
         require(1 <= self.control_channels <= 4096, f"{key}.control_channels",
@@ -114,8 +116,8 @@ class NoiseEmbedding(nn.Module):
 
 
 class GlobalBranch(nn.Module):
-    """Global controls through chained MLP blocks, each ``Linear, SiLU, Linear, Sigmoid`` (report
-    §3.4.2: the sigmoid makes each output an activation mechanism for channels); the last block's
+    """Global controls through chained MLP blocks, each ``Linear, SiLU, Linear, Sigmoid`` (Manté
+    2024 §3.4.2: the sigmoid makes each output an activation mechanism for channels); the last block's
     output feeds every U-Net block's FiLM."""
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...]) -> None:
@@ -343,7 +345,8 @@ def build_unet(cfg: UNetConfig, spec: DataSpec, key: str = "model") -> UNet:
     cuDNN's bf16 kernels prefer it too. Raises `ConfigError` naming the key when the config cannot
     serve the data."""
     cfg.check(key)
-    require(1 <= len(spec.shape) <= 3, key, f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
+    require(1 <= len(spec.shape) <= 3, key,
+            f"a U-Net models [C], [C, T] or [C, F, T] data, got shape {list(spec.shape)}")
     if cfg.freq_embed_channels and len(spec.shape) != 3:
         raise ConfigError(f"{key}.freq_embed_channels: only 2-D data (cqt [C, F, T]) has a frequency axis; "
                           f"this data is shaped {list(spec.shape)}")

@@ -11,26 +11,22 @@ from typing import Any
 
 from torch import nn
 
-from pvtbuild.train.backbone import count_parameters  # noqa: F401  (re-exported for the loop)
+from pvtbuild.train.backbone import build_unet
 from pvtbuild.train.config import TrainConfig
-from pvtbuild.train.data import DataSpec, DataStats
+from pvtbuild.train.formalisms import make_formalism
+from pvtbuild.train.spec import DataSpec, DataStats
+from pvtbuild.train.toy_model import build_toy_mlp
 
 
 def build_backbone(cfg: TrainConfig, spec: DataSpec) -> nn.Module:
     """The toy MLP for toy data, the conditional U-Net for a dataset's formats."""
     if cfg.is_toy:
-        from pvtbuild.train.toys import build_toy_mlp
-
         return build_toy_mlp(cfg.model, spec)
-    from pvtbuild.train.backbone import build_unet
-
     return build_unet(cfg.model, spec)
 
 
 def build_formalism(cfg: TrainConfig, spec: DataSpec, stats: DataStats) -> Any:
     """The configured formalism, with what only the data can tell filled in (classes, measured sigma_data)."""
-    from pvtbuild.train.formalisms import make_formalism
-
     fcfg = cfg.formalism
     names = {f.name for f in dataclasses.fields(fcfg)}
     if spec.discrete and "num_classes" in names:

@@ -1,4 +1,4 @@
-"""Checkpoints that resume a run exactly: `RUN_DIR/checkpoints/ckpt-STEP.pt`.
+"""Checkpoints that resume a run exactly: `RUN_DIR/checkpoints/ckpt-STEP.pt`, beside `RUN_DIR/run.json`.
 
 One file holds everything a run's future depends on: the model, its EMA, the
 optimiser and LR scheduler, the step, every rank's data position (`positions`,
@@ -24,6 +24,9 @@ from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import ConfigError, InputError
 
 CHECKPOINT_DIR = "checkpoints"
+# the run's record (config, dataset path, data shape and statistics): the loop writes it, and export and
+# sample read the training dataset's path from it
+RUN_JSON = "run.json"
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -68,7 +71,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated, foreign or tampered file: say which, in one line
-        raise InputError(f"{p}: not a readable pvtbuild checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise InputError(f"{p}: not a readable pvtbuild checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise InputError(f"{p}: not a pvtbuild checkpoint (no config / model)")
     _check_parts(state, p)

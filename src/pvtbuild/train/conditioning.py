@@ -38,7 +38,9 @@ import torch
 from pvtbuild.clip import ClipNotes
 from pvtbuild.config import GridConfig, PipelineConfig
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.music.controls import CONTROL_NAMES, clip_controls
+from pvtbuild.music.controls import CONTROL_NAMES, clip_controls, compute_controls
+from pvtbuild.music.midi import clip_notes, load_midi, md5_file, select_clips
+from pvtbuild.tools.inspect import find_clip
 from pvtbuild.train.data import DatasetLayout, assemble_controls
 from pvtbuild.train.guidance import NULL_VALUE, Controls
 
@@ -136,8 +138,6 @@ def build_controls(request: ControlRequest, space: ControlSpace) -> RequestedCon
 def controls_from_midi(path: Path, space: ControlSpace, track: int | None = None,
                        start: float | None = None) -> RequestedControls:
     """A window of a MIDI file, chosen and controlled exactly as select + render would (variant 0)."""
-    from pvtbuild.music.midi import clip_notes, load_midi, md5_file, select_clips
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: MIDI file not found")
@@ -168,8 +168,6 @@ def controls_from_midi(path: Path, space: ControlSpace, track: int | None = None
 
 def controls_from_clip(like: str, space: ControlSpace) -> RequestedControls:
     """The stored controls of clip ID of DATASET (`DATASET:ID`)."""
-    from pvtbuild.tools.inspect import find_clip
-
     dataset, sep, clip_id = like.rpartition(":")
     if not sep or not dataset or not clip_id:
         raise PvtbuildError(f"--like {like!r}: expected DATASET:ID (a dataset folder and a clip id)")
@@ -209,7 +207,8 @@ def controls_from_file(path: Path, space: ControlSpace) -> RequestedControls:
     except InputError:
         raise
     except Exception as e:  # a damaged npz, bad JSON, ragged lists
-        raise InputError(f"{path}: not a readable controls file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise InputError(f"{path}: not a readable controls file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     out = null_controls(space)
     grid_suffix = f"_{space.grid.name}"
     for key, arr in raw.items():
@@ -240,8 +239,6 @@ def set_tempo(controls: RequestedControls, bpm: float, space: ControlSpace) -> N
     """
     if not (math.isfinite(bpm) and bpm > 0):
         raise PvtbuildError(f"--bpm must be a positive number, got {bpm}")
-    from pvtbuild.music.controls import compute_controls
-
     period = 60.0 / bpm
     duration = space.pipeline.select.clip_seconds
     beats = np.arange(-1, math.ceil(duration / period) + 2) * period

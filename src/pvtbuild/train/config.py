@@ -34,8 +34,11 @@ from typing import Any, Literal
 from pvtbuild.config import FORMATS, build_section, naming_file, read_config_file, require, to_plain
 from pvtbuild.errors import ConfigError, brief
 from pvtbuild.music.controls import CONTROL_NAMES
+from pvtbuild.train.backbone import UNetConfig
+from pvtbuild.train.formalisms import FORMALISMS
+from pvtbuild.train.toy_data import TOYS
+from pvtbuild.train.toy_model import ToyMLPConfig
 
-TOYS = ("swissroll", "swissroll-disc")
 # control -> encoding -> channels it gives the network (`data.encodings`; data.encode_control computes them)
 CONTROL_ENCODINGS: dict[str, dict[str, int]] = {"chroma": {"onehot": 12}}
 TRAINABLE_FORMATS = tuple(f for f in FORMATS if f != "audio")
@@ -59,10 +62,12 @@ class TrainDataConfig:
     batch_size: int = 16  # per process (per GPU)
     num_workers: int = 0  # DataLoader worker processes reading shards
     shuffle_buffer: int = 256  # unused: the trainer draws each epoch whole (DatasetSource); kept so configs load
-    crop_seconds: float | None = None  # train on random crops this long, on the format's frames (None or 0: whole clips)
+    # train on random crops this long, on the format's frames (None or 0: whole clips)
+    crop_seconds: float | None = None
 
     def check(self, key: str) -> None:
-        require(self.toy is None or self.toy in TOYS, f"{key}.toy", f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
+        require(self.toy is None or self.toy in TOYS, f"{key}.toy",
+                f"must be one of {', '.join(TOYS)}, got {self.toy!r}")
         require(self.toy_size >= 16, f"{key}.toy_size", f"must be >= 16, got {self.toy_size}")
         require(self.format in TRAINABLE_FORMATS, f"{key}.format",
                  f"must be one of {', '.join(TRAINABLE_FORMATS)}, got {self.format!r}")
@@ -87,7 +92,7 @@ class TrainDataConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Control dropout while training (report §4.1: 30 % per feature) and the default guidance scale."""
+    """Control dropout while training (30 % per feature, as Manté 2024 §4.1 trains) and the default guidance scale."""
 
     p_feature: float = 0.3  # each feature of each example nulled (-1) independently
     p_all: float = 0.0  # every feature of an example nulled at once
@@ -211,10 +216,6 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
     """Validate a plain dict (a parsed YAML file, or what a checkpoint stored) into a `TrainConfig`."""
-    from pvtbuild.train.backbone import UNetConfig
-    from pvtbuild.train.formalisms import FORMALISMS
-    from pvtbuild.train.toys import ToyMLPConfig
-
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for dotted, value in overrides.items():
         if value is not None:
@@ -235,7 +236,8 @@ def train_config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfi
     if sigma_auto:
         formalism.pop("sigma_data")  # resolved from the data by the loop (`resolve_sigma_data`)
     cfg = dataclasses.replace(cfg, model=build_section(model_cls, model, "model"), formalism_name=name,
-                              formalism=build_section(formalism_cls, formalism, "formalism"), sigma_data_auto=sigma_auto)
+                              formalism=build_section(formalism_cls, formalism, "formalism"),
+                              sigma_data_auto=sigma_auto)
     _check(cfg)
     return cfg
 
@@ -266,7 +268,8 @@ def _check(cfg: TrainConfig) -> None:
     discrete = cfg.formalism_name == "discdpm"
     if cfg.is_toy:
         wants = "swissroll-disc" if discrete else "swissroll"
-        require(cfg.data.toy == wants, "data.toy", f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
+        require(cfg.data.toy == wants, "data.toy",
+                f"formalism {cfg.formalism_name} trains on {wants}, got {cfg.data.toy}")
         require(not cfg.data.crop_seconds, "data.crop_seconds", "toy points have no time axis to crop; drop the key")
         require(not cfg.train.eval_clips, "train.eval_clips", "toy points have no audio to judge; drop the key")
     else:

@@ -29,28 +29,8 @@ from pvtbuild.dataset.torch_reader import TFRecordIterableDataset, TFRecordMapDa
 from pvtbuild.errors import InputError
 from pvtbuild.train.config import CONTROL_ENCODINGS, TrainDataConfig
 from pvtbuild.train.guidance import NULL_VALUE, Controls
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a backbone and a formalism need to know of the data they model.
-
-    `shape` is one example's: (128, 600) for `encodec`, (2, 216, 1921) for `cqt`,
-    (16, 600) for `disc`, (2,) for the swiss roll. The last axis is time for the
-    real formats; local controls come on that same time grid.
-    """
-
-    shape: tuple[int, ...]
-    num_classes: int = 0  # > 0: the data are class indices (disc codes: 1024; toy: 40)
-    local_channels: int = 0  # channels of the local controls (0: none)
-    global_channels: int = 0  # channels of the global controls (0: none)
-
-    @property
-    def discrete(self) -> bool:
-        return self.num_classes > 0
-
-
-CODEBOOK_SIZE = 1024  # EnCodec's codes take values 0..1023 (SPEC: disc)
+from pvtbuild.train.spec import CODEBOOK_SIZE, DataSpec, DataStats
+from pvtbuild.train.toy_data import TOYS
 
 
 @dataclass(frozen=True)
@@ -66,17 +46,6 @@ class Batch:
     x0: Tensor  # [B, *spec.shape]: float32 (normalised if configured) or int64 classes
     controls: Controls
     ids: tuple[str, ...] = ()  # clip ids (datasets only), so a run can say what it read
-
-
-@dataclass(frozen=True)
-class DataStats:
-    """Measured once at the start of a run and stored in its checkpoints, so a resume never re-measures."""
-
-    std: float = 1.0  # of the raw data (1.0 for discrete and toy data)
-    scale: float = 1.0  # what the data is divided by before the model sees it
-
-    def to_dict(self) -> dict[str, float]:
-        return {"std": self.std, "scale": self.scale}
 
 
 class BatchSource(Protocol):
@@ -101,14 +70,10 @@ class ToySource:
     crop_frames = 0  # points have no time axis
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0) -> None:
-        from pvtbuild.train.toys import swissroll, swissroll_disc
-
-        draw = swissroll_disc if cfg.toy == "swissroll-disc" else swissroll
+        draw, self.spec = TOYS[str(cfg.toy)]
         self.points = draw(cfg.toy_size, seed)
         self.batch_size = cfg.batch_size
         self.seed, self.rank = seed, rank
-        discrete = cfg.toy == "swissroll-disc"
-        self.spec = DataSpec(shape=tuple(self.points.shape[1:]), num_classes=TOY_CLASSES if discrete else 0)
 
     def batches(self, start: Position) -> Iterator[tuple[Position, Batch]]:
         k = start.batch
@@ -124,8 +89,6 @@ class ToySource:
             g = torch.Generator().manual_seed(mix_seed(self.seed, "valid", k))
             yield Batch(self.points[torch.randint(len(self.points), (self.batch_size,), generator=g)], Controls())
 
-
-TOY_CLASSES = 40
 
 
 # --- datasets -----------------------------------------------------------------------------
@@ -239,8 +202,9 @@ def encode_control(control: str, encoding: str, values: np.ndarray, voiced: np.n
     """A stored control [T] as the channels its encoding gives the network.
 
     `chroma: onehot`: [12, T], 1 on the pitch class round(11 * chroma) where a note sounds and 0
-    elsewhere, so silence no longer shares chroma 0 with C (report §4.4) and each pitch class is a
-    channel of its own, not a point on a line the network must unfold into a harmonic comb. A frame
+    elsewhere, so silence no longer shares chroma 0 with C (stored chroma is 0 for both:
+    docs/data-contract.md) and each pitch class is a channel of its own, not a point on a line the
+    network must unfold into a harmonic comb. A frame
     counts as sounding where `voiced` > 0.5; where `voiced` is not given (-1 throughout, as in a
     hand-written request with chroma alone) every frame with a chroma is. Frames whose chroma is
     the unconditional -1 are -1 on all 12 channels, the value control dropout writes.

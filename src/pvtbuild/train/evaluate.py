@@ -61,13 +61,28 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from pvtbuild.config import GridConfig
+from pvtbuild.dataset import decode_record, iter_records, list_shards, read_shapes
+from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path
 from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.music.analysis import adherence, analyse
+from pvtbuild.music.controls import CONTROL_NAMES
+from pvtbuild.tools.decode import DECODABLE, AudioDecoder
+from pvtbuild.train.conditioning import RequestedControls, model_controls
+from pvtbuild.train.device import pick_device
 from pvtbuild.train.frechet import Gaussian, frechet, frechet_infinity
 from pvtbuild.train.judge import JUDGE_KEYS, CrepeJudge, score_tracked
+from pvtbuild.train.sample import (
+    check_finite,
+    control_space,
+    decode_batches,
+    generate,
+    load_for_sampling,
+    training_dataset,
+)
+from pvtbuild.train.vggish import find_vggish_weights, load_vggish
 
 SEARCHED_KEYS = ("searched_voiced_agreement", "searched_chroma_accuracy", "searched_octave_accuracy",
                  "searched_pitch_accuracy", "loudness_velocity_spearman")
@@ -140,8 +155,6 @@ def score_clip(audio: np.ndarray, sample_rate: int, controls: Mapping[str, np.nd
                bpm_max: float) -> dict[str, float]:
     """The analysis's adherence (searched around the asked pitch) and tempo metrics of one clip's audio
     against controls on `grid` (nan where undefined); keys SEARCHED_KEYS + TEMPO_KEYS."""
-    from pvtbuild.music.analysis import adherence, analyse
-
     expected = None
     if "pitch" in controls and "voiced" in controls and (np.asarray(controls["pitch"]) >= 0).all():
         # as the qa stage does: search +-13 semitones of the asked pitch, so a semitone or octave error still shows
@@ -175,8 +188,8 @@ def tempo_scores(audio: np.ndarray, sample_rate: int, beat: np.ndarray | None, b
     nan = {k: float("nan") for k in TEMPO_KEYS}
     if beat is None or bpm is None or (np.asarray(bpm) <= 0).all() or (np.asarray(beat) < 0).all():
         return nan
-    import librosa
-    import mir_eval
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import; only a model trained on tempo needs it)
+    import mir_eval  # noqa: PLC0415  (imported with librosa, for the beat F-measure alone)
 
     bpm = np.asarray(bpm, dtype=np.float64)
     requested = float(np.median(bpm[bpm > 0])) * bpm_max
@@ -211,14 +224,15 @@ def frechet_sets(sampler: Any, decoder: Any, vggish: Path | None) -> tuple[list[
     weights), and for each one left out, why."""
     sr = decoder.sample_rate
     sets, notes = [], {}
-    codec, note = (decoder.codec, "") if sampler.cfg.data.format in ("encodec", "disc") else _codec_for_embedding(decoder)
+    encodec_data = sampler.cfg.data.format in ("encodec", "disc")
+    codec, note = (decoder.codec, "") if encodec_data else _codec_for_embedding(decoder)
     if codec is not None:
         sets.append(FrechetSet("fd_encodec", f"EnCodec 24 kHz encoder output (128-d per 75 Hz frame, frames of all "
                                              f"clips pooled); weights: {_weights_of(decoder)}",
                                lambda audio: encodec_frames(codec, audio)))
     else:
         notes["fd_encodec"] = note
-    model, note = _vggish(vggish)
+    model, note = vggish_model(vggish)
     if model is not None:
         sets.append(FrechetSet("fad_vggish", "VGGish (128-d per 0.96 s example, examples of all clips pooled)",
                                lambda audio: model.embed_frames(audio, sr)))
@@ -244,29 +258,45 @@ def reported_keys(trained: Sequence[str]) -> tuple[list[str], list[str]]:
 # --- the evaluation ----------------------------------------------------------------------------
 
 
-def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tuple[float, ...] = (1.0,),
-             out: Path | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 8,
-             device: torch.device | str = "cpu", plot: bool = False, vggish: Path | None = None,
-             split: str = "valid", judge_model: str = "auto") -> EvalReport:
-    """Sample with the controls of `n` clips of `split` at each guidance scale and score them (module docstring)."""
-    from pvtbuild.tools.decode import AudioDecoder
-    from pvtbuild.train.conditioning import RequestedControls, model_controls
-    from pvtbuild.train.sample import control_space, decode_batches, generate, load_for_sampling, training_dataset
+@dataclass(frozen=True)
+class EvalOptions:
+    """What one evaluation samples and scores: the `pvtbuild evaluate` options, parsed."""
 
+    checkpoint: Path  # a checkpoint file, a run directory (its latest) or a `pvtbuild export` folder
+    dataset: Path  # the dataset the model was trained on: its clips give the controls and the real audio
+    n: int = 16  # clips of `split` to sample and score
+    cfg_scales: tuple[float, ...] = (1.0,)  # guidance scales, one generated row each
+    out: Path | None = None  # where metrics.json goes (None: RUN/eval-STEP)
+    steps: int | None = None  # sampler steps (None: the config's / formalism's)
+    seed: int = 0  # of the initial noise
+    batch_size: int = 8  # samples per sampler call
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (`device.pick_device`)
+    plot: bool = False  # also draw OUT/adherence.png
+    vggish: Path | None = None  # torchvggish weights for FAD (None: torch hub's cache, if there)
+    split: str = "valid"  # which split's clips give the controls and the real audio
+    judge_model: str = "auto"  # CREPE model of the pitch judge: auto (full on CUDA, tiny on CPU), tiny or full
+
+
+def evaluate(options: EvalOptions) -> EvalReport:
+    """Sample with the controls of `n` clips of `split` at each guidance scale and score them (module docstring)."""
+    for scale in options.cfg_scales:
+        check_finite("--cfg-scale", scale)
+    device = pick_device(options.device)  # a bad --device stops before the other checks, as it always has
+    n, cfg_scales, steps, seed, split = options.n, options.cfg_scales, options.steps, options.seed, options.split
     if n < 2:
         raise PvtbuildError(f"--n must be >= 2 (the floor row shuffles controls between clips), got {n}")
     if not cfg_scales:
         raise PvtbuildError("--cfg-scale: give at least one guidance scale")
-    judge = CrepeJudge(judge_model, device)
-    sampler = load_for_sampling(checkpoint, torch.device(device))
+    judge = CrepeJudge(options.judge_model, device)
+    sampler = load_for_sampling(options.checkpoint, device)
     if sampler.cfg.is_toy:
         raise PvtbuildError(f"{sampler.checkpoint}: a toy model; evaluate needs a model of a dataset's formats")
-    dataset = training_dataset(sampler, dataset)
+    dataset = training_dataset(sampler, options.dataset)
     space = control_space(sampler, dataset)
     decoder = AudioDecoder.for_dataset(dataset, str(device))
     clips, real_from = read_clips(dataset, space, n, decoder, split)
     n = len(clips)
-    out = Path(out) if out is not None else sampler.run_dir / f"eval-{sampler.step:08d}"
+    out = Path(options.out) if options.out is not None else sampler.run_dir / f"eval-{sampler.step:08d}"
     trained = trained_controls(sampler.cfg)
     keys, left_out = reported_keys(trained)
     judging = _Judging(judge, decoder.sample_rate, space.grid, space.pipeline.controls.bpm_max)
@@ -274,12 +304,12 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
 
     real = np.stack([c.audio for c in clips])
     rows = reference_rows(judging, real, [c.controls for c in clips], real_from)
-    sets, not_computed = frechet_sets(sampler, decoder, vggish)
+    sets, not_computed = frechet_sets(sampler, decoder, options.vggish)
     for fs in sets:
         fs.fit_real(real)
     controls = model_controls([RequestedControls(dict(c.controls)) for c in clips], space)
     for scale in cfg_scales:
-        gen = generate(sampler, controls, n, steps, scale, seed, batch_size)
+        gen = generate(sampler, controls, n, steps, scale, seed, options.batch_size)
         audio = decode_batches(decoder, sampler.cfg.data.format, gen.arrays)
         rows.append(generated_row(scale, gen, audio, [c.controls for c in clips], judging, sets))
     rows = [_keep(r, keys) for r in rows]
@@ -311,7 +341,7 @@ def evaluate(checkpoint: str | Path, dataset: Path, n: int = 16, cfg_scales: tup
              *(f"evaluate: {r['row']}: {r['samples_per_s']:.3g} samples/s, NFE {r['nfe_per_sample']:g} per sample"
                for r in rows if r["cfg_scale"] is not None),
              f"evaluate: wrote {out / 'metrics.json'}"]
-    if plot:
+    if options.plot:
         lines.append(f"evaluate: {plot_adherence(rows, out / 'adherence.png', keys)}")
     return EvalReport(out, metrics, lines)
 
@@ -363,10 +393,6 @@ def reference_rows(judging: _Judging, real: np.ndarray, controls: list[dict[str,
 
 def read_clips(dataset: Path, space: Any, n: int, decoder: Any, split: str = "valid") -> tuple[list[EvalClip], str]:
     """The first `n` clips of `split` (file order): real audio and controls on the model's grid."""
-    from pvtbuild.dataset import decode_record, iter_records, list_shards, read_shapes
-    from pvtbuild.music.controls import CONTROL_NAMES
-    from pvtbuild.tools.decode import DECODABLE
-
     shapes = read_shapes(dataset)
     grid = space.grid.name
     names = [f"{c}_{grid}" for c in CONTROL_NAMES]
@@ -413,10 +439,10 @@ def plot_adherence(rows: list[dict[str, Any]], path: Path, keys: Sequence[str] =
     keys = [k for k in (*ADHERENCE_KEYS, "beat_f_measure") if k in keys]
     if not keys:
         return "no adherence metric to plot (the model was trained on none of their controls)"
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (matplotlib takes a second to import; only --plot needs it)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after matplotlib.use: the Agg backend, no display)
 
     gen = [r for r in rows if r["cfg_scale"] is not None]
     ref = {r["row"]: r for r in rows if r["cfg_scale"] is None}
@@ -472,8 +498,6 @@ def _codec_for_embedding(decoder: Any) -> tuple[Any, str]:
     here would embed in a space nobody else could compare with.)"""
     if (decoder.doc.get("encoder") or {}).get("weights") in ("random", "pretrained"):
         return decoder.codec, ""
-    from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path
-
     if not hub_checkpoint_path().is_file():
         return None, (f"the dataset stores no EnCodec format and EnCodec's pretrained checkpoint is not at "
                       f"{hub_checkpoint_path()}")
@@ -490,9 +514,8 @@ def _weights_of(decoder: Any) -> str:
     return "pretrained, from torch hub's cache"
 
 
-def _vggish(path: Path | None) -> tuple[Any, str]:
-    from pvtbuild.train.vggish import find_vggish_weights, load_vggish
-
+def vggish_model(path: Path | None) -> tuple[Any, str]:
+    """The VGGish model of FAD (weights at `path`, else in torch hub's cache), or None and why not, in one line."""
     found = find_vggish_weights(path)
     if found is None:
         return None, ("no VGGish weights on this machine (torchvggish's vggish-10086976.pth in torch hub's "
@@ -523,6 +546,6 @@ def _json_safe(obj: Any) -> Any:
 
 
 __all__ = ["METRIC_KEYS", "ADHERENCE_KEYS", "SEARCHED_KEYS", "TEMPO_KEYS", "FRECHET_KEYS", "NEEDS", "EvalClip",
-           "EvalReport", "FrechetSet", "score_clip", "tempo_scores", "requested_beats", "encodec_frames",
-           "frechet_sets", "trained_controls", "reported_keys", "evaluate", "reference_rows", "generated_row",
-           "read_clips", "table", "plot_adherence"]
+           "EvalOptions", "EvalReport", "FrechetSet", "score_clip", "tempo_scores", "requested_beats", "encodec_frames",
+           "frechet_sets", "vggish_model", "trained_controls", "reported_keys", "evaluate", "reference_rows",
+           "generated_row", "read_clips", "table", "plot_adherence"]

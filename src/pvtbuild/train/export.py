@@ -33,9 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from pvtbuild.dataset.layout import DATASET_JSON
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.train.checkpoint import load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.checkpoint import RUN_JSON, load_checkpoint, resolve_checkpoint, restoring
 from pvtbuild.train.config import train_config_from_dict
-from pvtbuild.train.loop import RUN_JSON
 
 EXPORT_JSON = "export.json"
 WEIGHTS = "model.safetensors"
@@ -82,15 +81,6 @@ def export_run(checkpoint: str | Path, out: Path, data: Path | None = None) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def load_export(folder: Path, device: torch.device) -> Any:
-    """A `sample.Sampler` of an export directory: JSON, YAML and safetensors only, checked for fit."""
-    from pvtbuild.train.sample import build_sampler
-
-    record, config, weights = read_export(folder)
-    return build_sampler(folder, config, record["spec"], record["stats"], weights, int(record["step"]), device,
-                         exported=True)
 
 
 def read_export(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:

@@ -4,7 +4,8 @@ The backbone sees the controls of a batch as one `Controls`: local controls on t
 data's time grid, ``[B, C_local, T]``, and optional global ones, ``[B, C_global]``.
 Each is the concatenation of named features (velocity: 1 channel, instrument: 3,
 ...); `local_groups` / `global_groups` give each feature's channel count so that
-dropout can null a whole feature. The "unconditional" value is -1 (report §3.3.2).
+dropout can null a whole feature. The "unconditional" value is -1, outside every stored
+control's range (docs/data-contract.md, "controls"), so a nulled feature never reads as a value.
 """
 
 from __future__ import annotations

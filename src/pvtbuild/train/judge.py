@@ -231,7 +231,7 @@ def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """[N, S'] float32 audio at CREPE's 16 kHz (resampy's filter, as CREPE's own code resamples)."""
     if sample_rate == SAMPLE_RATE:
         return audio
-    import resampy
+    import resampy  # noqa: PLC0415  (resampy loads numba, seconds; only audio off 16 kHz needs it)
 
     return resampy.resample(audio, sample_rate, SAMPLE_RATE, axis=-1).astype(np.float32)
 

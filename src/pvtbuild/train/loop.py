@@ -28,8 +28,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -37,11 +38,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from pvtbuild.compute import pick_device as encode_device
 from pvtbuild.engine.manifest import atomic_write_bytes
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
-from pvtbuild.train.build import build_backbone, build_formalism, count_parameters
+from pvtbuild.train.backbone import count_parameters
+from pvtbuild.train.build import build_backbone, build_formalism
 from pvtbuild.train.checkpoint import (
+    RUN_JSON,
     list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
@@ -54,7 +56,6 @@ from pvtbuild.train.config import OptimConfig, TrainConfig, differences, first_d
 from pvtbuild.train.data import (
     BatchSource,
     DatasetSource,
-    DataStats,
     Position,
     ToySource,
     dataset_layout,
@@ -62,11 +63,13 @@ from pvtbuild.train.data import (
     mix_seed,
     seeded_crop,
 )
+from pvtbuild.train.device import pick_device
+from pvtbuild.train.export import fine_tune_source, is_export
 from pvtbuild.train.guidance import drop_controls
+from pvtbuild.train.spec import DataStats
 from pvtbuild.train.validate import EVAL_CSV, Validation, build_validator
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples_per_s", "data_wait", "skipped")
-RUN_JSON = "run.json"
 
 
 @dataclass
@@ -93,37 +96,62 @@ class TrainResult:
     checkpoint: Path | None = None
     stopped_by_signal: bool = False
 
+    @property
+    def exit_code(self) -> int:
+        """The process's exit status: 143 (128 + SIGTERM, as a shell reports it) when a signal stopped the run,
+        so a cluster scheduler sees a preempted job, not a finished one; else 0."""
+        return 143 if self.stopped_by_signal else 0
 
-def train(cfg: TrainConfig, run_dir: Path, dataset: Path | None = None, steps: int | None = None,
-          resume: bool | str = False, device: str = "auto", dry_run: bool = False, echo: Any = print,
-          init_from: Path | None = None, allow_inexact_resume: bool = False) -> TrainResult:
-    """Train `cfg` into `run_dir` up to `steps` total steps (default: `train.steps`).
 
-    `resume`: True continues the latest checkpoint (and refuses a run directory without one); "auto"
-    continues it when there is one and starts otherwise (a requeued cluster job). `init_from` (a checkpoint,
-    run directory or export) starts a run that has no checkpoint yet from its weights and EMA
+class Resume(Enum):
+    """What a run does with the checkpoints already in its run directory (`--resume`, `--auto-resume`)."""
+
+    NO = "no"  # start a new run; a run directory holding checkpoints is refused, never overwritten
+    YES = "yes"  # continue the latest checkpoint; a run directory without one is refused
+    AUTO = "auto"  # continue the latest checkpoint when there is one, else start (a requeued cluster job)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Where and how one call of `train` runs a config: what `pvtbuild train` takes besides `--config`."""
+
+    run_dir: Path
+    dataset: Path | None = None  # toy configs need none
+    steps: int | None = None  # the run's total steps (None: the config's train.steps)
+    resume: Resume = Resume.NO
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (`device.pick_device`)
+    dry_run: bool = False  # build the model, echo its size and a batch's shapes, train nothing
+    init_from: Path | None = None  # fine-tune from the weights and EMA of a checkpoint, run directory or export
+    allow_inexact_resume: bool = False  # resume with another number of processes than wrote the checkpoint
+
+
+def train(cfg: TrainConfig, options: TrainOptions, echo: Callable[[str], None] = print) -> TrainResult:
+    """Train `cfg` into `options.run_dir` up to `options.steps` total steps (default: `train.steps`).
+
+    `options.resume` says what to do with the run directory's checkpoints (`Resume`). `init_from` (a
+    checkpoint, run directory or export) starts a run that has no checkpoint yet from its weights and EMA
     (`fine_tune_state`). Under torchrun (WORLD_SIZE > 1) every process calls this; rank r reads its own files
     of the dataset, DDP averages gradients, rank 0 writes. `echo` prints a line for people (rank 0 only).
     A checkpoint holds every rank's data position, so a resume with another number of processes is
     refused unless `allow_inexact_resume` (`_resume_position`).
     """
-    info = _init_distributed(device)
+    info = _init_distributed(options.device)
     try:
-        return _train(cfg, run_dir, dataset, steps or cfg.train.steps, resume, device, dry_run, info,
-                      echo if info.main else (lambda *a, **k: None), init_from, allow_inexact_resume)
+        return _train(cfg, options, options.steps or cfg.train.steps, info,
+                      echo if info.main else (lambda *a, **k: None))
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, resume: bool | str, device_name: str,
-           dry_run: bool, info: DistInfo, echo: Any, init_from: Path | None = None,
-           allow_inexact_resume: bool = False) -> TrainResult:
+def _train(cfg: TrainConfig, options: TrainOptions, total: int, info: DistInfo, echo: Any) -> TrainResult:
+    run_dir, dataset, init_from = options.run_dir, options.dataset, options.init_from
     cfg.optim.check_steps(total, "--steps" if total != cfg.train.steps else "train.steps")
-    device = pick_device(device_name, info.local_rank)
-    state = _resume_state(cfg, run_dir, resume, dry_run)
+    device = pick_device(options.device, info.local_rank)
+    state = _resume_state(cfg, run_dir, options.resume, options.dry_run)
     init = fine_tune_state(init_from, cfg, echo) if init_from is not None and state is None else None
-    start = _resume_position(state, run_dir, info, allow_inexact_resume, echo) if state is not None else Position()
+    start = (_resume_position(state, run_dir, info, options.allow_inexact_resume, echo) if state is not None
+             else Position())
     source, stats = _data_source(cfg, dataset, state, info)
     if state is not None:
         _check_same_data(state, source, run_dir, dataset)
@@ -133,8 +161,9 @@ def _train(cfg: TrainConfig, run_dir: Path, dataset: Path | None, total: int, re
     echo(f"train: {cfg.name}: {cfg.formalism_name} on {cfg.data.toy or cfg.data.format} "
          f"{list(source.spec.shape)}, {count_parameters(model):,} learnable parameters, device {device}"
          + (f", {info.world_size} processes" if info.enabled else "")
-         + (f", {cfg.train.accumulate} micro-batches of {cfg.data.batch_size} a step" if cfg.train.accumulate > 1 else ""))
-    if dry_run:
+         + (f", {cfg.train.accumulate} micro-batches of {cfg.data.batch_size} a step"
+            if cfg.train.accumulate > 1 else ""))
+    if options.dry_run:
         _, batch = next(source.batches(Position()))
         batch = seeded_crop(batch, source.crop_frames, cfg.seed, info.rank, 0)
         c = batch.controls
@@ -314,17 +343,6 @@ def accumulated_backward(net: nn.Module, formalism: Any,
     return out
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """The encode stage's device rule (`auto`: CUDA when torch sees it), with plain `cuda` meaning this
-    process's GPU under torchrun (LOCAL_RANK), made the current CUDA device."""
-    device = encode_device(name, key="--device")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
 # --- pieces -------------------------------------------------------------------------------
 
 
@@ -344,8 +362,6 @@ def _micro_input(batch: Any, cfg: TrainConfig, rank: int, step: int, i: int,
 def fine_tune_state(path: Path, cfg: TrainConfig, echo: Any) -> dict[str, Any]:
     """The checkpoint `--init-from` names (file, run directory or `pvtbuild export` folder), after echoing
     which config keys the new run changes (one line, `(none)` when none)."""
-    from pvtbuild.train.export import fine_tune_source, is_export  # export reads loop's RUN_JSON
-
     found = Path(path) if is_export(Path(path)) else resolve_checkpoint(path)
     state = fine_tune_source(found) if found.is_dir() else load_checkpoint(found)
     with restoring(found, "fine-tune"):
@@ -385,11 +401,11 @@ def _init_distributed(device: str) -> DistInfo:
     return info
 
 
-def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool | str, dry_run: bool) -> dict[str, Any] | None:
+def _resume_state(cfg: TrainConfig, run_dir: Path, resume: Resume, dry_run: bool) -> dict[str, Any] | None:
     found = list_checkpoints(run_dir)
-    if dry_run or (resume == "auto" and not found):
+    if dry_run or (resume is Resume.AUTO and not found):
         return None
-    if not resume:
+    if resume is Resume.NO:
         if found:
             raise PvtbuildError(f"{run_dir}: already holds checkpoints (latest {found[-1].name}); "
                                 f"pass --resume to continue that run, or choose another --out")
@@ -638,7 +654,7 @@ class _Log:
 def _tensorboard(run_dir: Path) -> Any:
     """A TensorBoard writer when the `tensorboard` package is importable, else None (the CSV log remains)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional: tensorboard may be absent)
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvtbuild.config import config_from_dict
+from pvtbuild.dataset import read_dataset_json
+from pvtbuild.dataset.layout import DATASET_JSON
 from pvtbuild.engine.manifest import atomic_write
-from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.errors import ConfigError, InputError, PvtbuildError
+from pvtbuild.tools.decode import AudioDecoder, write_wav
+from pvtbuild.tools.inspect import draw_clip
 from pvtbuild.train.build import build_backbone, build_formalism
-from pvtbuild.train.checkpoint import load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.checkpoint import RUN_JSON, load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls, model_controls
 from pvtbuild.train.config import TrainConfig, train_config_from_dict
-from pvtbuild.train.data import DatasetLayout, DataSpec, DataStats, mix_seed
+from pvtbuild.train.data import DatasetLayout, mix_seed
+from pvtbuild.train.device import pick_device
+from pvtbuild.train.export import is_export, read_export
 from pvtbuild.train.guidance import Controls
+from pvtbuild.train.spec import DataSpec, DataStats
 
 
 @dataclass
@@ -65,11 +75,11 @@ class Sampler:
 
 def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
     """Rebuild a run's network from its checkpoint (file or run directory) and load the EMA weights; or
-    the same from a `pvtbuild export` directory."""
-    from pvtbuild.train.export import is_export, load_export
-
+    the same from a `pvtbuild export` directory (JSON, YAML and safetensors only, checked for fit)."""
     if is_export(Path(checkpoint)):
-        return load_export(Path(checkpoint), device)
+        record, config, weights = read_export(Path(checkpoint))
+        return build_sampler(Path(checkpoint), config, record["spec"], record["stats"], weights, int(record["step"]),
+                             device, exported=True)
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
     prefix = "module."
@@ -116,8 +126,8 @@ def sample_toy(checkpoint: str | Path | Sampler, out_dir: Path, n: int, steps: i
     device = next(sampler.net.parameters()).device
     gen = torch.Generator(device=device).manual_seed(mix_seed(seed, "sample"))
     with torch.no_grad():
-        x = sampler.formalism.sample(_CountingNet(sampler.net, sampler.cfg), (n, *sampler.spec.shape), Controls(), steps,
-                                     sampler.cfg.guidance.cfg_scale, gen)
+        x = sampler.formalism.sample(_CountingNet(sampler.net, sampler.cfg), (n, *sampler.spec.shape), Controls(),
+                                     steps, sampler.cfg.guidance.cfg_scale, gen)
     arr = x.cpu().numpy()
     arr = arr.astype(np.int64) if sampler.spec.discrete else arr.astype(np.float32)
     path = out_dir / "samples.npy"
@@ -200,9 +210,6 @@ def generate(sampler: Sampler, controls: Controls, n: int, steps: int | None = N
 def training_dataset(sampler: Sampler, data: Path | None = None) -> Path:
     """The dataset a checkpoint was trained on: `data` when given, else the one its run.json records; for an
     export, the export itself (its copy of dataset.json is all that decoding and controls read)."""
-    from pvtbuild.dataset.layout import DATASET_JSON
-    from pvtbuild.train.loop import RUN_JSON
-
     if data is None and sampler.exported:
         data = sampler.run_dir
     if data is None:
@@ -230,11 +237,6 @@ def control_space(sampler: Sampler, dataset: Path) -> Any:
 
 def dataset_control_space(cfg: TrainConfig, layout: DatasetLayout, dataset: Path) -> Any:
     """`control_space` of a model that has no checkpoint yet (the loop's judged validation clips)."""
-    from pvtbuild.config import config_from_dict
-    from pvtbuild.dataset import read_dataset_json
-    from pvtbuild.errors import ConfigError
-    from pvtbuild.train.conditioning import ControlSpace
-
     doc = read_dataset_json(dataset)
     try:
         pipeline = config_from_dict(doc["config"])
@@ -256,14 +258,62 @@ class SampleReport:
     lines: list[str] = field(default_factory=list)
 
 
-def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: Any, data: Path | None = None,
-                  steps: int | None = None, cfg_scale: float | None = None, seed: int = 0, batch_size: int | None = None,
-                  device: torch.device | str = "cpu", plots: bool = True) -> SampleReport:
+@dataclass(frozen=True)
+class SampleOptions:
+    """What one `pvtbuild sample` call asks for, parsed: the model, where the samples go, under which controls."""
+
+    checkpoint: Path  # a checkpoint file, a run directory (its latest) or a `pvtbuild export` folder
+    out: Path
+    n: int | None = None  # samples (None: 1000 of a toy, 4 of a real format)
+    request: ControlRequest = field(default_factory=ControlRequest)  # the controls (real formats only)
+    cfg_scale: float | None = None  # guidance scale (None: the config's guidance.cfg_scale)
+    steps: int | None = None  # sampler steps (None: the config's / formalism's)
+    batch_size: int | None = None  # samples per sampler call (None: min(n, 8))
+    data: Path | None = None  # the training dataset (None: the one run.json records)
+    plots: bool = True  # a PNG per sample
+    seed: int = 0  # of the initial noise
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (`device.pick_device`)
+
+
+def sample(options: SampleOptions) -> SampleReport:
+    """Sample a trained model as `options` say: a toy into OUT/samples.npy, a real format to WAVs from the
+    requested controls (`sample_to_wav`); the report's lines say what was written."""
+    check_finite("--cfg-scale", options.cfg_scale)
+    device = pick_device(options.device)
+    sampler = load_for_sampling(options.checkpoint, device)
+    if sampler.cfg.is_toy:
+        if options.request != ControlRequest() or options.cfg_scale is not None or options.data is not None:
+            raise PvtbuildError(f"{options.checkpoint}: a toy model takes no controls, --cfg-scale or --data")
+        count = sample_count(options.n, 1000, 1_000_000)
+        path = sample_toy(sampler, options.out, count, options.steps, options.seed)
+        return SampleReport(options.out, count, lines=[f"sample: {count} samples in {path}"])
+    return sample_to_wav(sampler, options.out, sample_count(options.n, 4, 10_000), options.request, options.data,
+                         options.steps, options.cfg_scale, options.seed, options.batch_size, device,
+                         plots=options.plots)
+
+
+def check_finite(option: str, value: float | None) -> None:
+    """A float option (`--cfg-scale`) must be a number: nan or inf would sample NaN audio without a word."""
+    if value is not None and not math.isfinite(value):
+        raise PvtbuildError(f"{option} must be a finite number, got {value}")
+
+
+def sample_count(n: int | None, default: int, most: int) -> int:
+    """`--n`, or `default` when not given; 0 once silently meant the default, and a huge count failed late
+    in an allocator: both are refused."""
+    if n is None:
+        return default
+    if not 1 <= n <= most:
+        raise PvtbuildError(f"--n must be within 1..{most}, got {n}")
+    return n
+
+
+def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: ControlRequest,
+                  data: Path | None = None, steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
+                  batch_size: int | None = None, device: torch.device | str = "cpu",
+                  plots: bool = True) -> SampleReport:
     """`n` samples of a real-format checkpoint under the controls of `request` (`conditioning.ControlRequest`),
     written to `out` as the module docstring says."""
-    from pvtbuild.tools.decode import AudioDecoder
-    from pvtbuild.train.conditioning import build_controls, model_controls
-
     sampler = _sampler(checkpoint, device)
     if sampler.cfg.is_toy:
         raise PvtbuildError(f"{sampler.checkpoint}: a toy model; sample it without controls (samples.npy)")
@@ -286,16 +336,19 @@ def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: 
         "n": n, "steps": steps, "nfe_per_sample": gen.nfe, "net_rows_per_sample": gen.net_rows_per_sample,
         "cfg_scale": scale, "seed": seed, "request": request.describe(), "controls_given": requested.given,
         "controls_the_model_reads": list(space.features), "controls_info": requested.info,
-        "decoder": decoder.label(sampler.cfg.data.format), "sample_rate": decoder.sample_rate, "clip_samples": decoder.clip_samples,
+        "decoder": decoder.label(sampler.cfg.data.format), "sample_rate": decoder.sample_rate,
+        "clip_samples": decoder.clip_samples,
         "sampling_seconds": gen.seconds, "samples_per_s": gen.samples_per_s, "decode_seconds": decode_seconds,
     }
     with atomic_write(out / "sample.json", "w") as fh:
         json.dump(record, fh, indent=2, sort_keys=True, default=str)
     report.lines = [
-        f"sample: {sampler.checkpoint} ({sampler.cfg.formalism_name} on {sampler.cfg.data.format}, step {sampler.step}), "
+        f"sample: {sampler.checkpoint} ({sampler.cfg.formalism_name} on {sampler.cfg.data.format}, "
+        f"step {sampler.step}), "
         f"controls: {request.describe()}",
         f"sample: {n} samples in {gen.seconds:.2f} s: {gen.samples_per_s:.3g} samples/s, "
-        f"NFE {gen.nfe:g} per sample" + (" (each a doubled batch for guidance)" if gen.net_rows_per_sample > gen.nfe + 1e-9 else "")
+        f"NFE {gen.nfe:g} per sample"
+        + (" (each a doubled batch for guidance)" if gen.net_rows_per_sample > gen.nfe + 1e-9 else "")
         + f", guidance scale {scale:g}; decoding {decode_seconds:.2f} s",
         f"sample: decoder: {decoder.label(sampler.cfg.data.format)}",
         f"sample: {n} WAVs ({decoder.clip_samples / decoder.sample_rate:g} s at {decoder.sample_rate} Hz)"
@@ -307,7 +360,8 @@ def sample_to_wav(checkpoint: str | Path | Sampler, out: Path, n: int, request: 
     if requested.info.get("source") == "midi":
         clip = requested.info["clip"]
         report.lines.append(f"sample: melody from track {clip['track']} at {clip['start']:.2f} s "
-                            f"({clip['n_notes']} notes, transposed {clip['transpose']:+d}); windows of that track start at "
+                            f"({clip['n_notes']} notes, transposed {clip['transpose']:+d}); "
+                            f"windows of that track start at "
                             f"{', '.join(f'{s:g}' for s in requested.info['windows'][:12])} s")
     return report
 
@@ -320,9 +374,6 @@ def decode_batches(decoder: Any, fmt: str, arrays: np.ndarray, batch_size: int =
 def write_samples(out: Path, audio: np.ndarray, arrays: np.ndarray, requested: list[Any], space: Any, decoder: Any,
                   title: str, plots: bool = True, first: int = 0) -> None:
     """Per sample i: `{i:04d}.wav`, `.npy`, `.controls.npz` and (with `plots`) `.png` in `out`."""
-    from pvtbuild.tools.decode import write_wav
-    from pvtbuild.tools.inspect import draw_clip
-
     out.mkdir(parents=True, exist_ok=True)
     grid = space.grid
     for k, (wav, arr, req) in enumerate(zip(audio, arrays, requested)):

@@ -93,7 +93,7 @@ class JudgedClips:
 
     def _image(self, audio: np.ndarray, step: int) -> np.ndarray:
         """The first clip drawn as `pvtbuild sample` draws it, read back from its PNG as [H, W, 3]."""
-        import matplotlib.image
+        import matplotlib.image  # noqa: PLC0415  (matplotlib takes a second to import; only TensorBoard images need it)
 
         grid = self.space.grid
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""VGGish embeddings for FAD (Kilgour et al. 2019), as the report measured it, when the weights are here.
+"""VGGish embeddings for FAD (Kilgour et al. 2019), as Manté 2024 measured it, when the weights are here.
 
 The network is torchvggish's port of Google's VGGish (state-dict keys `features.*`,
 `embeddings.*`, file `vggish-10086976.pth`); pvtbuild never downloads it. Looked for at
@@ -78,7 +78,8 @@ def load_vggish(path: Path) -> VGGish:
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("pproc")}, strict=False)
         missing = [k for k in model.state_dict() if k not in state]
     except Exception as e:
-        raise InputError(f"{path}: not torchvggish's VGGish weights ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise InputError(f"{path}: not torchvggish's VGGish weights "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if missing:
         raise InputError(f"{path}: not torchvggish's VGGish weights (no {missing[0]})")
     return model.eval()
@@ -88,7 +89,7 @@ def log_mel_examples(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """[k, 96, 64] float32 log-mel examples of a mono clip, as Google's `vggish_input.waveform_to_examples`."""
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if sample_rate != SAMPLE_RATE:
-        import librosa
+        import librosa  # noqa: PLC0415  (librosa takes seconds to import; only audio off 16 kHz needs it)
 
         x = librosa.resample(x, orig_sr=sample_rate, target_sr=SAMPLE_RATE)
     if len(x) < _WINDOW:

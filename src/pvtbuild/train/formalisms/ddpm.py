@@ -1,4 +1,4 @@
-"""DDPM (Ho, Jain & Abbeel 2020; report §2.2.1): epsilon-prediction, ancestral sampling.
+"""DDPM (Ho, Jain & Abbeel 2020): epsilon-prediction, ancestral sampling.
 
 Timesteps are 1-indexed, ``t = 1..T``; the net sees ``noise_level = t * 1000 / T``.
 Sampling may use fewer steps than training: an evenly spaced subset of the timesteps
@@ -31,7 +31,8 @@ class DDPMConfig:
     cosine_s: float = 0.008  # cosine schedule offset (Nichol & Dhariwal)
 
     def check(self, key: str = "formalism") -> None:
-        require(self.schedule in ("linear", "cosine"), f"{key}.schedule", f"must be linear or cosine, got {self.schedule!r}")
+        require(self.schedule in ("linear", "cosine"), f"{key}.schedule",
+                f"must be linear or cosine, got {self.schedule!r}")
         require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
         require(1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
                  f"must be within 1..timesteps ({self.timesteps}), got {self.sample_steps}")

@@ -1,4 +1,4 @@
-"""DiscDPM: multinomial diffusion (Hoogeboom et al. 2021; report §2.3.2).
+"""DiscDPM: multinomial diffusion (Hoogeboom et al. 2021).
 
 Data are class indices ``[B, C, *rest]`` (int64, K = `num_classes`); the net takes them as they
 are (it embeds them) and returns logits of x0 with the class axis at dim 2, ``[B, C, K, *rest]``
@@ -60,9 +60,11 @@ class DiscDPMConfig:
     def check(self, key: str = "formalism") -> None:
         require(self.num_classes >= 2, f"{key}.num_classes", f"must be >= 2, got {self.num_classes}")
         require(self.timesteps >= 2, f"{key}.timesteps", f"must be >= 2, got {self.timesteps}")
-        require(self.schedule in ("cosine", "linear"), f"{key}.schedule", f"must be cosine or linear, got {self.schedule!r}")
+        require(self.schedule in ("cosine", "linear"), f"{key}.schedule",
+                f"must be cosine or linear, got {self.schedule!r}")
         require(self.schedule == "cosine" or self.timesteps > 20, f"{key}.timesteps",
-                 f"the linear schedule (beta 1e-4..0.02 at T = 1000, scaled by 1000 / T) needs T > 20, got {self.timesteps}")
+                f"the linear schedule (beta 1e-4..0.02 at T = 1000, scaled by 1000 / T) needs T > 20, "
+                f"got {self.timesteps}")
         require(self.sample_steps is None or 1 <= self.sample_steps <= self.timesteps, f"{key}.sample_steps",
                  f"must be within 1..timesteps ({self.timesteps}), got {self.sample_steps}")
 

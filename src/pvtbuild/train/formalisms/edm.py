@@ -1,4 +1,4 @@
-"""EDM (Karras, Aittala, Aila & Laine 2022; report §2.2.2): preconditioned denoiser, Heun sampler.
+"""EDM (Karras, Aittala, Aila & Laine 2022): preconditioned denoiser, Heun sampler.
 
 The denoiser is ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (eq. 2.13) with
 
@@ -47,7 +47,8 @@ class EDMConfig:
                  f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         require(self.rho > 0, f"{key}.rho", f"must be > 0, got {self.rho}")
         require(self.S_churn >= 0, f"{key}.S_churn", f"must be >= 0, got {self.S_churn}")
-        require(0 <= self.S_min <= self.S_max, f"{key}.S_min", f"need 0 <= S_min <= S_max, got {self.S_min}, {self.S_max}")
+        require(0 <= self.S_min <= self.S_max, f"{key}.S_min",
+                f"need 0 <= S_min <= S_max, got {self.S_min}, {self.S_max}")
         require(self.S_noise > 0, f"{key}.S_noise", f"must be > 0, got {self.S_noise}")
 
 
@@ -99,7 +100,8 @@ class EDM:
     # --- sampling -----------------------------------------------------------------------
 
     def sigmas(self, steps: int | None = None) -> Tensor:
-        """Karras et al.'s noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``, then 0 (float32, N + 1)."""
+        """Karras et al.'s noise levels ``sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min``, then 0
+        (float32, N + 1)."""
         n = self.cfg.sample_steps if steps is None else steps
         if n < 1:
             raise ConfigError(f"steps: must be >= 1, got {n}")
