@@ -50,7 +50,8 @@ from typing import Iterator
 
 from pvtbuild.clip import ClipSpec
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.engine.executor import MALLOC_FIX_ENV, Executor, cores, open_executor
+from pvtbuild.engine.executor import Executor, open_executor
+from pvtbuild.engine.processes import MALLOC_FIX_ENV, cores
 from pvtbuild.pipeline import save_build_config, selected_clips, stream_stages
 from pvtbuild.stages.encode import encode
 from pvtbuild.stages.qa import qa

@@ -31,7 +31,8 @@ from test_distributed import (
     stopped_afterwards,
 )
 
-from pvtbuild.engine.executor import Task, open_executor
+from pvtbuild.engine.executor import open_executor
+from pvtbuild.engine.tasks import Task
 
 N_CLIPS = 4
 PIPELINE = """\
