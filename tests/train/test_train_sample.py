@@ -63,7 +63,7 @@ def _wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _a_clip(dataset: Path) -> str:
-    from pvtbuild.tools.inspect import clip_ids
+    from pvtbuild.tools.inspection import clip_ids
 
     return clip_ids(dataset)[0]
 

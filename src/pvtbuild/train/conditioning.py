@@ -168,7 +168,7 @@ def controls_from_midi(path: Path, space: ControlSpace, track: int | None = None
 
 def controls_from_clip(like: str, space: ControlSpace) -> RequestedControls:
     """The stored controls of clip ID of DATASET (`DATASET:ID`)."""
-    from pvtbuild.tools.inspect import find_clip
+    from pvtbuild.tools.inspection import find_clip
 
     dataset, sep, clip_id = like.rpartition(":")
     if not sep or not dataset or not clip_id:

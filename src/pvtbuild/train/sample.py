@@ -321,7 +321,7 @@ def write_samples(out: Path, audio: np.ndarray, arrays: np.ndarray, requested: l
                   title: str, plots: bool = True, first: int = 0) -> None:
     """Per sample i: `{i:04d}.wav`, `.npy`, `.controls.npz` and (with `plots`) `.png` in `out`."""
     from pvtbuild.tools.decode import write_wav
-    from pvtbuild.tools.inspect import draw_clip
+    from pvtbuild.tools.inspection import draw_clip
 
     out.mkdir(parents=True, exist_ok=True)
     grid = space.grid
