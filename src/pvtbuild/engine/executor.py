@@ -21,7 +21,7 @@ Failures: a task that raises is not retried (tasks catch bad inputs themselves,
 so what escapes is deterministic) and becomes a `TaskFailure`. A worker that
 dies mid-task (kill -9, out of memory, a crash in native code) costs nothing
 but time: the scheduler reruns the task elsewhere, and only when workers died
-`ALLOWED_FAILURES + 1` times running the same task is it given up as a
+`cluster.ALLOWED_FAILURES + 1` times running the same task is it given up as a
 `TaskFailure` -- a poisoned input must not take down worker after worker.
 Tasks write their shard atomically, so a task run twice writes the same bytes.
 Before any work, `Executor.preflight` checks each worker once (versions, paths,
