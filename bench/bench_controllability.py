@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pvtbuild.train.config import load_train_config
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "proof.yaml"
 TRAIN_CONFIG = REPO / "pipelines" / "train" / "proof-cqt.yaml"
@@ -110,8 +112,6 @@ def build(out: Path, args: argparse.Namespace) -> Path:
 def train(run: Path, dataset: Path, args: argparse.Namespace) -> list[tuple[int, float]]:
     """Train in chunks of train.eval_every steps until the last step, or until the next chunk (as long as the last
     one) would end past the time budget; (step, minutes of training) per chunk."""
-    from pvtbuild.train.config import load_train_config
-
     cfg = load_train_config(Path(args.config))
     last = args.steps or cfg.train.steps
     curve = _load_curve(run)  # a rerun on the same --out resumes the run, and its clock
@@ -174,8 +174,8 @@ def print_curve(run: Path, curve: list[tuple[int, float]]) -> None:
 
 
 def evaluate(run: Path, dataset: Path, out: Path, args: argparse.Namespace) -> dict:
-    done = _pvtbuild(["evaluate", "--checkpoint", str(run), "--data", str(dataset), "--n", str(args.n), "--cfg-scale", args.cfg_scale,
-                      "--out", str(out)], args.threads)
+    done = _pvtbuild(["evaluate", "--checkpoint", str(run), "--data", str(dataset), "--n", str(args.n),
+                      "--cfg-scale", args.cfg_scale, "--out", str(out)], args.threads)
     print("\n" + done.stdout.strip())
     return json.loads((out / "metrics.json").read_text())
 
@@ -189,11 +189,13 @@ def report_target(metrics: dict) -> int:
     chroma = best["crepe_chroma_accuracy"] or 0.0
     checks = [
         (f"pitch-class accuracy {chroma:.3f} >= {TARGET['chroma']}", chroma >= TARGET["chroma"]),
-        (f"... and {chroma / floor if floor else float('inf'):.1f}x the floor ({floor:.3f}) >= {TARGET['chroma_over_floor']}x",
+        (f"... and {chroma / floor if floor else float('inf'):.1f}x the floor ({floor:.3f}) "
+         f">= {TARGET['chroma_over_floor']}x",
          floor > 0 and chroma >= TARGET["chroma_over_floor"] * floor),
         (f"voicing agreement {best['crepe_voicing_agreement'] or 0:.3f} >= {TARGET['voicing']}",
          (best["crepe_voicing_agreement"] or 0) >= TARGET["voicing"]),
-        (f"coverage {best['crepe_coverage'] or 0:.3f} >= {TARGET['coverage']}", (best["crepe_coverage"] or 0) >= TARGET["coverage"]),
+        (f"coverage {best['crepe_coverage'] or 0:.3f} >= {TARGET['coverage']}",
+         (best["crepe_coverage"] or 0) >= TARGET["coverage"]),
     ]
     print(f"\ntarget at the best guidance scale ({best_name}, step {metrics['step']}):")
     for text, ok in checks:

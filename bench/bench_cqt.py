@@ -1,6 +1,7 @@
-"""The CQT format's transform (encode/fftcqt.py) against nnAudio's CQT1992v2 and librosa.cqt, and the encode stage before/after.
+"""The CQT format's transform (encoders/fftcqt.py) against nnAudio's CQT1992v2 and librosa.cqt, and the encode
+stage before/after.
 
-    python bench/bench_cqt.py          # 8 s clips of the demo selection, 24 kHz, fmin 130.81, 36 bins/oct, 216 bins, hop 100
+    python bench/bench_cqt.py   # 8 s clips of the demo selection, 24 kHz, fmin 130.81, 36 bins/oct, 216 bins, hop 100
 
 What is timed, in one process and one run (so machine load hits all alike), best of REPEATS:
 
@@ -86,10 +87,12 @@ def main(argv: list[str]) -> int:
         stored = enc.encode(clip)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import librosa
+            import librosa  # noqa: PLC0415  (librosa takes seconds to import; under the warnings filter)
 
-            before = lambda: librosa.icqt(stored[0, 0] + 1j * stored[0, 1], sr=sr, hop_length=c.hop_length,  # noqa: E731
-                                          fmin=c.fmin, bins_per_octave=c.bins_per_octave, length=clip.shape[1])
+            def before() -> np.ndarray:
+                return librosa.icqt(stored[0, 0] + 1j * stored[0, 1], sr=sr, hop_length=c.hop_length, fmin=c.fmin,
+                                    bins_per_octave=c.bins_per_octave, length=clip.shape[1])
+
             t_before, t_after = _best(before, 2), _best(lambda: cqt_mod.inverse(stored, sr, c), 2)
         print(f"  inverse of one clip: {1e3 * t_after:.0f} ms (least squares, {cqt_mod.INVERSE_ITERATIONS} steps, "
               f"1 thread), librosa.icqt {1e3 * t_before:.0f} ms")
@@ -158,7 +161,7 @@ def _stage_cpu(out: Path, cfg, n: int) -> tuple[float, float]:  # type: ignore[n
 
 
 def _librosa(clip: np.ndarray, cfg) -> float:  # type: ignore[no-untyped-def]
-    import librosa
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import: only its baseline needs it)
 
     c = cfg.encode.cqt
 

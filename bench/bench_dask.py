@@ -48,9 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from distributed import Client
+
 from pvtbuild.clip import ClipSpec
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.engine.executor import MALLOC_FIX_ENV, Executor, cores, open_executor
+from pvtbuild.engine.executor import Executor, open_executor
+from pvtbuild.engine.processes import MALLOC_FIX_ENV, cores
 from pvtbuild.pipeline import save_build_config, selected_clips, stream_stages
 from pvtbuild.stages.encode import encode
 from pvtbuild.stages.qa import qa
@@ -163,7 +166,6 @@ def stock_cluster(folder: Path, setup: Setup) -> Iterator[str]:
         if setup.gpu_worker:
             procs.append(spawn([BIN / "dask", "worker", address, "--nthreads", "1", "--resources", "GPU=1"],
                                worker_env, folder / "gpu-worker.log"))
-        from distributed import Client
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(setup.workers + setup.gpu_worker, timeout=120)

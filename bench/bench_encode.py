@@ -93,9 +93,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _cqt_costs(clip: np.ndarray, cqt: CqtEncoder, cfg) -> tuple[int, float, float, float]:  # type: ignore[no-untyped-def]
+def _cqt_costs(clip: np.ndarray, cqt: CqtEncoder,
+               cfg) -> tuple[int, float, float, float]:  # type: ignore[no-untyped-def]
     """Best-of-REPEATS seconds for one clip: the stage's CQT at ENCODE_THREADS and at all cores, librosa."""
-    import librosa
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import: only its baseline needs it)
 
     c = cfg.encode.cqt
     threads = torch.get_num_threads()

@@ -30,18 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
+from pvtbuild.config import load_pipeline
+from pvtbuild.engine import written_shards
+from pvtbuild.engine.stage import ShardRecord
+from pvtbuild.music.analysis import one_blas_thread, pitch_yin
+from pvtbuild.pipeline import executor_for, run_render, selected_clips
+from pvtbuild.stages.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references
+from pvtbuild.stages.render import plan_render
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from pvtbuild.config import load_pipeline
-    from pvtbuild.engine import written_shards
-    from pvtbuild.engine.stage import ShardRecord
-    from pvtbuild.music.analysis import one_blas_thread
-    from pvtbuild.pipeline import executor_for, run_render, selected_clips
-    from pvtbuild.stages.qa import QaJob, _in_sample, _warm_yin, judge_clips, qa_grid, qa_task, timbre_references
-    from pvtbuild.stages.render import plan_render
-
     n_files = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(REPO / "tests/data/midi/lakh-sample"),
@@ -51,7 +51,7 @@ def main() -> None:
     timbre = timbre_references(cfg)
     print(f"timbre references (once per qa stage run): {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
-    _warm_yin()
+    pitch_yin(np.zeros(4800, dtype=np.float32), 24000, 75.0, 4)  # what a qa task's first call pays
     print(f"librosa's first YIN call (once per worker process): {time.perf_counter() - t0:.2f} s; "
           f"YIN cross-checks qa.yin_share = {cfg.qa.yin_share:g} of the clips")
     names = ("voiced", "pitch", "chroma", "velocity")
@@ -90,8 +90,7 @@ def main() -> None:
             written_shards.clear()
             (out / f"qa-{r}").mkdir()
             t0 = time.perf_counter()
-            for rec in recs:
-                qa_task(rec.index, rec, job, str(out / f"qa-{r}"), str(render_dir))
+            judged = [qa_task(rec.index, rec, job, str(out / f"qa-{r}"), str(render_dir)) for rec in recs]
             disk_s = time.perf_counter() - t0
             assert written_shards.stats()["hits"] == 0
 
@@ -110,8 +109,7 @@ def main() -> None:
             ms = {"streamed": streamed_s, "from disk": disk_s, "judge_clips": judge_s}
             ms = {k: 1000 * v / max(clips_judged, 1) for k, v in ms.items()}
             # the YIN sample is chosen by a hash of the clip id: few clips here, so its share is off
-            sampled = sum(_in_sample(row["id"], cfg.qa.yin_share) for rec in recs for row in rec.rows
-                          if row["status"] == "ok")
+            sampled = sum("yin_agreement" in row["info"] for rec in judged for row in rec.rows)
             extra_yin.append((cfg.qa.yin_share - sampled / max(clips_judged, 1)) * yin_ms / render_ms)
             for k in ratios:
                 ratios[k].append(ms[k] / render_ms)
@@ -128,9 +126,6 @@ def main() -> None:
 
 def _yin_ms(cfg) -> float:
     """ms of one YIN cross-check (`analysis.pitch_yin`) on a clip-long signal, the best of 5."""
-    from pvtbuild.music.analysis import pitch_yin
-    from pvtbuild.stages.qa import qa_grid
-
     grid = qa_grid(cfg)
     x = np.random.default_rng(0).standard_normal(cfg.clip_samples).astype(np.float32) * 0.1
     times = []

@@ -33,6 +33,35 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from pvtbuild.clip import unpack_notes
+from pvtbuild.config import load_pipeline
+from pvtbuild.engine.stage import read_finished_stage, read_shard_arrays, rendered_rows
+from pvtbuild.music.analysis import one_blas_thread
+from pvtbuild.music.controls import compute_controls
+from pvtbuild.music.synth import render_notes
+from pvtbuild.pipeline import run_render
+from pvtbuild.stages.qa import QaJob, failure_reasons, judge_clips, qa_grid, timbre_references
+from pvtbuild.stages.render import render_soundfont
+from pvtbuild.stages.select import notes_files
+from pvtbuild.tools.qa_judge import (
+    BREAKS,
+    LABEL_SHIFT_S,
+    WRONG_PROGRAM,
+    CrepeCache,
+    coarse_controls,
+    coarse_grid,
+    crepe_right,
+    crepe_scores,
+    crepe_track,
+    droppable,
+    dropped,
+    noisy,
+    shifted,
+    transposed,
+)
+from pvtbuild.train.judge import CrepeJudge
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {8.0: {}, 4.0: {"select.clips_per_source": 20, "select.min_notes": 2},
@@ -49,11 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for CREPE")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "pvtbuild" / "bench_qa_precision"))
     args = ap.parse_args(argv)
-    import torch
-
     torch.set_num_threads(args.threads)
-    from pvtbuild.train.judge import CrepeJudge
-
     judge = CrepeJudge("tiny")
     print(f"judge: {judge.label}; rule: pitch class >= 95 %, exact pitch >= 90 %, voicing >= 85 %, "
           f"notes sounding >= 85 % (away from label changes), CREPE on every other 75 Hz frame")
@@ -64,18 +89,13 @@ def main(argv: list[str] | None = None) -> None:
           "render s | qa ms/clip | CREPE s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s in summary:
-        print(f"| {s['length']:g} s | {s['clips']} | {s['fails']} | {s['false']} ({100 * s['false'] / s['clips']:.2f} %) "
+        print(f"| {s['length']:g} s | {s['clips']} | {s['fails']} "
+              f"| {s['false']} ({100 * s['false'] / s['clips']:.2f} %) "
               f"| {s['misses']} ({100 * s['misses'] / s['clips']:.2f} %) | {100 * s['caught_min']:.0f} % "
               f"| {s['render_s']:.0f} | {s['qa_ms']:.2f} | {s['crepe_s']:.0f} |")
 
 
 def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
-    from pvtbuild.config import load_pipeline
-    from pvtbuild.music.analysis import one_blas_thread
-    from pvtbuild.pipeline import run_render
-    from pvtbuild.stages.qa import QaJob, failure_reasons, judge_clips, qa_grid, timbre_references
-    from pvtbuild.tools.qa_judge import CrepeCache, coarse_controls, coarse_grid, crepe_right, crepe_scores, crepe_track
-
     overrides = {"exec.scheduler": "sync", "select.clip_seconds": length, **SETTINGS[length]}
     cfg = load_pipeline(REPO / "pipelines" / "pvt.yaml", midi=str(REPO / "tests/data/midi/lakh-sample"),
                         limit=args.limit, **overrides)
@@ -138,23 +158,6 @@ def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
 
 def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, job) -> dict[str, float]:
     """Broken copies of up to `per_class` clean clips per class; prints and returns each class's share failed."""
-    from pvtbuild.clip import unpack_notes
-    from pvtbuild.music.controls import compute_controls
-    from pvtbuild.music.synth import render_notes
-    from pvtbuild.stages.qa import failure_reasons, judge_clips
-    from pvtbuild.stages.render import render_soundfont
-    from pvtbuild.stages.select import notes_files
-    from pvtbuild.tools.qa_judge import (
-        BREAKS,
-        LABEL_SHIFT_S,
-        WRONG_PROGRAM,
-        droppable,
-        dropped,
-        noisy,
-        shifted,
-        transposed,
-    )
-
     stored = {}
     for path in sorted(set(notes_files(out, cfg).values())):
         with np.load(path) as d:
@@ -168,7 +171,8 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
         return render_notes(notes, program, soundfont, cfg.render, cfg.clip_samples)[0]
 
     caught = {}
-    print(f"   broken copies of {len(sample)} clean clips (qa passes, CREPE right): | class | failed | with its reason |")
+    print(f"   broken copies of {len(sample)} clean clips (qa passes, CREPE right): "
+          "| class | failed | with its reason |")
     for kind, reason in BREAKS.items():
         audio, controls, instruments = [], [], []
         for j, i in enumerate(sample):
@@ -221,8 +225,6 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
 
 def _read_clips(out: Path, grid: str) -> dict:
     """Every rendered clip of a build: id, audio [N, S], controls on `grid` [N, T], instrument, program."""
-    from pvtbuild.engine.stage import read_finished_stage, read_shard_arrays, rendered_rows
-
     stage = read_finished_stage(out, "render", "bench")
     clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in CONTROL_NAMES}}
     for rec in stage.records:

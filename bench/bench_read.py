@@ -1,6 +1,7 @@
 """Read throughput of the pvtbuild TFRecord readers against one .npz per example (the old format).
 
-    python bench/bench_read.py                 # synthetic EnCodec-style records (n=2000), then demo-out/dataset if built
+    python bench/bench_read.py                 # synthetic EnCodec-style records (n=2000), then demo-out/dataset
+                                               # if built
     python bench/bench_read.py DATASET [N]     # the train split of a built dataset
 
 The torch reader is timed with its data CRC check (the default) and without
@@ -14,8 +15,8 @@ Synthetic records are what the EnCodec pipeline stores: ``encodec`` [128,600]
 float32, ``disc`` [16,600] int16 and 7 controls on the 75 Hz grid (6 x [600] +
 ``instrument_75hz`` [3,600]), ~348 kB each. For a given dataset the first `n`
 train records are read (a dataset smaller than that is read over and over
-until n), and the same records are re-saved as npz for the comparison. Files are read right after being written, so these are warm page
-cache numbers: decoding and framework overhead, not disk speed. MB/s counts
+until n), and the same records are re-saved as npz for the comparison. Files are read right after
+being written, so these are warm page cache numbers: decoding and framework overhead, not disk speed. MB/s counts
 array payload bytes.
 """
 
@@ -32,6 +33,8 @@ from typing import Any, Callable, Iterable, Iterator
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from pvtbuild.dataset import (
     array_shapes,
@@ -89,8 +92,9 @@ def build_synthetic(root: Path, n: int, shard_mb: float = 150.0) -> dict[str, fl
     t_write = time.perf_counter() - t0
     write_shapes(root / "shapes.txt", array_shapes(first))
     write_dataset_json(root / "dataset.json", {"train": infos}, {"bench": True})
-    out = {"serialize_s": t_ser, "write_shard_s": t_write, "shards": shards, "file_mb": sum(i.bytes for i in infos) / 1e6}
-    import tensorflow as tf
+    out = {"serialize_s": t_ser, "write_shard_s": t_write, "shards": shards,
+           "file_mb": sum(i.bytes for i in infos) / 1e6}
+    import tensorflow as tf  # noqa: PLC0415  (TensorFlow takes seconds to import: `run` times it, see tf_import_s)
 
     t0 = time.perf_counter()
     with tf.io.TFRecordWriter(str(root / "tf-writer-copy.tfrecord")) as w:
@@ -103,8 +107,6 @@ def build_synthetic(root: Path, n: int, shard_mb: float = 150.0) -> dict[str, fl
 
 def _loader_read(ds: Any, batch: int, num_workers: int, n: int) -> int:
     """Examples a DataLoader with `num_workers` yields until `n`, its workers kept across epochs."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(ds, batch_size=batch, num_workers=num_workers, persistent_workers=True)
     seen = 0
     for b in _epochs(lambda: loader):
@@ -117,8 +119,6 @@ def _loader_read(ds: Any, batch: int, num_workers: int, n: int) -> int:
 def shuffled_loader_read(dataset_dir: Path, batch: int, num_workers: int, n: int) -> int:
     """Examples the trainer's former reader yields until `n`: the seeded iterable through a DataLoader made
     per epoch (`drop_last`, as the trainer had it), so its shuffle buffer refills every epoch."""
-    from torch.utils.data import DataLoader
-
     ds = TFRecordIterableDataset(dataset_dir, "train", shuffle_seed=0)
     seen, epoch = 0, 0
     while seen < n:
@@ -138,8 +138,6 @@ def map_read(dataset_dir: Path, batch: int, num_workers: int, n: int) -> int:
     """Examples the trainer's reader yields until `n` (`DatasetSource.batches` without the collate to a Batch):
     each epoch permuted whole, cut into batches here, a DataLoader per epoch fed them as its batch_sampler.
     With no workers: the records of each epoch's permutation fetched in turn, decode only (as ``torch``)."""
-    from torch.utils.data import DataLoader
-
     ds = TFRecordMapDataset(dataset_dir, "train", shuffle_seed=0)
     seen, epoch = 0, 0
     while seen < n:
@@ -193,8 +191,6 @@ class _NpzDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
         with np.load(self.paths[i]) as z:
             return {k: torch.from_numpy(z[k]) for k in z.files}
 
@@ -213,9 +209,9 @@ def run(dataset_dir: str | Path | None = None, n: int = 2000, batch_size: int = 
     """
     result: dict[str, Any] = {"n": n, "batch_size": batch_size, "workers": workers}
     t0 = time.perf_counter()
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415  (timed: tf_import_s)
 
-    from pvtbuild.dataset.tf_reader import make_dataset
+    from pvtbuild.dataset.tf_reader import make_dataset  # noqa: PLC0415  (imports TensorFlow: timed with it)
 
     result["tf_import_s"] = round(time.perf_counter() - t0, 2)  # 0 if already imported by the caller
     with tempfile.TemporaryDirectory(prefix="pvtbench-") as tmp:
@@ -306,7 +302,8 @@ def _print(result: dict[str, Any]) -> None:
             print(f"  {key:10s} {val['examples_per_s']:9.1f} ex/s {val['mb_per_s']:8.1f} MB/s  ({val['seconds']} s)")
     for key, val in result["ratios"].items():
         print(f"  {key:22s} x{val}")
-    print(f"  tensorflow import {result['tf_import_s']} s; npz files {result['npz_mb']} MB written in {result['npz_write_s']} s")
+    print(f"  tensorflow import {result['tf_import_s']} s; npz files {result['npz_mb']} MB written in "
+          f"{result['npz_write_s']} s")
     if "write" in result:
         w = result["write"]
         print(f"  write: serialize {w['serialize_s']:.2f} s, write_shard {w['write_shard_s']:.2f} s, "

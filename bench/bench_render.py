@@ -131,7 +131,7 @@ _BARE: dict[str, object] = {}
 
 def _bare_synth(soundfont: Path, cfg: PipelineConfig) -> tuple[object, int]:
     """One pyfluidsynth Synth with the font loaded, created on first use and reused (not timed after)."""
-    import fluidsynth
+    import fluidsynth  # noqa: PLC0415  (pyfluidsynth loads libfluidsynth: only this bare-synth baseline needs it)
 
     if "synth" not in _BARE:
         synth = fluidsynth.Synth(gain=cfg.render.gain, samplerate=cfg.render.sample_rate, channels=16,
@@ -166,7 +166,7 @@ def _bare_synthesis(notes: list[ClipNotes], clips: list[ClipSpec], soundfont: Pa
 
 def _parse_costs(files: list[Path], cfg: PipelineConfig) -> tuple[float, float]:
     """Seconds per file: load_midi (child process, capped) and pretty_midi here, on the same files."""
-    import pretty_midi
+    import pretty_midi  # noqa: PLC0415  (only the parse-cost baseline needs it)
 
     ours = _time(lambda: [_try(load_midi, str(p), cfg.select) for p in files])
     with warnings.catch_warnings():

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from pvtbuild.train.backbone import count_parameters
 from pvtbuild.train.build import build_backbone, build_formalism
@@ -74,8 +75,6 @@ STEP_TARGET = 4.0
 def _config(name: str, formalism: dict | None = None):
     if formalism is None:
         return load_train_config(CONFIGS / f"{name}.yaml")
-    import yaml
-
     data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     data["name"], data["formalism"] = f"{name} as {formalism['name']}", formalism
     return train_config_from_dict(data)
@@ -89,7 +88,7 @@ def _sampler(cfg) -> Sampler:
     return Sampler(cfg, net, build_formalism(cfg, spec, DataStats()), spec, DataStats(), 0, Path("-"))
 
 
-def _controls(frames: int) -> Controls:
+def melody_controls(frames: int) -> Controls:
     """One clip's controls: a melody of 8 notes (velocity, chroma) played on the violin."""
     t = np.arange(frames)
     note = t * 8 // frames
@@ -99,14 +98,15 @@ def _controls(frames: int) -> Controls:
 
 def bench_tiny(batch: int) -> None:
     print(f"1. tiny configs on CPU ({torch.get_num_threads()} torch threads), guidance scale 1")
-    print(f"   {'config':<34} {'formalism':<9} {'batch':>5} {'steps':>5} {'NFE':>5} {'samples/s':>10} {'s per call':>11}")
+    print(f"   {'config':<34} {'formalism':<9} {'batch':>5} {'steps':>5} {'NFE':>5} {'samples/s':>10} "
+          f"{'s per call':>11}")
     cases = [("edm-encodec-tiny", None, None, batch, 3), ("ddpm-encodec-tiny", None, None, batch, 3),
              ("edm-encodec-tiny", {"name": "iadb", "sample_steps": 128}, None, batch, 3),
              ("discdpm-disc-tiny", None, DISC_STEPS, SMALL_BATCH, 1), ("edm-cqt-tiny", None, None, SMALL_BATCH, 1)]
     for name, formalism, steps, batch, repeats in cases:
         cfg = _config(name, formalism)
         sampler = _sampler(cfg)
-        controls = _controls(sampler.spec.shape[-1])
+        controls = melody_controls(sampler.spec.shape[-1])
         for _ in range(2):  # warm-up: the first calls of a model pay far more than the rest (allocator, kernels)
             generate(sampler, controls, batch, 3, 1.0, 0, batch)
         runs = [generate(sampler, controls, batch, steps, 1.0, 0, batch) for _ in range(repeats)]
@@ -115,9 +115,10 @@ def bench_tiny(batch: int) -> None:
         note = ""
         if steps is not None:  # DiscDPM: measured at DISC_STEPS, its default extrapolated
             full = sampler.formalism.cfg.sample_steps or sampler.formalism.T
-            note = f"   -> at its default {full} steps: {gen.samples_per_s * gen.nfe / full:.3g} samples/s (extrapolated)"
-        print(f"   {label:<34} {cfg.formalism_name:<9} {batch:>5} {steps or '-':>5} {gen.nfe:>5g} {gen.samples_per_s:>10.3g} "
-              f"{gen.seconds:>11.2f}{note}")
+            note = (f"   -> at its default {full} steps: {gen.samples_per_s * gen.nfe / full:.3g} samples/s "
+                    "(extrapolated)")
+        print(f"   {label:<34} {cfg.formalism_name:<9} {batch:>5} {steps or '-':>5} {gen.nfe:>5g} "
+              f"{gen.samples_per_s:>10.3g} {gen.seconds:>11.2f}{note}")
 
 
 def bench_full() -> None:
@@ -129,7 +130,7 @@ def bench_full() -> None:
     per_example = {}
     with torch.no_grad():
         for b in (1, 2):
-            c = _controls(600)
+            c = melody_controls(600)
             c = Controls(c.local.expand(b, -1, -1).contiguous(), None, GROUPS, ())
             x = torch.randn(b, *SHAPES["encodec"])
             sigma = torch.full((b,), 1.0)
@@ -149,12 +150,12 @@ def bench_full() -> None:
 def bench_discdpm_step() -> None:
     """Section 3 of the module docstring: the reference DiscDPM step against the fast one, same logits."""
     sys.path.insert(0, str(REPO / "tests"))  # the reference lives beside the tests that check against it
-    from discdpm_reference import ReferenceDiscDPM
+    from discdpm_reference import ReferenceDiscDPM  # noqa: PLC0415  (importable once tests/ is on sys.path, above)
 
     sampler = _sampler(_config("discdpm-disc-tiny"))
     d, b = sampler.formalism, SMALL_BATCH
     ref = ReferenceDiscDPM(d)
-    c = _controls(SHAPES["disc"][1])
+    c = melody_controls(SHAPES["disc"][1])
     controls = Controls(c.local.expand(b, -1, -1).contiguous(), None, GROUPS, ())
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(d.K, (b, *SHAPES["disc"]), generator=gen)

@@ -64,7 +64,9 @@ from pvtbuild.train import loop
 from pvtbuild.train.backbone import count_parameters
 from pvtbuild.train.build import build_backbone
 from pvtbuild.train.config import TrainConfig, load_train_config
-from pvtbuild.train.data import DatasetSource, Position, dataset_layout, measure_stats
+from pvtbuild.train.data import DatasetSource, Position, ToySource, dataset_layout, measure_stats
+from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig
+from pvtbuild.train.guidance import Controls
 from pvtbuild.train.spec import DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -365,8 +367,6 @@ def _meta_parameters(cfg: TrainConfig, spec: DataSpec) -> int:
 
 def _spec(cfg: TrainConfig, dataset: Path | None) -> DataSpec:
     if cfg.is_toy:
-        from pvtbuild.train.data import ToySource
-
         return ToySource(cfg.data, cfg.seed).spec
     assert dataset is not None
     return dataset_layout(cfg.data, dataset, cfg.name).spec
@@ -412,9 +412,7 @@ def _rss_bytes(field: str) -> int:
 def _discdpm_child(variant: str, batch: int) -> None:
     """One DiscDPM loss step, forward and backward; prints peak RSS, RSS before the loss, seconds, loss."""
     sys.path.insert(0, str(REPO / "tests"))  # the reference lives beside the tests that check against it
-    from discdpm_reference import ReferenceDiscDPM
-    from pvtbuild.train.formalisms.discdpm import DiscDPM, DiscDPMConfig
-    from pvtbuild.train.guidance import Controls
+    from discdpm_reference import ReferenceDiscDPM  # noqa: PLC0415  (importable once tests/ is on sys.path, above)
 
     d = DiscDPM(DiscDPMConfig(num_classes=DISC_CLASSES))
     g = torch.Generator().manual_seed(0)

@@ -9,11 +9,12 @@ the working tree. `--prepare` writes `.gpucheck/` (git-ignored, about 30 MB): th
 of `bench/gpu_check.yaml` (36 clips of examples/midi; the GPU machine has no FluidSynth) and wheels of
 the few pure or small packages a bare CUDA image lacks (crc32c, encodec, nnAudio). Without pvtbuild
 importable, the check installs those wheels into a temporary folder and restarts itself on it, so the
-command on the GPU machine is `python3 bench/gpu_check.py` with `.gpucheck` carried along.
+command on the GPU machine is `python3 bench/gpu_check.py` with `.gpucheck` carried along. That is why
+pvtbuild, torch and bench_sample are imported inside the functions that use them, after the restart.
 
 Sections, each in its own process under its own time limit (a hung section costs its limit, not the run):
 
-  a. the CUDA tests (`tests/test_cuda.py`, the CQT's CUDA test);
+  a. the CUDA tests (`tests/encoders/test_cuda.py`, the CQT's CUDA test);
   b. the encode stage on CUDA at batch 32 for cqt, encodec and disc: clips/s against the CPU, and two
      CUDA runs of all formats byte-identical (`deterministic_cuda`);
   c. each Table 4.1 config at the report's per-GPU batch size, bf16 autocast, a few steps of the real
@@ -30,10 +31,12 @@ gloo torchrun) and marks the GPU rows "no CUDA", so the script is known to work 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,7 +120,8 @@ Row = tuple[str, str, str]  # (section, what, result)
 
 def section_a(cuda: bool) -> list[Row]:
     """The CUDA tests: pytest on tests/test_cuda.py and the CQT's CUDA test."""
-    tests = ["tests/test_cuda.py", "tests/test_cqt.py::test_cuda_runs_the_same_transform_and_matches_nnaudio"]
+    tests = ["tests/encoders/test_cuda.py",
+             "tests/encoders/test_cqt.py::test_cuda_runs_the_same_transform_and_matches_nnaudio"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                           cwd=REPO, capture_output=True, text=True)
     tail = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["(no output)"]
@@ -129,7 +133,7 @@ def section_a(cuda: bool) -> list[Row]:
 
 def section_b(cuda: bool) -> list[Row]:
     """The encode stage per format on each device, and two CUDA runs of every format compared byte for byte."""
-    from pvtbuild.pipeline import build_config, run_encode
+    from pvtbuild.pipeline import build_config, run_encode  # noqa: PLC0415  (after the restart: docstring)
 
     work = Path(tempfile.mkdtemp(prefix="gpucheck-b-"))
     _require_build()
@@ -187,13 +191,10 @@ def section_c(cuda: bool) -> list[Row]:
 
 def train_one(name: str, dataset: Path) -> str:
     """One config for TRAIN_STEPS steps on the check's dataset; returns its row's result."""
-    import csv
-    import statistics
+    import torch  # noqa: PLC0415  (after the restart: docstring)
 
-    import torch
-
-    from pvtbuild.train.config import load_train_config
-    from pvtbuild.train.loop import TrainOptions, train
+    from pvtbuild.train.config import load_train_config  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.train.loop import TrainOptions, train  # noqa: PLC0415  (after the restart: docstring)
 
     cuda = torch.cuda.is_available()
     cfg = load_train_config(REPO / "pipelines" / "train" / f"{name}.yaml", **{"train.amp": "bf16"})
@@ -203,7 +204,8 @@ def train_one(name: str, dataset: Path) -> str:
     train(cfg, options, echo=lambda line: None)
     wall = time.perf_counter() - t0
     with open(run / "log.csv") as f:
-        rates = [float(r["examples_per_s"]) for r in csv.DictReader(f)][2:]  # the first two are warm-up (on CPU one step is left)
+        # the first two are warm-up (on CPU one step is left)
+        rates = [float(r["examples_per_s"]) for r in csv.DictReader(f)][2:]
     steps_per_s = statistics.median(rates) / cfg.data.batch_size if rates else float("nan")
     peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
     return f"{steps_per_s:.2f} steps/s{peak} ({wall:.0f} s with model build)"
@@ -214,29 +216,31 @@ def section_d(cuda: bool) -> list[Row]:
     if not cuda:
         return [("d", "sample EDM-encodec full size, 64 x 8 s", NO_CUDA),
                 ("d", "sample DiscDPM, 8 x 4 s", NO_CUDA)]
-    import torch
+    import torch  # noqa: PLC0415  (after the restart: docstring)
 
-    from bench_sample import GROUPS, _controls  # one melody: the same controls bench_sample uses
-    from pvtbuild.train.build import build_backbone, build_formalism
-    from pvtbuild.train.config import load_train_config
-    from pvtbuild.train.guidance import Controls
-    from pvtbuild.train.sample import Sampler, generate
-    from pvtbuild.train.spec import DataSpec, DataStats
+    from bench_sample import GROUPS, melody_controls  # noqa: PLC0415  (after the restart) one melody, as bench_sample's
+    from pvtbuild.train.build import build_backbone, build_formalism  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.train.config import load_train_config  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.train.guidance import Controls  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.train.sample import Sampler, generate  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.train.spec import DataSpec, DataStats  # noqa: PLC0415  (after the restart: docstring)
 
     rows = []
-    for name, shape, n, report in (("edm-encodec", (128, 600), 64, "12.7 s"), ("discdpm-disc", (16, 300), 8, "112.8 s")):
+    cases = (("edm-encodec", (128, 600), 64, "12.7 s"), ("discdpm-disc", (16, 300), 8, "112.8 s"))
+    for name, shape, n, report in cases:
         cfg = load_train_config(REPO / "pipelines" / "train" / f"{name}.yaml")
         spec = DataSpec(shape, 1024 if cfg.data.format == "disc" else 0, sum(GROUPS), 0)
         torch.manual_seed(0)
         net = build_backbone(cfg, spec).cuda().eval()
         sampler = Sampler(cfg, net, build_formalism(cfg, spec, DataStats()), spec, DataStats(), 0, Path("-"))
-        c = _controls(shape[-1])
+        c = melody_controls(shape[-1])
         controls = Controls(c.local.expand(n, -1, -1).contiguous(), None, GROUPS, ())
         generate(sampler, controls, n, 2, 1.0, 0, n)  # warm-up: kernels, allocator
         gen = generate(sampler, controls, n, None, 1.0, 0, n)
         steps = cfg.train.sample_steps or getattr(sampler.formalism, "T", "?")
         rows.append(("d", f"sample {name} full size, {n} x {shape[-1] / 75:.0f} s, {steps} steps ({gen.nfe:g} NFE)",
-                     f"{gen.seconds:.1f} s (report: {report}), peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"))
+                     f"{gen.seconds:.1f} s (report: {report}), "
+                     f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"))
         del net, sampler
         torch.cuda.empty_cache()
     return rows
@@ -244,7 +248,7 @@ def section_d(cuda: bool) -> list[Row]:
 
 def section_e(cuda: bool) -> list[Row]:
     """torchrun, one process per GPU (NCCL), 4 steps, then resumed to 8."""
-    import torch
+    import torch  # noqa: PLC0415  (after the restart: docstring)
 
     dataset = _dataset()
     procs = torch.cuda.device_count() if cuda else 1
@@ -259,8 +263,10 @@ def section_e(cuda: bool) -> list[Row]:
     ok = first.returncode == 0 and second.returncode == 0 and any("00000008" in c for c in ckpts)
     if not ok:
         print(first.stderr[-3000:], second.stderr[-3000:], file=sys.stderr)
-    what = f"torchrun {procs} process{'es' if procs > 1 else ''}, {'NCCL' if cuda else 'gloo (CPU)'}, 4 steps + resume to 8"
-    result = f"{'ok' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f} s (checkpoints: {', '.join(ckpts) or 'none'})"
+    what = (f"torchrun {procs} process{'es' if procs > 1 else ''}, {'NCCL' if cuda else 'gloo (CPU)'}, "
+            "4 steps + resume to 8")
+    result = (f"{'ok' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f} s "
+              f"(checkpoints: {', '.join(ckpts) or 'none'})")
     return [("e", what, result if cuda else f"{NO_CUDA}; CPU path {result}")]
 
 
@@ -292,7 +298,7 @@ def _dataset_pointer() -> Path:
 
 def _shard_for_training(out: Path) -> None:
     """Shard an encoded build into the dataset sections c and e train on; remember where it is."""
-    from pvtbuild.pipeline import build_config, run_shard
+    from pvtbuild.pipeline import build_config, run_shard  # noqa: PLC0415  (after the restart: docstring)
 
     cfg = build_config(out, None, **{"exec.scheduler": "sync"})
     run_shard(cfg, out)
@@ -322,7 +328,7 @@ def _run_child(args: list[str], limit: float, label: tuple[str, str]) -> Row:
 
 def run_section(key: str) -> None:
     """Child process: run one section and print its rows as one JSON line."""
-    import torch
+    import torch  # noqa: PLC0415  (after the restart: docstring)
 
     rows = SECTIONS[key](torch.cuda.is_available())
     print(json.dumps(rows))
@@ -351,7 +357,7 @@ def main() -> int:
 
 def check(sections: str, out: Path | None) -> int:
     """Run the sections in order, each in a child process under its limit, and print one table."""
-    import torch
+    import torch  # noqa: PLC0415  (after the restart: docstring)
 
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else f"CPU only ({os.cpu_count()} cores): GPU rows say {NO_CUDA!r}"

@@ -8,8 +8,9 @@
 # Everything lives in $CLUSTER_DIR (default .cluster/): scheduler.json (its address), one
 # <name>.pid and <name>.log per process, and each worker's scratch folder. Every process listens
 # on 127.0.0.1 only: the scheduler and its dashboard, each worker, its nanny and its dashboard.
-# Workers are plain `dask worker`s (pvtbuild sets up what it needs in them at run time) with pvtbuild's own local cluster's thread count (`python -m pvtbuild.engine.executor env
-# THREADS`: torch / OpenMP threads = cores / workers) and run one task at a time (--nthreads 1).
+# Workers are plain `dask worker`s (pvtbuild sets up what it needs in them at run time) with
+# pvtbuild's own local cluster's thread count (`python -m pvtbuild.engine.processes env THREADS`:
+# torch / OpenMP threads = cores / workers) and run one task at a time (--nthreads 1).
 # $WORKER_RESOURCES (e.g. "GPU=1") is passed to every worker as --resources.
 # See docs/cluster.md.
 set -euo pipefail
@@ -61,10 +62,10 @@ start() {
   rm -f "$DIR"/*.pid "$DIR/scheduler.json"
 
   local cores threads dash_port=0
-  cores=$("$PY" -c 'from pvtbuild.engine.executor import cores; print(cores())')
+  cores=$("$PY" -c 'from pvtbuild.engine.processes import cores; print(cores())')
   threads=$(( cores / workers > 0 ? cores / workers : 1 ))
   [[ "$port" != 0 ]] && dash_port=$((port + 1))
-  eval "$("$PY" -m pvtbuild.engine.executor env "$threads")"
+  eval "$("$PY" -m pvtbuild.engine.processes env "$threads")"
   export DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=2
 
   spawn scheduler "$DASK" scheduler --host 127.0.0.1 --port "$port" \

@@ -73,7 +73,7 @@ def test_each_clip_of_a_batch_gets_the_same_bytes_as_alone(tone_clips):
 
 
 def test_kernel_spectra_equal_the_fft_of_nnaudios_own_kernels():
-    from nnAudio.utils import create_cqt_kernels
+    from nnAudio.utils import create_cqt_kernels  # noqa: PLC0415  (nnAudio: this test's reference only)
 
     params = fftcqt.CqtParams(SR, CFG.fmin, CFG.bins_per_octave, CFG.n_bins, CFG.hop_length)
     q_factor = 1.0 / (2 ** (1 / CFG.bins_per_octave) - 1)
@@ -104,7 +104,7 @@ def snr_db(clean: np.ndarray, back: np.ndarray) -> float:
 
 
 def test_inverse_beats_librosa_icqt_of_nnaudios_cqt_the_inverse_before(tone_clips):
-    import librosa
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import: only the tests that compare with it pay)
 
     cqt = CqtEncoder(CFG, SR).encode(tone_clips)
     back = cqt_mod.inverse(cqt, SR, CFG, length=tone_clips.shape[1])

@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import dask
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from distributed import Client
+from distributed.security import Security
 from test_distributed import (
     BIN,
     HANG_GUARD,
@@ -31,7 +38,8 @@ from test_distributed import (
     stopped_afterwards,
 )
 
-from pvtbuild.engine.executor import Task, open_executor
+from pvtbuild.engine.executor import open_executor
+from pvtbuild.engine.tasks import Task
 
 N_CLIPS = 4
 PIPELINE = """\
@@ -52,11 +60,6 @@ TLS_ENV = {"ca": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "cert": "DASK_DISTRIBUT
 
 def _write_cert(folder: Path, name: str, issuer: tuple | None) -> tuple:
     """`name`.pem and `name`-key.pem: a CA (issuer None: self-signed) or a certificate `issuer` signs."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pvtbuild-test-{name}")])
     issuer_cert, issuer_key = issuer or (None, key)
@@ -83,7 +86,8 @@ def _write_cert(folder: Path, name: str, issuer: tuple | None) -> tuple:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    """ca.pem signs scheduler, worker and client; other-ca.pem signs stranger (a certificate the cluster does not trust)."""
+    """ca.pem signs scheduler, worker and client; other-ca.pem signs stranger (a certificate the cluster does
+    not trust)."""
     folder = tmp_path_factory.mktemp("certs")
     ca = _write_cert(folder, "ca", None)
     for name in ("scheduler", "worker", "client"):
@@ -111,7 +115,8 @@ def started(tmp_path: Path, scheduler_args: list[str], worker_args: list[str] | 
             stderr=open(tmp_path / "scheduler.log", "w"), start_new_session=True))
         if worker_args is not None:
             procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", *worker_args, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1"],
+                [str(BIN / "dask"), "worker", *worker_args, "--host", "127.0.0.1", "--nworkers", "1",
+                 "--nthreads", "1"],
                 cwd=tmp_path, env=stock_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"),
                 start_new_session=True))
         yield procs
@@ -132,9 +137,6 @@ SCHEDULER_LOGS: dict[str, Path] = {}  # of the running TLS clusters, by address
 @pytest.fixture(scope="module")
 def tls_cluster(certs, tmp_path_factory) -> Iterator[str]:
     """`dask scheduler --protocol tls` and one `dask worker` with their certificates; yields tls://127.0.0.1:PORT."""
-    from distributed import Client
-    from distributed.security import Security
-
     tmp = tmp_path_factory.mktemp("tls-cluster")
     port = free_port()
     address = f"tls://127.0.0.1:{port}"
@@ -268,8 +270,6 @@ def test_a_scheduler_without_workers_stops_the_run_after_exec_wait_for_workers_w
 def test_a_local_cluster_under_dask_config_requiring_encryption_runs_over_tls_with_temporary_certificates():
     """A user's dask config with `require-encryption: true` (for their TLS cluster) must not break runs
     without --scheduler: the local cluster gets certificates of its own."""
-    import dask
-
     with dask.config.set({"distributed.comm.require-encryption": True}):
         with open_executor(None, jobs=1, quiet=True) as ex:
             assert ex.client.scheduler.address.startswith("tls://127.0.0.1:")

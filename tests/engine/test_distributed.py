@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
+from distributed import Client, get_task_stream
 
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine.stage import finished_record, read_record
@@ -224,8 +226,6 @@ def started_stock_cluster(tmp_path: Path, worker_env: dict[str, str] | None = No
     nannies (daemonic workers, MALLOC_TRIM_THRESHOLD_=65536), no pvtbuild-specific environment
     (`worker_env`: what a test adds to the workers'). Yields the scheduler address; every process
     is stopped, by session, afterwards, and none may be left."""
-    from distributed import Client
-
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     with stopped_afterwards() as procs:
@@ -312,8 +312,6 @@ def check_build(build: Path, reference: Path) -> None:
 
 def test_run_streams_encode_and_qa_into_render_on_a_cluster_and_builds_the_staged_bytes(inputs, staged, stock_cluster,
                                                                                         tmp_path):
-    from distributed import Client, get_task_stream
-
     _, selection, _ = inputs
     pipeline, reference = staged
 
@@ -369,8 +367,6 @@ def run_killing_a_worker(stage_dir: Path, worker_pid_file: Path, *args: str | Pa
 
 def listening_sockets(pids: list[int]) -> list[tuple[str, int, str]]:
     """(ip, port, process name) of every listening TCP socket of `pids` and all their descendants."""
-    import psutil
-
     found = []
     for pid in pids:
         parent = psutil.Process(pid)
@@ -446,7 +442,8 @@ def test_a_task_raising_on_a_poisoned_clip_is_recorded_as_skipped_and_the_run_go
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    status = {r["id"]: r["status"] for r in map(json.loads, (out / "render" / "manifest.jsonl").read_text().splitlines())}
+    rows_written = (out / "render" / "manifest.jsonl").read_text().splitlines()
+    status = {r["id"]: r["status"] for r in map(json.loads, rows_written)}
     assert status.pop(rows[3]["clip_id"]) == "skipped: task failed: ValueError: program must be 0..127, got 200"
     assert set(status.values()) == {"ok"} and len(status) == N_CLIPS - 1
     assert "failed shard: render-" in result.stderr
@@ -469,7 +466,8 @@ def test_a_worker_running_another_pvtbuild_version_is_named_by_the_preflight_and
     pipeline, selection, _ = inputs
     other = tmp_path / "other-version"  # a newer pvtbuild's metadata, found before the installed one
     (other / "pvtbuild-99.0.dist-info").mkdir(parents=True)
-    (other / "pvtbuild-99.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pvtbuild\nVersion: 99.0\n")
+    (other / "pvtbuild-99.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pvtbuild\nVersion: 99.0\n")
     out = tmp_path / "out"
 
     with started_stock_cluster(tmp_path, {"PYTHONPATH": str(other)}) as address:

@@ -10,23 +10,19 @@ import multiprocessing
 import os
 import re
 import socket
+import urllib.request
 from pathlib import Path
 
+import dask
 import pytest
+from distributed import Client, Nanny, Scheduler, SpecCluster, get_worker
 
-from pvtbuild.engine.executor import (
-    ALLOWED_FAILURES,
-    WORKER_ENV,
-    After,
-    Executor,
-    Task,
-    TaskFailure,
-    cores,
-    dask_settings,
-    open_executor,
-    prepare_process,
-)
+from pvtbuild.engine import processes
+from pvtbuild.engine.cluster import ALLOWED_FAILURES, dask_settings
+from pvtbuild.engine.executor import Executor, open_executor
+from pvtbuild.engine.processes import WORKER_ENV, cores, prepare_process
 from pvtbuild.engine.stage import ShardRecord, StageSummary, read_manifest, run_stage, write_record
+from pvtbuild.engine.tasks import After, Task, TaskFailure
 from pvtbuild.errors import PvtbuildError
 
 # --- task functions (module level: workers import them) ----------------------------------
@@ -102,8 +98,6 @@ def test_local_cluster_and_in_process_yield_every_task_once_with_the_same_result
 
 
 def test_the_dashboard_link_printed_at_start_serves_the_dask_dashboard(local):
-    import urllib.request
-
     assert local.dashboard.startswith("http://127.0.0.1:")
     with urllib.request.urlopen(local.dashboard, timeout=30) as page:
         assert page.status == 200 and b"Dask" in page.read()
@@ -118,8 +112,7 @@ def test_local_workers_get_one_thread_share_each(local):
 
 
 def prepared_here() -> bool:
-    from pvtbuild.engine import executor
-    return executor._prepared
+    return processes._prepared
 
 
 def test_every_task_runs_in_a_process_whose_malloc_setting_was_made_at_run_time(local):
@@ -164,9 +157,12 @@ def test_a_task_that_keeps_killing_its_worker_is_given_up_and_the_run_goes_on(lo
 
 def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(local, tmp_path):
     groups = [[1, 2], [13, 14], [5]]
-    failed = lambda group, status: [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p",
-                                      "outputs": {}, "info": {}} for x in group]
-    make = lambda i, group: Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
+    def failed(group, status):
+        return [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p", "outputs": {},
+                 "info": {}} for x in group]
+
+    def make(i, group):
+        return Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
 
     summary = StageSummary("demo")
     run_stage(local, tmp_path, "p", groups, make, failed, summary)
@@ -185,15 +181,10 @@ def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(l
 
 
 def worker_name(x: int) -> str:
-    from distributed import get_worker
-
     return str(get_worker().name)
 
 
 def test_tasks_asking_for_a_gpu_run_only_on_workers_that_advertise_one(tmp_path):
-    import dask
-    from distributed import Client, Nanny, Scheduler, SpecCluster
-
     workers = {"cpu": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1"}},
                "gpu": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "resources": {"GPU": 1}}}}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
@@ -270,9 +261,12 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
     blocked.write_text("a file where the tasks expect their folder")
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
-    failed = lambda group, status: [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p",
-                                      "outputs": {}, "info": {}} for x in group]
-    make = lambda i, group: Task(f"env-{i}", write_into, (i, group, str(blocked)))
+    def failed(group, status):
+        return [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p", "outputs": {},
+                 "info": {}} for x in group]
+
+    def make(i, group):
+        return Task(f"env-{i}", write_into, (i, group, str(blocked)))
 
     with pytest.raises(PvtbuildError, match=r"^demo: its first 3 tasks all failed the same way, which is the "
                                             r"environment, not the input: NotADirectoryError: .*rerun when"):
@@ -281,8 +275,11 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
 
 
 def test_a_temporary_that_a_killed_worker_left_is_gone_when_the_stage_finishes(tmp_path):
-    failed = lambda group, status: []
-    make = lambda i, group: Task(f"demo-{i}", dies_mid_write, (i, group, str(tmp_path)))
+    def failed(group, status):
+        return []
+
+    def make(i, group):
+        return Task(f"demo-{i}", dies_mid_write, (i, group, str(tmp_path)))
 
     run_stage(Executor(None, "in-process"), tmp_path, "p", [[1], [2]], make, failed, StageSummary("demo"))
 

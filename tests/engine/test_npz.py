@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -66,8 +67,6 @@ def test_a_missing_or_compressed_member_is_one_line_naming_file_and_member():
 
 def stored_member(name: str, header: dict, data: bytes, allow_pickle_array: np.ndarray | None = None) -> bytes:
     """A one-member uncompressed .npz whose .npy header says `header` (whatever the data is)."""
-    import zipfile
-
     npy = io.BytesIO()
     if allow_pickle_array is not None:
         np.lib.format.write_array(npy, allow_pickle_array, allow_pickle=True)

@@ -21,7 +21,8 @@ from pvtbuild.config import CqtConfig, PipelineConfig, config_from_dict
 from pvtbuild.encoders import encodec as enc_mod
 from pvtbuild.encoders.cqt import CqtEncoder
 from pvtbuild.encoders.encodec import build_random_model, load_encodec
-from pvtbuild.engine.executor import Executor, dask_settings, open_executor
+from pvtbuild.engine.cluster import dask_settings
+from pvtbuild.engine.executor import Executor, open_executor
 from pvtbuild.engine.manifest import sha256_bytes, sha256_file
 from pvtbuild.engine.stage import read_record, write_record
 from pvtbuild.errors import InputError, PvtbuildError

@@ -1,4 +1,5 @@
-"""soundfont-audit: real FluidSynth on GeneralUser GS and a Debian SoundFont; copies detuned or silenced at test time."""
+"""soundfont-audit: real FluidSynth on GeneralUser GS and a Debian SoundFont; copies detuned or silenced at
+test time."""
 
 from __future__ import annotations
 

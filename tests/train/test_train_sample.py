@@ -22,7 +22,7 @@ from pvtbuild.cli import cli
 from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.music.controls import CONTROL_NAMES, frame_times
 from pvtbuild.stages.select import read_selection
-from pvtbuild.tools.inspect import clip_ids
+from pvtbuild.tools.inspection import clip_ids
 from pvtbuild.train.conditioning import (
     ControlRequest,
     build_controls,

@@ -1,4 +1,4 @@
-"""The tool commands: soundfont-audit, inspect."""
+"""The tool commands: soundfont-audit, inspect. Each parses its options and calls one library function."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from pathlib import Path
 import click
 
 from pvtbuild.cli.common import cli
-from pvtbuild.clip import clip_path
-from pvtbuild.engine.manifest import check_writable
 from pvtbuild.errors import PvtbuildError
+from pvtbuild.tools.audit import audit_soundfont, parse_programs
+from pvtbuild.tools.inspection import InspectOptions, inspect_dataset
 
 
 @cli.command("soundfont-audit")
 @click.argument("soundfont")
-@click.option("--programs", default="0,40,56", show_default=True, help="GM programs (bank 0) to audit, comma-separated.")
+@click.option("--programs", default="0,40,56", show_default=True,
+              help="GM programs (bank 0) to audit, comma-separated.")
 @click.option("--pitch-min", type=int, default=48, show_default=True, help="Lowest MIDI pitch played.")
 @click.option("--pitch-max", type=int, default=72, show_default=True, help="Highest MIDI pitch played.")
 @click.option("--velocities", default="40,80,120", show_default=True, help="Velocities each note is played at.")
@@ -24,8 +25,6 @@ def soundfont_audit(soundfont: str, programs: str, pitch_min: int, pitch_max: in
     Pitch within 30 cents, onset latency, loudness rising with velocity, no silence, no clipping,
     release length; prints a table and exits non-zero when a note fails (see audit.py).
     """
-    from pvtbuild.tools.audit import audit_soundfont, parse_programs
-
     report = audit_soundfont(soundfont, parse_programs(programs, "--programs"), pitch_min, pitch_max,
                              parse_programs(velocities, "--velocities"))
     click.echo("\n".join(report.lines()))
@@ -36,33 +35,18 @@ def soundfont_audit(soundfont: str, programs: str, pitch_min: int, pitch_max: in
 
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--verify", is_flag=True, help="Re-hash every shard, decode every record; exit non-zero on any mismatch.")
-@click.option("--plot", "plot_ids", multiple=True, help="Write ID.png (controls over time, CQT or mel above). Repeatable.")
+@click.option("--verify", is_flag=True,
+              help="Re-hash every shard, decode every record; exit non-zero on any mismatch.")
+@click.option("--plot", "plot_ids", multiple=True,
+              help="Write ID.png (controls over time, CQT or mel above). Repeatable.")
 @click.option("--plot-random", type=int, default=0, help="Plot N clips drawn with --seed.")
-@click.option("--wav", "wav_ids", multiple=True, help="Write ID.wav, decoded from whichever format is stored. Repeatable.")
+@click.option("--wav", "wav_ids", multiple=True,
+              help="Write ID.wav, decoded from whichever format is stored. Repeatable.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Where plots and WAVs go.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --plot-random.")
 def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random: int, wav_ids: tuple[str, ...],
             out_dir: Path, seed: int) -> None:
     """Summarise DATASET; optionally verify it, plot clips, export WAVs."""
-    from pvtbuild.dataset import verify_dataset
-    from pvtbuild.tools import inspect as insp
-
-    click.echo("\n".join(insp.summary_lines(dataset)))
-    if plot_random or plot_ids or wav_ids:
-        check_writable(out_dir, "--out-dir")
-    if plot_random:
-        plot_ids += tuple(insp.random_clip_ids(dataset, plot_random, seed))
-    for clip_id in plot_ids:
-        click.echo(f"plot: {insp.plot_clip(dataset, clip_id, clip_path(out_dir, clip_id, '.png'))}")
-    for clip_id in wav_ids:
-        path, fmt = insp.export_wav(dataset, clip_id, clip_path(out_dir, clip_id, ".wav"))
-        click.echo(f"wav: {path} (decoded from {fmt})")
-    if verify:
-        report = verify_dataset(dataset)
-        click.echo(f"verify: {report.summary()}")
-        if not report.ok:
-            raise PvtbuildError(f"{dataset}: verify found {len(report.problems)} problem(s), listed above")
-
-
+    for line in inspect_dataset(InspectOptions(dataset, verify, plot_ids, plot_random, wav_ids, out_dir, seed)):
+        click.echo(line)

@@ -1,4 +1,4 @@
-"""Encoders from audio clips to the stored formats (SPEC.md, "encode").
+"""Encoders from audio clips to the stored formats (docs/data-contract.md, "encode").
 
 - `cqt`: complex CQT [2, 216, 1921] float32 (nnAudio's CQT1992v2, computed by `fftcqt`), and its inverse.
 - `encodec`: EnCodec 24 kHz latents [128, 600] float32 and codes [16, 600] int16, and decoders.
@@ -6,9 +6,3 @@
 
 Heavy dependencies (nnAudio, encodec, librosa) load on first use.
 """
-
-from pvtbuild.compute import default_batch_size, pick_device, set_threads
-from pvtbuild.encoders.cqt import CqtEncoder
-from pvtbuild.encoders.encodec import EncodecEncoder, load_encodec
-
-__all__ = ["CqtEncoder", "EncodecEncoder", "default_batch_size", "load_encodec", "pick_device", "set_threads"]

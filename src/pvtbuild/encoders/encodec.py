@@ -33,7 +33,7 @@ import torch
 
 from pvtbuild.engine.manifest import sha256_file
 from pvtbuild.errors import InputError
-from pvtbuild.music.torchaudio_free import TorchaudioStandIn, import_without_torchaudio  # noqa: F401 (the stand-in: re-exported)
+from pvtbuild.music.torchaudio_free import import_without_torchaudio
 
 if TYPE_CHECKING:
     from encodec import EncodecModel
@@ -260,7 +260,8 @@ def _load_pretrained(path: Path) -> tuple[EncodecModel, str]:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise InputError(f"EnCodec checkpoint {path}: not the 24 kHz EnCodec model's weights ({_one_line(e)})") from None
+        raise InputError(f"EnCodec checkpoint {path}: not the 24 kHz EnCodec model's weights "
+                         f"({_one_line(e)})") from None
     return model.eval(), sha
 
 

@@ -171,13 +171,13 @@ def kernel_bands(params: CqtParams, fft_size: int, pad: int) -> tuple[list[int],
     if pad != width // 2:
         raise ValueError(f"pad must be width // 2 = {width // 2}, got {pad}")
     starts, bands = [], []
-    for f, l in zip(freqs, lengths):
+    for f, length in zip(freqs, lengths):
         centre = f * fft_size / params.sample_rate
-        half = _EVAL_HALF_WIDTH * fft_size / l
+        half = _EVAL_HALF_WIDTH * fft_size / length
         lo, hi = max(0, math.floor(centre - half)), min(fft_size // 2, math.ceil(centre + half))
         q = np.arange(lo, hi + 1)
-        spec = np.conj(kernel_spectrum(f, l, width, params.sample_rate, q / fft_size))
-        spec *= math.sqrt(l) / params.hop_length
+        spec = np.conj(kernel_spectrum(f, length, width, params.sample_rate, q / fft_size))
+        spec *= math.sqrt(length) / params.hop_length
         mag = np.abs(spec)
         kept = np.flatnonzero(mag >= BAND_FLOOR * mag.max())
         first, last = int(kept[0]), int(kept[-1])

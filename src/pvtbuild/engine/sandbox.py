@@ -43,6 +43,11 @@ import time
 import weakref
 from typing import Any, BinaryIO
 
+try:
+    import resource
+except ImportError:  # not on POSIX: workers run uncapped
+    resource = None
+
 _HEADER = struct.Struct(">Q")
 # The child runs one request at a time: extra BLAS / OpenMP threads would only cost memory
 # (address space counted against the cap) and start-up time.
@@ -231,9 +236,7 @@ def _pid_alive(pid: int) -> bool:
 def _limit_address_space(memory_mb: int) -> None:
     """Cap this process's address space, so a runaway allocation raises MemoryError here
     instead of exhausting the machine (RSS limits are not enforced by Linux; RLIMIT_AS is)."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX: run uncapped
+    if resource is None:  # not on POSIX: run uncapped
         return
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = memory_mb * 2**20

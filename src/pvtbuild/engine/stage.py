@@ -33,7 +33,7 @@ import numpy as np
 
 from pvtbuild.clip import check_clip_id
 from pvtbuild.engine import written_shards
-from pvtbuild.engine.executor import After, Executor, Task, TaskFailure
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import (
     ManifestRow,
     atomic_write,
@@ -47,6 +47,7 @@ from pvtbuild.engine.manifest import (
     write_jsonl,
 )
 from pvtbuild.engine.npz import npz_arrays, npz_bytes
+from pvtbuild.engine.tasks import After, Task, TaskFailure
 from pvtbuild.errors import InputError, PvtbuildError
 
 

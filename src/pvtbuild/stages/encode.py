@@ -53,7 +53,7 @@ from pvtbuild.compute import default_batch_size, deterministic_cuda, encode_thre
 from pvtbuild.config import CqtConfig, PipelineConfig, config_hash
 from pvtbuild.encoders.cqt import TRANSFORM, CqtEncoder
 from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
-from pvtbuild.engine.executor import Executor, Task
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, atomic_write_bytes, sha256_bytes, sha256_file
 from pvtbuild.engine.stage import (
     FinishedStage,
@@ -70,6 +70,7 @@ from pvtbuild.engine.stage import (
     write_record,
     write_shard_file,
 )
+from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
 
 ENCODED_FORMATS = ("cqt", "encodec", "disc")  # what this stage computes, in storage order

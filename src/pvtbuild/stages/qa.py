@@ -44,7 +44,7 @@ import numpy as np
 
 from pvtbuild.clip import clip_path
 from pvtbuild.config import GridConfig, PipelineConfig, QaConfig, config_hash
-from pvtbuild.engine.executor import Executor, Task
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, atomic_write_bytes
 from pvtbuild.engine.stage import (
     FinishedStage,
@@ -60,6 +60,7 @@ from pvtbuild.engine.stage import (
     run_stages,
     write_record,
 )
+from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.music.analysis import (
     SCORE_KEYS,

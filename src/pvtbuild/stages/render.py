@@ -27,7 +27,7 @@ import numpy as np
 
 from pvtbuild.clip import ClipNotes, ClipSpec, unpack_notes
 from pvtbuild.config import PipelineConfig, config_hash
-from pvtbuild.engine.executor import Executor, Task
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, sha256_bytes, stable_hash
 from pvtbuild.engine.stage import (
     ShardRecord,
@@ -41,6 +41,7 @@ from pvtbuild.engine.stage import (
     write_record,
     write_shard_file,
 )
+from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import ConfigError, InputError
 
 # A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont

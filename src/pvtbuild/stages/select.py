@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pvtbuild.clip import ClipSpec, pack_notes
 from pvtbuild.config import PipelineConfig, config_hash
-from pvtbuild.engine.executor import Executor, Task
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, read_jsonl, stable_hash, write_jsonl
 from pvtbuild.engine.stage import (
     ShardRecord,
@@ -41,6 +41,7 @@ from pvtbuild.engine.stage import (
     write_record,
     write_shard_file,
 )
+from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import InputError, PvtbuildError
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")

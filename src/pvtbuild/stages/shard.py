@@ -54,7 +54,7 @@ from pvtbuild.dataset import (
     write_shard,
 )
 from pvtbuild.dataset.layout import SPLITS, num_shards
-from pvtbuild.engine.executor import Executor, Task
+from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
 from pvtbuild.engine.npz import NpzRows
 from pvtbuild.engine.stage import (
@@ -66,6 +66,7 @@ from pvtbuild.engine.stage import (
     run_stage,
     write_record,
 )
+from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import PvtbuildError
 
 ENCODED = ("cqt", "encodec", "disc")

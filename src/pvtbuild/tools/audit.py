@@ -18,8 +18,8 @@ fresh synth, fixed gain, no normalisation) one note at a time: every pitch of
 and fails a note, with a reason, on: `no preset` (bank 0 lacks the program), `silent`
 (peak below `silence_peak`), `clipping` (a sample beyond the render's clip limit),
 `detuned` (`max_cents` < |cents| < 100), `wrong octave` (within `max_cents` of a
-whole number of octaves away), `wrong pitch` (any other |cents| > `max_cents`), `late onset` (latency > `max_latency_s`),
-`long release` (release > `max_release_s`), and a program's pitch on
+whole number of octaves away), `wrong pitch` (any other |cents| > `max_cents`), `late onset`
+(latency > `max_latency_s`), `long release` (release > `max_release_s`), and a program's pitch on
 `loudness not rising` when a higher velocity is not at least `min_velocity_step_db`
 louder than the next lower one.
 """
@@ -27,12 +27,17 @@ louder than the next lower one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from pvtbuild.clip import ClipNotes
+from pvtbuild.config import RenderConfig
 from pvtbuild.errors import InputError
+from pvtbuild.music.soundfonts import resolve_soundfont
+from pvtbuild.music.synth import render_notes
 
 DEFAULT_PROGRAMS = (0, 40, 56)
 DEFAULT_VELOCITIES = (40, 80, 120)
@@ -118,9 +123,6 @@ def audit_soundfont(soundfont: str | Path, programs: tuple[int, ...] = DEFAULT_P
     Raises:
         InputError: one line, when the file is missing or not a SoundFont, or an argument is out of range.
     """
-    from pvtbuild.config import RenderConfig
-    from pvtbuild.music.soundfonts import resolve_soundfont
-
     render = render or RenderConfig()
     if not (0 <= pitch_min <= pitch_max <= 127):
         raise InputError(f"pitch range {pitch_min}..{pitch_max}: need 0 <= --pitch-min <= --pitch-max <= 127")
@@ -145,11 +147,6 @@ def audit_soundfont(soundfont: str | Path, programs: tuple[int, ...] = DEFAULT_P
 
 def audit_note(soundfont: Path, program: int, pitch: int, velocity: int, limits: AuditLimits, render) -> NoteResult:
     """One note through FluidSynth, measured (see the module docstring)."""
-    from dataclasses import replace
-
-    from pvtbuild.clip import ClipNotes
-    from pvtbuild.music.synth import render_notes
-
     res = NoteResult(program, pitch, velocity)
     sr = render.sample_rate
     on = 0.05
@@ -205,7 +202,7 @@ def note_f0(audio: np.ndarray, sample_rate: int, near_midi: float) -> float:
     (`analysis.analyse` names the semitone per 42.7 ms frame; on GeneralUser's piano C3 at
     velocity 120 most of its frames read D3, so this single-note check does not rely on it.)
     """
-    import librosa
+    import librosa  # noqa: PLC0415  (librosa takes seconds to import; only the pitch measure needs it)
 
     x = np.asarray(audio, dtype=np.float64)
     frame = 2048
@@ -265,8 +262,6 @@ def _f(x: float, fmt: str) -> str:
 
 
 def _count(notes: list[NoteResult]) -> dict[str, int]:
-    from collections import Counter
-
     return dict(Counter(r for n in notes for r in n.reasons).most_common())
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pvtbuild.config import CqtConfig
 from pvtbuild.dataset import read_dataset_json
 from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import InputError
@@ -76,20 +77,19 @@ class AudioDecoder:
 
     def cqt_config(self) -> Any:
         """The `CqtConfig` the dataset's CQT was made with."""
-        from pvtbuild.config import CqtConfig
-
         return CqtConfig(**(self.doc.get("encoder") or {}).get("cqt", self.doc["config"]["encode"]["cqt"]))
 
     def decode(self, fmt: str, batch: np.ndarray) -> np.ndarray:
         """[B, N] float32 audio (N = the clip's samples) from a batch of one format's arrays."""
         if fmt not in DECODABLE:
-            raise InputError(f"{self.dataset}: cannot decode format {fmt!r} to audio (decodable: {', '.join(DECODABLE)})")
+            raise InputError(f"{self.dataset}: cannot decode format {fmt!r} to audio "
+                             f"(decodable: {', '.join(DECODABLE)})")
         batch = np.asarray(batch)
         n = self.clip_samples
         if fmt == "audio":
             audio = batch.reshape(batch.shape[0], -1).astype(np.float32)
         elif fmt == "cqt":
-            from pvtbuild.encoders.cqt import inverse
+            from pvtbuild.encoders.cqt import inverse  # noqa: PLC0415  (imports torch, ~1.5 s: only the CQT needs it)
 
             audio = inverse(batch, self.sample_rate, self.cqt_config(), n, device=self.device)
         elif fmt == "encodec":
@@ -131,7 +131,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _encodec_decoder(dataset: Path, doc: dict[str, Any], device: str) -> Any:
-    from pvtbuild.encoders.encodec import EncodecEncoder
+    from pvtbuild.encoders.encodec import EncodecEncoder  # noqa: PLC0415  (imports torch: only EnCodec formats need it)
 
     enc = doc.get("encoder") or {}
     if enc.get("weights") not in ("random", "pretrained"):
@@ -140,10 +140,12 @@ def _encodec_decoder(dataset: Path, doc: dict[str, Any], device: str) -> Any:
     if checkpoint and not Path(checkpoint).is_file():
         checkpoint = None  # built elsewhere: look in this machine's torch hub cache
     codec = EncodecEncoder.load(checkpoint=checkpoint, random_weights=enc["weights"] == "random",
-                                seed=int(enc.get("seed", 0)), bandwidth=float(enc.get("bandwidth", 12.0)), device=device)
+                                seed=int(enc.get("seed", 0)), bandwidth=float(enc.get("bandwidth", 12.0)),
+                                device=device)
     if enc["weights"] == "pretrained" and codec.info.get("sha256") != enc.get("checkpoint_sha256"):
         raise InputError(f"EnCodec checkpoint {codec.info.get('checkpoint')}: not the one that made {dataset} "
-                         f"(sha256 {str(codec.info.get('sha256'))[:12]}... vs {str(enc.get('checkpoint_sha256'))[:12]}...)")
+                         f"(sha256 {str(codec.info.get('sha256'))[:12]}... "
+                         f"vs {str(enc.get('checkpoint_sha256'))[:12]}...)")
     return codec
 
 

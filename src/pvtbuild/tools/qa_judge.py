@@ -22,6 +22,7 @@ a rerun on the same renders costs no CREPE pass, and a track is a pure function 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,8 @@ import numpy as np
 from pvtbuild.clip import ClipNotes
 from pvtbuild.config import GridConfig
 from pvtbuild.engine.manifest import atomic_write_bytes
+from pvtbuild.music.controls import frame_times
+from pvtbuild.train.judge import MIN_CORE_S, edge_frames, score_track
 
 # issue 22's rule: key -> the least share a right clip has (away from label changes)
 CREPE_RULE: dict[str, float] = {"crepe_chroma_accuracy": 0.95, "crepe_pitch_accuracy": 0.90,
@@ -98,8 +101,6 @@ class CrepeCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **self.tracks)
         atomic_write_bytes(self.path, buf.getvalue())
@@ -128,9 +129,6 @@ def crepe_track(judge, audio: np.ndarray, sample_rate: int, grid: GridConfig,
 def crepe_scores(pitch: np.ndarray, controls: Sequence[Mapping[str, np.ndarray]],
                  grid: GridConfig) -> list[dict[str, float]]:
     """`train.judge` scores of tracks `pitch` [B, T] (nan: unvoiced) against each clip's controls on `grid`."""
-    from pvtbuild.music.controls import frame_times
-    from pvtbuild.train.judge import MIN_CORE_S, edge_frames, score_track
-
     times = frame_times(grid)
     k, min_core = edge_frames(grid), math.ceil(MIN_CORE_S * float(grid.rate))
     return [score_track(p, np.isfinite(p), times, c, k, min_core) for p, c in zip(pitch, controls)]

@@ -40,7 +40,7 @@ from pvtbuild.config import GridConfig, PipelineConfig
 from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.music.controls import CONTROL_NAMES, clip_controls, compute_controls
 from pvtbuild.music.midi import clip_notes, load_midi, md5_file, select_clips
-from pvtbuild.tools.inspect import find_clip
+from pvtbuild.tools.inspection import find_clip
 from pvtbuild.train.data import DatasetLayout, assemble_controls
 from pvtbuild.train.guidance import NULL_VALUE, Controls
 

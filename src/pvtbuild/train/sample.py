@@ -41,7 +41,7 @@ from pvtbuild.dataset.layout import DATASET_JSON
 from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
 from pvtbuild.tools.decode import AudioDecoder, write_wav
-from pvtbuild.tools.inspect import draw_clip
+from pvtbuild.tools.inspection import draw_clip
 from pvtbuild.train.build import build_backbone, build_formalism
 from pvtbuild.train.checkpoint import RUN_JSON, load_checkpoint, resolve_checkpoint, restoring
 from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls, model_controls

@@ -42,7 +42,7 @@ from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.errors import InputError
 from pvtbuild.music.controls import CONTROL_NAMES
 from pvtbuild.tools.decode import AudioDecoder
-from pvtbuild.tools.inspect import draw_clip
+from pvtbuild.tools.inspection import draw_clip
 from pvtbuild.train.checkpoint import checkpoint_path
 from pvtbuild.train.conditioning import ControlSpace, RequestedControls, model_controls, null_controls
 from pvtbuild.train.config import TrainConfig

@@ -1,4 +1,4 @@
-"""Tests of `pvtbuild inspect` (pvtbuild.tools.inspect): summary, verify, plots, WAV export.
+"""Tests of `pvtbuild inspect` (pvtbuild.tools.inspection): summary, verify, plots, WAV export.
 
 One real build per module (3 Lakh sources rendered by FluidSynth, encoded as
 CQT + EnCodec with random weights), sharded once per stored format; corrupting
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import wave
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 from pvtbuild.cli import cli
+from pvtbuild.dataset import decode_record, iter_records, read_shapes, serialize_example, write_shard
+from pvtbuild.dataset.framing import masked_crc32c
 from pvtbuild.engine.executor import open_executor
 from pvtbuild.errors import InputError
 from pvtbuild.stages.shard import shard
-from pvtbuild.tools import inspect as insp
+from pvtbuild.tools import inspection as insp
 
 FORMATS = ("audio", "cqt", "encodec", "disc")
 
@@ -156,8 +159,6 @@ def test_wav_is_decoded_from_each_stored_format_with_the_clip_length_and_rate(bu
 def rewrite_ids(ds: Path, new_id: str) -> None:
     """Give every record of `ds` the id `new_id`, keeping dataset.json's sizes and sha256s true
     (a hostile dataset that passes every checksum)."""
-    from pvtbuild.dataset import decode_record, iter_records, read_shapes, serialize_example, write_shard
-
     shapes = read_shapes(ds)
     doc = json.loads((ds / "dataset.json").read_text())
     for info in doc["splits"].values():
@@ -204,10 +205,6 @@ def test_inspect_of_a_malformed_dataset_json_is_one_line_naming_the_key(built, t
 
 
 def test_inspect_verify_of_a_huge_length_with_a_valid_crc_is_a_problem_not_a_memory_error(built, tmp_path):
-    import struct
-
-    from pvtbuild.dataset.framing import masked_crc32c
-
     ds = shutil.copytree(built["audio"], tmp_path / "ds")
     shard_file = sorted(ds.glob("*/*.tfrecord"))[0]
     data = bytearray(shard_file.read_bytes())

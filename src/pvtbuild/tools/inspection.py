@@ -1,36 +1,88 @@
-"""Looking at a built dataset: a summary, clip plots and WAV exports (`pvtbuild inspect`).
+"""Looking at a built dataset: a summary, clip plots and WAV exports (`pvtbuild inspect`, which is
+`inspect_dataset` with an `InspectOptions`).
 
 The summary reads only dataset.json and shapes.txt (the shard stage stores
 instrument counts and a BPM histogram there), so it is instant on any size.
 `--verify` is `pvtbuild.dataset.verify_dataset`. Plots and WAVs find a clip by
 its ``id`` by scanning the shards' records, decoding only the matching one.
 
-Plots follow the report's Fig. 3.5 (instrument matrix, chroma, velocity, one
-row each, over time), with the beat sawtooth below and a time-frequency
-picture above: the CQT magnitude if the dataset stores it, else a mel
-spectrogram of the audio, else the EnCodec latents or codes as an image.
+Plots show the controls over time, one row each: the instrument matrix (one
+line per instrument, dark where it plays), chroma, velocity and the beat
+sawtooth, with a time-frequency picture above: the CQT magnitude if the
+dataset stores it, else a mel spectrogram of the audio, else the EnCodec
+latents or codes as an image.
 
 WAVs are decoded from whichever format is stored, best first: the audio
-itself; the CQT through its inverse (encode/cqt.py); EnCodec latents or codes
+itself; the CQT through its inverse (encoders/cqt.py); EnCodec latents or codes
 through the EnCodec decoder with the weights dataset.json records (random
 weights from their seed, or the pretrained checkpoint, which must be present).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from pvtbuild.clip import check_clip_id
-from pvtbuild.dataset import decode_record, iter_records, list_shards, parse_example, read_dataset_json, read_shapes
+from pvtbuild.clip import check_clip_id, clip_path
+from pvtbuild.dataset import (
+    decode_record,
+    iter_records,
+    list_shards,
+    parse_example,
+    read_dataset_json,
+    read_shapes,
+    verify_dataset,
+)
 from pvtbuild.dataset.layout import SPLITS
-from pvtbuild.engine.manifest import atomic_write
-from pvtbuild.errors import InputError
+from pvtbuild.engine.manifest import atomic_write, check_writable
+from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.stages.qa import summary_lines as qa_lines
+from pvtbuild.tools.decode import AudioDecoder, write_wav
 
 SPECTRAL = ("cqt", "audio", "encodec", "disc")  # what the top panel of a plot shows, best first
 AUDIBLE = ("audio", "cqt", "encodec", "disc")  # what a WAV is decoded from, best first
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """What `pvtbuild inspect` was asked for: the dataset, and which checks, plots and WAVs to make."""
+
+    dataset: Path
+    verify: bool = False  # re-hash every shard and decode every record
+    plot_ids: tuple[str, ...] = ()  # clips to plot as ID.png
+    plot_random: int = 0  # clips to plot, drawn with `seed`
+    wav_ids: tuple[str, ...] = ()  # clips to export as ID.wav
+    out_dir: Path = Path(".")  # where plots and WAVs go
+    seed: int = 0
+
+
+def inspect_dataset(opts: InspectOptions) -> Iterator[str]:
+    """The lines `pvtbuild inspect` prints, yielded as each piece of work finishes (a summary first, then one
+    line per plot and WAV written, then the verify summary), so a long verify never hides what is done.
+
+    Raises:
+        PvtbuildError: a bad dataset, clip id or output folder (one line); and, after its lines, a verify
+            that found problems.
+    """
+    yield from summary_lines(opts.dataset)
+    plot_ids = opts.plot_ids
+    if opts.plot_random or plot_ids or opts.wav_ids:
+        check_writable(opts.out_dir, "--out-dir")
+    if opts.plot_random:
+        plot_ids += tuple(random_clip_ids(opts.dataset, opts.plot_random, opts.seed))
+    for clip_id in plot_ids:
+        yield f"plot: {plot_clip(opts.dataset, clip_id, clip_path(opts.out_dir, clip_id, '.png'))}"
+    for clip_id in opts.wav_ids:
+        path, fmt = export_wav(opts.dataset, clip_id, clip_path(opts.out_dir, clip_id, ".wav"))
+        yield f"wav: {path} (decoded from {fmt})"
+    if opts.verify:
+        report = verify_dataset(opts.dataset)
+        yield f"verify: {report.summary()}"
+        if not report.ok:
+            raise PvtbuildError(f"{opts.dataset}: verify found {len(report.problems)} problem(s), listed above")
 
 
 def summary_lines(dataset: Path) -> list[str]:
@@ -55,8 +107,6 @@ def summary_lines(dataset: Path) -> list[str]:
     for reason, n in doc.get("skipped", {}).items():
         lines.append(f"  not in the dataset: {n} clips: {reason}")
     if doc.get("qa"):
-        from pvtbuild.stages.qa import summary_lines as qa_lines
-
         dropped = "failing clips dropped" if doc["qa"].get("dropped_failing") else "failing clips kept"
         lines += [f"  {line} ({dropped})" if n == 0 else f"  {line}" for n, line in enumerate(qa_lines(doc["qa"]))]
     return lines
@@ -92,7 +142,7 @@ def random_clip_ids(dataset: Path, n: int, seed: int = 0) -> list[str]:
 
 
 def plot_clip(dataset: Path, clip_id: str, path: Path) -> Path:
-    """A PNG of one clip like the report's Fig. 3.5, with a time-frequency picture above the controls."""
+    """A PNG of one clip: its controls over time, one row each, with a time-frequency picture above."""
     doc = read_dataset_json(dataset)
     clip = find_clip(dataset, clip_id)
     grid, rate, offset = _control_grid(doc, clip)
@@ -105,10 +155,10 @@ def draw_clip(path: Path, clip: dict[str, Any], doc: dict[str, Any], grid: str, 
               title: str) -> Path:
     """Draw a clip's arrays (one of cqt / audio / encodec / disc for the top panel; `{control}_{grid}`
     for instrument, chroma, velocity, beat) as a PNG; control values of -1 (not given) are left blank."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (matplotlib takes ~1 s to import; only plots need it)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after use("Agg"): no display needed)
 
     names = [i["name"] if isinstance(i, dict) else str(i) for i in doc["config"]["select"]["instruments"]]
     fig, axes = plt.subplots(5, 1, figsize=(10, 9), sharex=True,
@@ -123,8 +173,9 @@ def draw_clip(path: Path, clip: dict[str, Any], doc: dict[str, Any], grid: str, 
                    extent=((offset - 0.5) / rate, (frames + offset - 0.5) / rate, len(names) - 0.5, -0.5))
     axes[1].set_yticks(range(len(names)), names)
     axes[1].set_ylabel("instrument" + (" (not given)" if (inst < 0).all() else ""))
-    for ax, name, label in ((axes[2], "chroma", "chroma\n(pitch class / 11)"), (axes[3], "velocity", "velocity\n(/127)"),
-                            (axes[4], "beat", "beat phase")):
+    rows = ((axes[2], "chroma", "chroma\n(pitch class / 11)"), (axes[3], "velocity", "velocity\n(/127)"),
+            (axes[4], "beat", "beat phase"))
+    for ax, name, label in rows:
         values = np.asarray(clip[f"{name}_{grid}"], dtype=np.float32)
         ax.plot(t, np.where(values < 0, np.nan, values), lw=1.2, drawstyle="default" if name == "beat" else "steps-mid")
         ax.set_ylim(-0.05, 1.05)
@@ -142,8 +193,6 @@ def draw_clip(path: Path, clip: dict[str, Any], doc: dict[str, Any], grid: str, 
 
 def clip_audio(dataset: Path, clip_id: str) -> tuple[np.ndarray, int, str]:
     """(mono float32 audio, sample rate, the format it was decoded from) of one clip."""
-    from pvtbuild.tools.decode import AudioDecoder
-
     decoder = AudioDecoder.for_dataset(dataset)
     clip = find_clip(dataset, clip_id)
     fmt = next((f for f in AUDIBLE if f in clip), None)
@@ -154,8 +203,6 @@ def clip_audio(dataset: Path, clip_id: str) -> tuple[np.ndarray, int, str]:
 
 def export_wav(dataset: Path, clip_id: str, path: Path) -> tuple[Path, str]:
     """Write one clip's audio as 16-bit PCM WAV; returns the path and the format it was decoded from."""
-    from pvtbuild.tools.decode import write_wav
-
     audio, rate, fmt = clip_audio(dataset, clip_id)
     return write_wav(Path(path), audio, rate), fmt
 
@@ -193,7 +240,7 @@ def _spectral_panel(ax: Any, clip: dict[str, Any], doc: dict[str, Any], duration
         _image(ax, mag, extent, (0, cqt.shape[1]), "CQT magnitude (dB)", "CQT bin")
         ax.set_ylabel(f"CQT bin\n({cfg['fmin']:.0f}-{top:.0f} Hz)")
     elif "audio" in clip:
-        import librosa
+        import librosa  # noqa: PLC0415  (librosa takes seconds to import; only an audio-only plot needs it)
 
         mel = librosa.feature.melspectrogram(y=clip["audio"].reshape(-1), sr=rate, n_fft=2048, hop_length=240,
                                              n_mels=128, fmax=rate / 2)
@@ -205,7 +252,8 @@ def _spectral_panel(ax: Any, clip: dict[str, Any], doc: dict[str, Any], duration
         _image(ax, clip["disc"].astype(np.float32), extent, (0, clip["disc"].shape[0]), "EnCodec codes", "codebook")
 
 
-def _image(ax: Any, data: np.ndarray, xs: tuple[float, float], ys: tuple[float, float], title: str, ylabel: str) -> None:
+def _image(ax: Any, data: np.ndarray, xs: tuple[float, float], ys: tuple[float, float], title: str,
+           ylabel: str) -> None:
     ax.imshow(data, aspect="auto", origin="lower", cmap="magma", extent=(*xs, *ys), interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
