@@ -142,7 +142,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
     from pvtbuild.music.controls import compute_controls
     from pvtbuild.music.synth import render_notes
     from pvtbuild.stages.qa import failure_reasons, judge_clips
-    from pvtbuild.stages.render import render_soundfont
+    from pvtbuild.stages.render_settings import render_soundfont
     from pvtbuild.stages.select import notes_files
     from pvtbuild.tools.qa_judge import (
         BREAKS,
@@ -221,22 +221,23 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
 
 def _read_clips(out: Path, grid: str) -> dict:
     """Every rendered clip of a build: id, audio [N, S], controls on `grid` [N, T], instrument, program."""
-    from pvtbuild.engine.stage import read_finished_stage, read_shard_arrays, rendered_rows
+    from pvtbuild.engine.stage_files import read_finished_stage, read_shard_arrays
+    from pvtbuild.stages.render_input import rendered_rows
 
     stage = read_finished_stage(out, "render", "bench")
     clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in CONTROL_NAMES}}
     for rec in stage.records:
         if not rec.file:
             continue
-        rows = {r["id"]: r for r in rendered_rows(rec)}
+        rows = {r.id: r for r in rendered_rows(rec)}
         d = read_shard_arrays(out / "render", rec, ["id", "audio", *(f"{k}_{grid}" for k in CONTROL_NAMES)])
         ids = [str(x) for x in d["id"]]
         clips["id"] += ids
         clips["audio"].append(d["audio"])
         for k in CONTROL_NAMES:
             clips[k].append(d[f"{k}_{grid}"])
-        clips["instrument"] += [rows[i]["inputs"]["instrument"] for i in ids]
-        clips["program"] += [int(rows[i]["inputs"]["program"]) for i in ids]
+        clips["instrument"] += [rows[i].inputs["instrument"] for i in ids]
+        clips["program"] += [int(rows[i].inputs["program"]) for i in ids]
     for k in ("audio", *CONTROL_NAMES):
         clips[k] = np.concatenate(clips[k])
     return clips

@@ -129,7 +129,8 @@ def section_a(cuda: bool) -> list[Row]:
 
 def section_b(cuda: bool) -> list[Row]:
     """The encode stage per format on each device, and two CUDA runs of every format compared byte for byte."""
-    from pvtbuild.pipeline import build_config, run_encode
+    from pvtbuild.build_dir import build_config
+    from pvtbuild.pipeline import run_encode
 
     work = Path(tempfile.mkdtemp(prefix="gpucheck-b-"))
     _require_build()
@@ -291,7 +292,8 @@ def _dataset_pointer() -> Path:
 
 def _shard_for_training(out: Path) -> None:
     """Shard an encoded build into the dataset sections c and e train on; remember where it is."""
-    from pvtbuild.pipeline import build_config, run_shard
+    from pvtbuild.build_dir import build_config
+    from pvtbuild.pipeline import run_shard
 
     cfg = build_config(out, None, **{"exec.scheduler": "sync"})
     run_shard(cfg, out)

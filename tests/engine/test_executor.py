@@ -26,7 +26,10 @@ from pvtbuild.engine.executor import (
     open_executor,
     prepare_process,
 )
-from pvtbuild.engine.stage import ShardRecord, StageSummary, read_manifest, run_stage, write_record
+from pvtbuild.engine.manifest import ManifestRow
+from pvtbuild.engine.planning import run_stage
+from pvtbuild.engine.stage_files import ShardRecord, read_manifest, write_record
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.errors import PvtbuildError
 
 # --- task functions (module level: workers import them) ----------------------------------
@@ -55,8 +58,7 @@ def worker_setup() -> dict:
 def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
     if 13 in items:
         raise ZeroDivisionError("unlucky item 13")
-    rows = [{"id": str(x), "stage": "demo", "status": "ok", "inputs": {}, "params": "p", "outputs": {}, "info": {}}
-            for x in items]
+    rows = [ManifestRow(str(x), "demo", "ok", {}, "p") for x in items]
     record = ShardRecord("demo", index, "", "", "p", rows)
     write_record(Path(stage_dir), record)
     return record
@@ -164,8 +166,7 @@ def test_a_task_that_keeps_killing_its_worker_is_given_up_and_the_run_goes_on(lo
 
 def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(local, tmp_path):
     groups = [[1, 2], [13, 14], [5]]
-    failed = lambda group, status: [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p",
-                                      "outputs": {}, "info": {}} for x in group]
+    failed = lambda group, status: [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
     make = lambda i, group: Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
 
     summary = StageSummary("demo")
@@ -270,8 +271,7 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
     blocked.write_text("a file where the tasks expect their folder")
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
-    failed = lambda group, status: [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p",
-                                      "outputs": {}, "info": {}} for x in group]
+    failed = lambda group, status: [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
     make = lambda i, group: Task(f"env-{i}", write_into, (i, group, str(blocked)))
 
     with pytest.raises(PvtbuildError, match=r"^demo: its first 3 tasks all failed the same way, which is the "
