@@ -50,14 +50,16 @@ from typing import Iterator
 
 from distributed import Client
 
-from pvtbuild.clip import ClipSpec
+from pvtbuild.build_dir import save_build_config
+from pvtbuild.clip import ClipSpec, Selection
 from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.engine.executor import Executor, open_executor
 from pvtbuild.engine.processes import MALLOC_FIX_ENV, cores
-from pvtbuild.pipeline import save_build_config, selected_clips, stream_stages
+from pvtbuild.pipeline import selected_clips, stream_stages
 from pvtbuild.stages.encode import encode
 from pvtbuild.stages.qa import qa
 from pvtbuild.stages.render import render
+from pvtbuild.stages.select import notes_files
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -142,7 +144,8 @@ def run_setup(setup: Setup, cfg: PipelineConfig) -> Timing:
 def staged(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, ex: Executor) -> dict:
     """Render, then encode, then qa `clips` into `out`; each stage's summary (with its time)."""
     save_build_config(cfg, out)
-    return {"render": render(clips, out, cfg, ex), "encode": encode(out, cfg, ex), "qa": qa(out, cfg, ex)}
+    return {"render": render(Selection(clips, notes_files(out, cfg)), out, cfg, ex), "encode": encode(out, cfg, ex),
+            "qa": qa(out, cfg, ex)}
 
 
 @contextlib.contextmanager

@@ -30,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pvtbuild.clip import Selection
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine import written_shards
-from pvtbuild.engine.stage import ShardRecord
+from pvtbuild.engine.stage_files import ShardRecord
 from pvtbuild.music.analysis import one_blas_thread, pitch_yin
 from pvtbuild.pipeline import executor_for, run_render, selected_clips
 from pvtbuild.stages.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references
 from pvtbuild.stages.render import plan_render
+from pvtbuild.stages.select import notes_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,12 +74,12 @@ def main() -> None:
             recs = [ShardRecord.from_dict(json.loads(f.read_text())) for f in sorted(render_dir.glob("shard-*.json"))]
             job = QaJob(cfg.qa, grid, cfg.render.sample_rate, "bench", recs[0].params, timbre)
             judge_job = replace(job, qa=replace(cfg.qa, yin_share=0.0))
-            clips_judged = sum(len([row for row in rec.rows if row["status"] == "ok"]) for rec in recs)
+            clips_judged = sum(len([row for row in rec.rows if row.status == "ok"]) for rec in recs)
 
             # streamed: render task i, then qa task i (only the qa task timed)
             build = out / f"streamed-{r}"
             (build / "qa").mkdir(parents=True)
-            run = plan_render(clips, build, cfg)
+            run = plan_render(Selection(clips, notes_files(build, cfg)), build, cfg)
             qa_task(0, recs[0], job, str(out / "scratch"), str(render_dir))  # warm-up (first-call costs)
             streamed_s = 0.0
             for task in run.tasks:
@@ -97,7 +99,7 @@ def main() -> None:
             # judge_clips alone
             judge_s = 0.0
             for rec in recs:
-                inst = {row["id"]: row["inputs"].get("instrument", "") for row in rec.rows}
+                inst = {row.id: row.inputs.get("instrument", "") for row in rec.rows}
                 with np.load(render_dir / rec.file) as d:
                     audio, controls = d["audio"], {c: d[f"{c}_{grid.name}"] for c in names}
                     instruments = [inst.get(str(i), "") for i in d["id"]]
@@ -109,7 +111,7 @@ def main() -> None:
             ms = {"streamed": streamed_s, "from disk": disk_s, "judge_clips": judge_s}
             ms = {k: 1000 * v / max(clips_judged, 1) for k, v in ms.items()}
             # the YIN sample is chosen by a hash of the clip id: few clips here, so its share is off
-            sampled = sum("yin_agreement" in row["info"] for rec in judged for row in rec.rows)
+            sampled = sum("yin_agreement" in row.info for rec in judged for row in rec.rows)
             extra_yin.append((cfg.qa.yin_share - sampled / max(clips_judged, 1)) * yin_ms / render_ms)
             for k in ratios:
                 ratios[k].append(ms[k] / render_ms)

@@ -37,13 +37,14 @@ import torch
 
 from pvtbuild.clip import unpack_notes
 from pvtbuild.config import load_pipeline
-from pvtbuild.engine.stage import read_finished_stage, read_shard_arrays, rendered_rows
+from pvtbuild.engine.stage_files import read_finished_stage, read_shard_arrays
 from pvtbuild.music.analysis import one_blas_thread
 from pvtbuild.music.controls import compute_controls
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_render
 from pvtbuild.stages.qa import QaJob, failure_reasons, judge_clips, qa_grid, timbre_references
-from pvtbuild.stages.render import render_soundfont
+from pvtbuild.stages.render_input import rendered_rows
+from pvtbuild.stages.render_settings import render_soundfont
 from pvtbuild.stages.select import notes_files
 from pvtbuild.tools.qa_judge import (
     BREAKS,
@@ -230,15 +231,15 @@ def _read_clips(out: Path, grid: str) -> dict:
     for rec in stage.records:
         if not rec.file:
             continue
-        rows = {r["id"]: r for r in rendered_rows(rec)}
+        rows = {r.id: r for r in rendered_rows(rec)}
         d = read_shard_arrays(out / "render", rec, ["id", "audio", *(f"{k}_{grid}" for k in CONTROL_NAMES)])
         ids = [str(x) for x in d["id"]]
         clips["id"] += ids
         clips["audio"].append(d["audio"])
         for k in CONTROL_NAMES:
             clips[k].append(d[f"{k}_{grid}"])
-        clips["instrument"] += [rows[i]["inputs"]["instrument"] for i in ids]
-        clips["program"] += [int(rows[i]["inputs"]["program"]) for i in ids]
+        clips["instrument"] += [rows[i].inputs["instrument"] for i in ids]
+        clips["program"] += [int(rows[i].inputs["program"]) for i in ids]
     for k in ("audio", *CONTROL_NAMES):
         clips[k] = np.concatenate(clips[k])
     return clips

@@ -41,13 +41,14 @@ import time
 import warnings
 from pathlib import Path
 
-from pvtbuild.clip import ClipNotes, ClipSpec
+from pvtbuild.clip import ClipNotes, ClipSpec, Selection
 from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.engine.executor import Executor
 from pvtbuild.music.midi import clip_notes, load_midi
 from pvtbuild.music.synth import render_notes
-from pvtbuild.stages.render import render, render_soundfont
-from pvtbuild.stages.select import find_midi_files, select
+from pvtbuild.stages.render import render
+from pvtbuild.stages.render_settings import render_soundfont
+from pvtbuild.stages.select import find_midi_files, notes_files, select
 
 REPO = Path(__file__).resolve().parent.parent
 LAKH = REPO / "tests" / "data" / "midi" / "lakh-sample"  # the repository's own Lakh sample
@@ -77,10 +78,10 @@ def main(argv: list[str]) -> int:
         bare_times, render_times, manifest_times = [], [], []
         for rep in range(REPEATS):
             bare_times.append(_times(lambda: _bare_synthesis(notes, clips, soundfont, cfg)))
-            render_times.append(_times(lambda: render(clips, build, cfg, ex)))
+            render_times.append(_times(lambda: render(Selection(clips, notes_files(build, cfg)), build, cfg, ex)))
             shutil.rmtree(build / "render")
             out = Path(tmp) / f"from-manifest-{rep}"
-            manifest_times.append(_times(lambda: render(clips, out, cfg, ex)))
+            manifest_times.append(_times(lambda: render(Selection(clips, notes_files(out, cfg)), out, cfg, ex)))
             shutil.rmtree(out)
         parse_ours, parse_pm = _parse_costs(find_midi_files(midi_dir, n_files), cfg)
 

@@ -133,7 +133,8 @@ def section_a(cuda: bool) -> list[Row]:
 
 def section_b(cuda: bool) -> list[Row]:
     """The encode stage per format on each device, and two CUDA runs of every format compared byte for byte."""
-    from pvtbuild.pipeline import build_config, run_encode  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.build_dir import build_config  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.pipeline import run_encode  # noqa: PLC0415  (after the restart: docstring)
 
     work = Path(tempfile.mkdtemp(prefix="gpucheck-b-"))
     _require_build()
@@ -298,7 +299,8 @@ def _dataset_pointer() -> Path:
 
 def _shard_for_training(out: Path) -> None:
     """Shard an encoded build into the dataset sections c and e train on; remember where it is."""
-    from pvtbuild.pipeline import build_config, run_shard  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.build_dir import build_config  # noqa: PLC0415  (after the restart: docstring)
+    from pvtbuild.pipeline import run_shard  # noqa: PLC0415  (after the restart: docstring)
 
     cfg = build_config(out, None, **{"exec.scheduler": "sync"})
     run_shard(cfg, out)

@@ -13,12 +13,13 @@ re-derives them from the files.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pvtbuild.dataclass_dict import shallow_dict
 from pvtbuild.errors import InputError, brief
 
 # What a clip id may be. Ids name files (`inspect --plot` and `qa --plot-failing` write ID.png,
@@ -66,7 +67,7 @@ class ClipSpec:
     time_signature: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # all fields are scalars: no deep copy
+        return shallow_dict(self)
 
     @classmethod
     def from_dict(cls, d: Any) -> "ClipSpec":
@@ -99,11 +100,22 @@ class ClipNotes:
     offsets: np.ndarray  # float64 [n], seconds, <= clip duration, > onsets
     pitches: np.ndarray  # int16 [n], MIDI pitch after folding
     velocities: np.ndarray  # int16 [n], 1..127 after modulation
-    beats: np.ndarray  # float64 [m], quarter-note times relative to clip start; covers the clip, one beat beyond each side where the file has it
+    # float64 [m], quarter-note times relative to clip start; covers the clip, one beat beyond each side
+    # where the file has it
+    beats: np.ndarray
     duration: float
 
     def __len__(self) -> int:
         return len(self.onsets)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the select stage hands on to render: the clips to render, in order, and where their notes
+    are stored (clip id -> select stage file, `pack_notes`); a clip not in `notes` is parsed from its source."""
+
+    clips: list[ClipSpec]
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def pack_notes(items: list[tuple[str, ClipNotes]]) -> dict[str, np.ndarray]:

@@ -1,219 +1,147 @@
-"""The DAG: which stage feeds which, for the stage commands and `pvtbuild run`.
+"""The pipeline: its stages in order, one loop that checks them, one that runs them.
 
-Each stage is a plain function of (its inputs, the config, the build directory,
-an executor); this module only chains them and opens one executor for the
-whole run, so a local dask cluster starts once.
+`STAGES` is the build, in order: select, render, encode, qa, shard (each a `stages.base.Stage`).
+Every command runs a sub-list of it through `run_pipeline`: the stage commands one stage each
+(render with the select that feeds it), `pvtbuild run` all that `enabled(cfg)`. It checks every
+stage before any work (`check_stages`), opens one executor for the whole command (a local dask
+cluster starts once), has every worker check that it sees the inputs the stages name and may write
+`out`, then plans and runs the stages in order (`run_planned`): a stage that `streams` is planned
+beside the stage it reads and runs with it, its tasks starting on each shard as soon as it exists
+(render, encode and qa in `pvtbuild run`); any other waits for the stages before it to finish.
+To add a stage, see `stages.base`.
 
-A build directory remembers the config it was built with (`OUT/pipeline.json`,
-written by every stage command), so `pvtbuild encode --out DIR` and
-`pvtbuild shard --out DIR` go on with the settings `render` used unless
-`--pipeline` says otherwise.
+A command that starts at select records its config in the build directory (`build_dir`), for the
+stage commands that follow.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from pvtbuild.clip import ClipSpec
-from pvtbuild.config import PipelineConfig, config_from_dict, load_pipeline
+from pvtbuild.build_dir import save_build_config
+from pvtbuild.clip import ClipSpec, Selection
+from pvtbuild.config import PipelineConfig
 from pvtbuild.engine.executor import Executor, open_executor
-from pvtbuild.engine.manifest import atomic_write_bytes
-from pvtbuild.engine.stage import StageSummary, run_stages
-from pvtbuild.errors import ConfigError, PvtbuildError
+from pvtbuild.engine.planning import StageRun, run_stages
+from pvtbuild.engine.summary import StageSummary
+from pvtbuild.stages.base import Ready, Stage
+from pvtbuild.stages.encode import Encode
+from pvtbuild.stages.qa import Qa
+from pvtbuild.stages.render import Render
+from pvtbuild.stages.select import Select, notes_files
+from pvtbuild.stages.shard import Shard
 
-BUILD_CONFIG = "pipeline.json"
-DATASET_DIR = "dataset"  # where the shard stage writes unless told otherwise
+STAGES: tuple[Stage, ...] = (Select(), Render(), Encode(), Qa(), Shard())
 
 
-def executor_for(cfg: PipelineConfig):
+@dataclass
+class Built:
+    """What a command's stages did: their summaries in order, and what each planned (for its output)."""
+
+    summaries: list[StageSummary]
+    planned: dict[str, StageRun | Ready]
+
+    def output(self, stage: str) -> Any:
+        """What `stage` handed on (select: its `Selection`; a stage of shards: its `FinishedStage`)."""
+        return self.planned[stage].upstream()
+
+
+def executor_for(cfg: PipelineConfig) -> Executor:
     return open_executor(cfg.exec.scheduler, cfg.exec.jobs, cfg.exec.threads_per_job,
                          wait_for_workers=cfg.exec.wait_for_workers)
 
 
-def save_build_config(cfg: PipelineConfig, out: Path) -> None:
-    """Record the resolved config in the build directory, for the stage commands that follow."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, indent=1).encode()
-    atomic_write_bytes(Path(out) / BUILD_CONFIG, blob)
+def check_stages(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
+    """Every stage's `check`, in order, before any work: the first bad input stops the command in one line."""
+    together = frozenset(stage.name for stage in stages)
+    for stage in stages:
+        stage.check(cfg, together)
 
 
-def build_config(out: Path, pipeline: str | None, **overrides: Any) -> PipelineConfig:
-    """The config of a later stage: `pipeline` if given, else the one the build directory recorded."""
-    if pipeline is not None:
-        return load_pipeline(pipeline, **overrides)
-    path = Path(out) / BUILD_CONFIG
-    if not path.is_file():
-        raise PvtbuildError(f"{path}: not found; run `pvtbuild render --out {out}` first, or pass --pipeline")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise PvtbuildError(f"{path}: not valid JSON ({e}); pass --pipeline") from None
-    return config_from_dict(data, **overrides)
+def run_pipeline(cfg: PipelineConfig, out: Path, stages: Sequence[Stage]) -> Built:
+    """Check, then run `stages` (a sub-list of `STAGES`, in its order) into the build directory `out`."""
+    check_stages(cfg, stages)
+    with executor_for(cfg) as ex:
+        paths = {what: path for stage in stages for what, path in stage.worker_paths(cfg).items()}
+        ex.preflight(paths, writable=str(Path(out).resolve()))
+        if stages[0].name == "select":  # a build from MIDI: the config later stage commands go on with
+            save_build_config(cfg, out)
+        return run_planned(ex, cfg, out, stages)
 
 
-def selected_clips(cfg: PipelineConfig, out: Path, executor: Executor) -> tuple[list[ClipSpec], list[StageSummary]]:
-    """Clips from the configured input: select from a MIDI folder, or read a selection manifest."""
-    from pvtbuild.stages.select import read_selection, select
+def run_planned(ex: Executor, cfg: PipelineConfig, out: Path, stages: Sequence[Stage],
+                given: dict[str, StageRun | Ready] | None = None) -> Built:
+    """Plan each stage on what the stage it reads handed on (or, if that did not run here, on `out`) and run
+    the plans: a stage that `streams` joins the runs before it, any other first waits for them to finish.
 
-    source = midi_source(cfg)
-    if source.is_file() and source.suffix == ".jsonl":
-        clips = read_selection(source)
-        if cfg.limit:  # the limit counts source files, as it does for a MIDI folder
-            keep = list(dict.fromkeys(c.source_md5 for c in clips))[:cfg.limit]
-            clips = [c for c in clips if c.source_md5 in set(keep)]
-        return clips, []
-    clips, summary = select(source, out, cfg, executor)
-    return clips, [summary]
-
-
-def midi_source(cfg: PipelineConfig) -> Path:
-    """The configured MIDI input (a folder or a selection manifest), which must exist."""
-    if not cfg.midi:
-        raise PvtbuildError("no MIDI input: pass --midi DIR_OR_MANIFEST or set `midi` in the pipeline")
-    source = Path(cfg.midi)
-    if not source.exists():
-        raise PvtbuildError(f"{source}: no such MIDI folder or selection manifest")
-    return source
-
-
-def check_render_inputs(cfg: PipelineConfig) -> None:
-    """Stop before any work (no executor started, nothing written) if the MIDI input or SoundFont is unusable."""
-    from pvtbuild.stages.render import render_soundfont
-
-    midi_source(cfg)
-    render_soundfont(cfg)
+    `given`: outputs of stages that ran elsewhere (a benchmark's selection), by stage name.
+    """
+    planned: dict[str, StageRun | Ready] = dict(given or {})
+    pending: list[StageRun] = []
+    summaries: list[StageSummary] = []
+    for stage in stages:
+        if pending and not stage.streams:
+            summaries += run_stages(ex, pending)
+            pending = []
+        source = planned.get(stage.reads) if stage.reads else None
+        run = stage.plan(cfg, out, ex, source.upstream() if source is not None else None)
+        planned[stage.name] = run
+        if isinstance(run, StageRun):
+            pending.append(run)
+    if pending:
+        summaries += run_stages(ex, pending)
+    return Built(summaries, planned)
 
 
-def preflight(cfg: PipelineConfig, out: Path, ex: Executor, midi: bool = False, soundfont: bool = False) -> None:
-    """Before any work: every worker runs our versions, sees the inputs asked for and may write `out`."""
-    from pvtbuild.stages.render import render_soundfont
-
-    paths = {}
-    if midi:
-        paths["MIDI input"] = str(midi_source(cfg).resolve())
-    if soundfont:
-        paths["SoundFont"] = str(render_soundfont(cfg).resolve())
-    ex.preflight(paths, writable=str(Path(out).resolve()))
-
-
-def _render(cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
-    from pvtbuild.stages.render import render
-
-    clips, summaries = selected_clips(cfg, out, ex)
-    summaries.append(render(clips, out, cfg, ex))
-    return summaries
+def stages_named(*names: str, select: Select | None = None, shard: Shard | None = None) -> list[Stage]:
+    """The stages of `STAGES` called `names`, in pipeline order; `select` / `shard` replace the default ones."""
+    chosen = {"select": select, "shard": shard}
+    return [chosen.get(s.name) or s for s in STAGES if s.name in names]
 
 
 def run_select(cfg: PipelineConfig, out: Path) -> tuple[list[ClipSpec], StageSummary]:
     """Only the select stage, from the MIDI folder `cfg.midi` (for writing a selection manifest)."""
-    from pvtbuild.stages.select import select
-
-    if not cfg.midi or not Path(cfg.midi).is_dir():
-        raise PvtbuildError(f"--midi {cfg.midi or '(none)'}: select needs a folder of MIDI files")
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex, midi=True)
-        save_build_config(cfg, out)
-        return select(Path(cfg.midi), out, cfg, ex)
+    built = run_pipeline(cfg, out, [Select(manifest_ok=False)])
+    return built.output("select").clips, built.summaries[0]
 
 
 def run_render(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
-    check_render_inputs(cfg)
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex, midi=True, soundfont=True)
-        save_build_config(cfg, out)
-        return _render(cfg, out, ex)
-
-
-def _check_encode_inputs(cfg: PipelineConfig) -> None:
-    """Stop before any work (no executor started) if the EnCodec weights or the device asked for are missing."""
-    from pvtbuild.stages.encode import check_encode_config
-
-    check_encode_config(cfg)
-
-
-def _encode(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
-    from pvtbuild.stages.encode import encode
-
-    return encode(out, cfg, ex)
+    """Select (or read the selection manifest `cfg.midi`) and render."""
+    return run_pipeline(cfg, out, stages_named("select", "render")).summaries
 
 
 def run_encode(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     """The encode stage alone, on the render output already in `out`."""
-    _check_encode_inputs(cfg)
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex)
-        return [_encode(cfg, out, ex)]
-
-
-def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
-    """Every stage, each resuming what an earlier run finished: select, then render, encode and qa
-    streaming into each other (`stream_stages`), then shard."""
-    check_render_inputs(cfg)
-    _check_encode_inputs(cfg)
-    check_shard_formats(cfg)
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex, midi=True, soundfont=True)
-        save_build_config(cfg, out)
-        clips, summaries = selected_clips(cfg, out, ex)
-        summaries += stream_stages(clips, cfg, out, ex)
-        summaries.append(_shard(cfg, out, out / DATASET_DIR, ex))
-    return summaries
-
-
-def stream_stages(clips: list[ClipSpec], cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
-    """Render, encode and qa as one stream of tasks: the encode and qa tasks of render shard i
-    start as soon as shard i is rendered, while other workers render on (CPU workers render
-    while GPU workers encode), so the three take about as long as the slowest, not the sum.
-
-    Each stage plans as its stage command would (the same shards, parameters, records and
-    resume), except that a render shard not rendered yet is the render task's `After`.
-    The shard stage needs every clip (it splits and packs them), so it comes after.
-    """
-    from pvtbuild.stages.encode import plan_encode
-    from pvtbuild.stages.qa import plan_qa
-    from pvtbuild.stages.render import plan_render
-
-    render = plan_render(clips, out, cfg)
-    runs = [render, plan_encode(out, cfg, ex, render.upstream())]
-    if cfg.qa.enabled:
-        runs.append(plan_qa(out, cfg, render.upstream()))
-    return run_stages(ex, runs)
-
-
-def _qa(cfg: PipelineConfig, out: Path, ex: Executor) -> StageSummary:
-    from pvtbuild.stages.qa import qa
-
-    return qa(out, cfg, ex)
+    return run_pipeline(cfg, out, stages_named("encode")).summaries
 
 
 def run_qa(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
     """The qa stage alone, on the render output already in `out`."""
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex)
-        return [_qa(cfg, out, ex)]
-
-
-def check_shard_formats(cfg: PipelineConfig) -> None:
-    """Stop before any work when the dataset asks for a format the encode stage will not compute."""
-    from pvtbuild.stages.shard import ENCODED
-
-    missing = [f for f in cfg.shard.formats if f in ENCODED and f not in cfg.encode.formats]
-    if missing:
-        raise ConfigError(f"shard.formats: asks for {', '.join(missing)}, which encode.formats "
-                          f"({', '.join(cfg.encode.formats)}) does not compute; add it there or drop it here")
-
-
-def _shard(cfg: PipelineConfig, out: Path, dataset: Path, ex: Executor,
-           formats: tuple[str, ...] | None = None) -> StageSummary:
-    from pvtbuild.stages.shard import shard
-
-    return shard(out, dataset, cfg, ex, formats)
+    return run_pipeline(cfg, out, stages_named("qa")).summaries
 
 
 def run_shard(cfg: PipelineConfig, out: Path, dataset: Path | None = None,
               formats: tuple[str, ...] | None = None) -> list[StageSummary]:
     """The shard stage alone: the render (and encode) output in `out` into a dataset (default OUT/dataset)."""
-    with executor_for(cfg) as ex:
-        preflight(cfg, out, ex)
-        return [_shard(cfg, out, dataset or out / DATASET_DIR, ex, formats)]
+    return run_pipeline(cfg, out, [Shard(dataset, formats)]).summaries
+
+
+def run_all(cfg: PipelineConfig, out: Path) -> list[StageSummary]:
+    """Every stage `enabled(cfg)`, each resuming what an earlier run finished: select, then render, encode and
+    qa streaming into each other, then shard."""
+    return run_pipeline(cfg, out, [s for s in STAGES if s.enabled(cfg)]).summaries
+
+
+def selected_clips(cfg: PipelineConfig, out: Path, executor: Executor) -> tuple[list[ClipSpec], list[StageSummary]]:
+    """Clips from the configured input: select from a MIDI folder, or read a selection manifest."""
+    built = run_planned(executor, cfg, out, stages_named("select"))
+    return built.output("select").clips, built.summaries
+
+
+def stream_stages(clips: list[ClipSpec], cfg: PipelineConfig, out: Path, ex: Executor) -> list[StageSummary]:
+    """Render, encode and qa of `clips` as `pvtbuild run` streams them (for benchmarks that select elsewhere)."""
+    given = {"select": Ready(Selection(clips, notes_files(out, cfg)))}
+    stages = [s for s in stages_named("render", "encode", "qa") if s.enabled(cfg)]
+    return run_planned(ex, cfg, out, stages, given).summaries

@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from conftest import BOMB, write_slow_midi
-from paths import EDGE
+from paths import EDGE, LAKH
 from pvtbuild.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +78,8 @@ def test_edge_case_folder_renders_with_exit_0_and_every_file_yields_clips_or_a_o
 BAD_CONFIGS = [
     ("select:\n  clip_seconds: -8\n", "select.clip_seconds: must be > 0"),
     ("select:\n  instruments: [piano, kazoo]\n", "select.instruments[1]: unknown instrument 'kazoo'"),
-    ("render:\n  soundfont: /nonexistent/font.sf2\n", "render.soundfont: /nonexistent/font.sf2: SoundFont file not found"),
+    ("render:\n  soundfont: /nonexistent/font.sf2\n",
+     "render.soundfont: /nonexistent/font.sf2: SoundFont file not found"),
     ("render:\n  soundfont: no-such-font\n", "render.soundfont: no-such-font: unknown SoundFont name"),
     ("render:\n  gian: 0.5\n", "render.gian: unknown key"),
     ("seed: -1\n", "seed: must be >= 0"),
@@ -168,7 +173,8 @@ def test_soundfont_option_takes_any_sf2_path_and_the_seed_and_limit_options_appl
 def test_select_command_rebuilds_the_committed_demo_manifest_byte_for_byte(tmp_path):
     shutil.copytree(EXAMPLES, tmp_path / "examples" / "midi")  # same layout: same relative sources
     manifest = tmp_path / "manifests" / "demo.jsonl"
-    result = pvtbuild("select", "--pipeline", REPO / "pipelines" / "demo.yaml", "--midi", tmp_path / "examples" / "midi",
+    result = pvtbuild("select", "--pipeline", REPO / "pipelines" / "demo.yaml",
+                      "--midi", tmp_path / "examples" / "midi",
                       "--out", tmp_path / "out", "--manifest", manifest, "--scheduler", "sync")
     assert result.exit_code == 0, result.output
     assert_no_traceback(result)
@@ -177,13 +183,6 @@ def test_select_command_rebuilds_the_committed_demo_manifest_byte_for_byte(tmp_p
 
 
 def test_ctrl_c_mid_run_is_one_line_saying_how_to_resume_with_exit_130(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from paths import LAKH
-
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "pvtbuild"), "render", "--pipeline", str(REPO / "pipelines" / "pvt.yaml"),
            "--midi", str(LAKH), "--limit", "48", "--out", str(out), "--scheduler", "sync"]

@@ -26,9 +26,10 @@ import psutil
 import pytest
 from distributed import Client, get_task_stream
 
+from pvtbuild.build_dir import build_config
 from pvtbuild.config import load_pipeline
-from pvtbuild.engine.stage import finished_record, read_record
-from pvtbuild.pipeline import build_config, run_encode, run_render
+from pvtbuild.engine.stage_files import finished_record, read_record
+from pvtbuild.pipeline import run_encode, run_render
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

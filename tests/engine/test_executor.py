@@ -20,8 +20,11 @@ from distributed import Client, Nanny, Scheduler, SpecCluster, get_worker
 from pvtbuild.engine import processes
 from pvtbuild.engine.cluster import ALLOWED_FAILURES, dask_settings
 from pvtbuild.engine.executor import Executor, open_executor
+from pvtbuild.engine.manifest import ManifestRow
+from pvtbuild.engine.planning import run_stage
 from pvtbuild.engine.processes import WORKER_ENV, cores, prepare_process
-from pvtbuild.engine.stage import ShardRecord, StageSummary, read_manifest, run_stage, write_record
+from pvtbuild.engine.stage_files import ShardRecord, read_manifest, write_record
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import After, Task, TaskFailure
 from pvtbuild.errors import PvtbuildError
 
@@ -51,7 +54,7 @@ def worker_setup() -> dict:
 def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
     if 13 in items:
         raise ZeroDivisionError("unlucky item 13")
-    rows = [{"id": str(x), "stage": "demo", "status": "ok", "inputs": {}, "params": "p", "outputs": {}, "info": {}}
+    rows = [ManifestRow(str(x), "demo", "ok", {}, "p")
             for x in items]
     record = ShardRecord("demo", index, "", "", "p", rows)
     write_record(Path(stage_dir), record)
@@ -158,8 +161,7 @@ def test_a_task_that_keeps_killing_its_worker_is_given_up_and_the_run_goes_on(lo
 def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(local, tmp_path):
     groups = [[1, 2], [13, 14], [5]]
     def failed(group, status):
-        return [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p", "outputs": {},
-                 "info": {}} for x in group]
+        return [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
 
     def make(i, group):
         return Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
@@ -262,8 +264,7 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
     def failed(group, status):
-        return [{"id": str(x), "stage": "demo", "status": status, "inputs": {}, "params": "p", "outputs": {},
-                 "info": {}} for x in group]
+        return [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
 
     def make(i, group):
         return Task(f"env-{i}", write_into, (i, group, str(blocked)))

@@ -14,7 +14,7 @@ import pytest
 from conftest import SMALL_SOURCES, make_config
 from paths import LAKH
 from pvtbuild.engine import written_shards
-from pvtbuild.engine.stage import ShardRecord, read_shard_arrays, write_shard_file
+from pvtbuild.engine.stage_files import ShardRecord, read_shard_arrays, write_shard_file
 from pvtbuild.errors import InputError
 from pvtbuild.pipeline import run_all, run_encode, run_qa, run_render
 

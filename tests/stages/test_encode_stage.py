@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pvtbuild.build_dir import build_config
 from pvtbuild.cli import cli
 from pvtbuild.compute import ENCODE_THREADS, encode_threads
 from pvtbuild.config import CqtConfig, PipelineConfig, config_from_dict
@@ -24,9 +28,9 @@ from pvtbuild.encoders.encodec import build_random_model, load_encodec
 from pvtbuild.engine.cluster import dask_settings
 from pvtbuild.engine.executor import Executor, open_executor
 from pvtbuild.engine.manifest import sha256_bytes, sha256_file
-from pvtbuild.engine.stage import read_record, write_record
+from pvtbuild.engine.stage_files import read_record, write_record
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.pipeline import build_config, run_all, run_encode, run_render
+from pvtbuild.pipeline import run_all, run_encode, run_render
 from pvtbuild.stages.encode import encode, shards_per_task, task_resources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,12 +105,12 @@ def test_one_encode_shard_per_render_shard_with_the_contract_shapes_dtypes_and_i
         assert len(np.unique(arrays["disc"])) > 100  # random codebooks are initialised, not all zeros
         record = read_record(encoded / "encode", i)
         assert record.sha256 == sha256_file(encoded / "encode" / record.file)
-        render_rows = {r["id"]: r for r in read_record(encoded / "render", i).rows}
+        render_rows = {r.id: r for r in read_record(encoded / "render", i).rows}
         for k, row in enumerate(record.rows):
-            assert row["id"] == arrays["id"][k] and row["status"] == "ok" and row["stage"] == "encode"
-            assert row["outputs"] == {f: sha256_bytes(arrays[f][k].tobytes()) for f in ("cqt", "encodec", "disc")}
-            assert row["inputs"]["audio"] == render_rows[row["id"]]["outputs"]["audio"]
-            assert row["info"]["weights"] == "random"
+            assert row.id == arrays["id"][k] and row.status == "ok" and row.stage == "encode"
+            assert row.outputs == {f: sha256_bytes(arrays[f][k].tobytes()) for f in ("cqt", "encodec", "disc")}
+            assert row.inputs["audio"] == render_rows[row.id].outputs["audio"]
+            assert row.info["weights"] == "random"
     manifest = [json.loads(line) for line in (encoded / "encode" / "manifest.jsonl").read_text().splitlines()]
     assert [r["id"] for r in manifest] == render_audio(encoded)[0]
     assert json.loads((encoded / "encode" / "encoder.json").read_text()) == {
@@ -189,15 +193,15 @@ def test_a_nan_clip_and_a_wrong_length_shard_are_skipped_while_their_batch_mates
 def test_a_failed_render_shard_is_reported_and_encoded_once_render_redid_it(rendered, tmp_path):
     out = copy_build(rendered, tmp_path / "build")
     good = read_record(out / "render", 1)
-    failed = type(good)("render", 1, "", "", f"failed:{good.params}",
-                        [dict(r, status="skipped: task failed: boom") for r in good.rows])
+    failed = type(good)("render", 1, "", "", good.params,
+                        [replace(r, status="skipped: task failed: boom") for r in good.rows], failed=True)
     write_record(out / "render", failed)
     summary = encode_build(out, **{"encode.formats": ["disc"]})
     assert summary.ok == 3 and any("render shard-00001 failed" in f for f in summary.failed_shards)
     write_record(out / "render", good)  # what a successful render rerun leaves
     summary = encode_build(out, **{"encode.formats": ["disc"]})
     assert (summary.ok, summary.reused) == (1, 3)
-    assert npz(out / "encode" / "shard-00001.npz")["id"].tolist() == [good.rows[0]["id"]]
+    assert npz(out / "encode" / "shard-00001.npz")["id"].tolist() == [good.rows[0].id]
 
 
 def test_missing_pretrained_checkpoint_stops_encode_and_run_before_any_work(rendered, tmp_path, monkeypatch):
@@ -329,8 +333,8 @@ def test_the_gpu_worker_gets_every_encode_task_each_a_batch_of_render_shards(enc
     """One worker advertises a GPU. It is a dask resource label on a CPU worker (this machine has
     no GPU), so what is tested is the scheduling and grouping, and that grouping only changes
     float rounding: the 2 render shards (3 + 1 clips) go to one task, batch 4."""
-    import dask
-    from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
+    import dask  # noqa: PLC0415  (dask takes ~2 s to import; only this test builds its own cluster)
+    from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream  # noqa: PLC0415  (as above)
 
     out = copy_build(encoded, tmp_path / "build")
     shutil.rmtree(out / "encode")
@@ -353,7 +357,7 @@ def test_the_gpu_worker_gets_every_encode_task_each_a_batch_of_render_shards(enc
         np.testing.assert_array_equal(a["disc"], b["disc"])
         for f in ("encodec", "cqt"):
             np.testing.assert_allclose(b[f], a[f], rtol=1e-5, atol=1e-5 * np.abs(a[f]).max())
-        assert {r["info"]["device"] for r in read_record(out / "encode", i).rows} == {"cpu"}
+        assert {r.info["device"] for r in read_record(out / "encode", i).rows} == {"cpu"}
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -378,12 +382,10 @@ def _manifest(out: Path) -> list[dict]:
 
 def test_encoding_on_cuda_turns_tf32_and_nondeterministic_algorithms_off():
     """Checked in a child process: the settings are process-wide (a worker's), not for this test run."""
-    import subprocess
-    import sys
-
     code = ("import torch\nfrom pvtbuild.compute import deterministic_cuda\ndeterministic_cuda()\n"
             "import os\nb = torch.backends\nprint(b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark,"
-            " b.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), os.environ['CUBLAS_WORKSPACE_CONFIG'])")
+            " b.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),"
+            " os.environ['CUBLAS_WORKSPACE_CONFIG'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False", "False", "True", "True", ":4096:8"]

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from paths import LAKH
 from pvtbuild.clip import ClipNotes
 from pvtbuild.config import PipelineConfig, load_pipeline
+from pvtbuild.music.analysis import SCORE_KEYS
 from pvtbuild.music.controls import compute_controls
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_qa, run_render, run_shard
 from pvtbuild.stages.qa import QaJob, failure_reasons, judge_clip, qa_grid, timbre_references
-from pvtbuild.stages.render import render_soundfont
-from pvtbuild.tools.qa_judge import dropped, noisy, shifted, transposed
+from pvtbuild.stages.render_settings import render_soundfont
+from pvtbuild.tools.qa_judge import (
+    CrepeCache,
+    coarse_controls,
+    coarse_grid,
+    crepe_right,
+    crepe_scores,
+    crepe_track,
+    dropped,
+    noisy,
+    shifted,
+    transposed,
+)
+from pvtbuild.train.judge import CrepeJudge
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAMS = {"piano": 0, "violin": 40, "trumpet": 56}
@@ -155,8 +170,6 @@ def test_qa_stage_on_lakh_renders_meets_the_agreement_targets_and_drops_failing_
 
 @pytest.mark.parametrize("instrument", ["violin", "trumpet"])
 def test_the_yin_cross_check_agrees_with_the_template_on_a_clean_render(cfg, instrument):
-    from dataclasses import replace
-
     audio, _ = render_notes(melody(), PROGRAMS[instrument], render_soundfont(cfg), cfg.render, cfg.clip_samples)
     grid = qa_grid(cfg)
     names = [i.name for i in cfg.select.instruments]
@@ -169,11 +182,6 @@ def test_the_yin_cross_check_agrees_with_the_template_on_a_clean_render(cfg, ins
 def test_crepe_labels_are_reproducible_and_cached_by_audio(tmp_path):
     """The benchmark's judge: same clips, same CREPE tracks and verdicts (fresh, and from the cache); a clip
     a semitone off its labels is judged wrong, its clean render right."""
-    import torch
-
-    from pvtbuild.tools.qa_judge import CrepeCache, coarse_controls, coarse_grid, crepe_right, crepe_scores, crepe_track
-    from pvtbuild.train.judge import CrepeJudge
-
     torch.set_num_threads(1)
     short = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"select.clip_seconds": 2.0})
     notes = ClipNotes(np.array([0.1, 0.6, 1.1]), np.array([0.5, 1.0, 1.8]), np.array([55, 62, 67], np.int16),
@@ -225,8 +233,6 @@ def test_qa_passes_lakh_clips_it_used_to_fail_that_crepe_finds_right(cfg, timbre
 
 def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):
     """3 wrong pitch-class frames in 20 are no evidence of a wrong pitch; 45 in 300 are; nan frames: the raw share."""
-    from pvtbuild.music.analysis import SCORE_KEYS
-
     def reasons(accuracy: float, frames: float) -> list[str]:
         s = {k: float("nan") for k in SCORE_KEYS}
         s.update(peak_db=-20.0, chroma_accuracy=accuracy, octave_accuracy=1.0, pitch_frames=frames)
@@ -239,8 +245,6 @@ def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):
 def test_labels_shifted_reads_the_audio_switch_lags_against_their_limits(cfg):
     """Clean renders switch notes 0-55 ms after their label: a median switch 53 ms before the label (over note
     changes) or 80 ms after it (over changes and starts) is a shift; 40 ms before, 67 ms after, or none is not."""
-    from pvtbuild.music.analysis import SCORE_KEYS
-
     def reasons(**lags: float) -> list[str]:
         s = {k: float("nan") for k in SCORE_KEYS}
         s.update(peak_db=-20.0, **lags)

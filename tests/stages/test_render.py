@@ -24,7 +24,7 @@ from pvtbuild.music.controls import CONTROL_NAMES
 from pvtbuild.music.midi import clip_notes, load_midi
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_render
-from pvtbuild.stages.render import render_soundfont
+from pvtbuild.stages.render_settings import render_soundfont
 from pvtbuild.stages.select import notes_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,7 +224,8 @@ def test_a_render_killed_midway_resumes_to_the_bytes_of_an_uninterrupted_run(tmp
     pipeline.write_text("render:\n  clips_per_shard: 1\n")  # 21 shards: the kill lands between two
     n_clips = len(rows(DEMO_MANIFEST))
     killed = tmp_path / "killed"
-    cmd = [str(Path(sys.executable).parent / "pvtbuild"), "render", "--pipeline", str(pipeline), "--midi", str(DEMO_MANIFEST),
+    cmd = [str(Path(sys.executable).parent / "pvtbuild"), "render", "--pipeline", str(pipeline),
+           "--midi", str(DEMO_MANIFEST),
            "--out", str(killed), "--scheduler", "sync"]
     with open(tmp_path / "log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pretty_midi
 import pytest
 
 from pvtbuild.clip import ClipSpec, unpack_notes
@@ -111,8 +112,6 @@ def test_a_rerun_reuses_every_file_and_other_settings_are_refused(demo_selection
 
 def _write_line(path: Path, pitch_shift: int) -> None:
     """A 24 s violin line; another `pitch_shift` gives a file of the same size with other notes."""
-    import pretty_midi
-
     pm = pretty_midi.PrettyMIDI(initial_tempo=120)
     violin = pretty_midi.Instrument(program=40)
     for k in range(48):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +28,10 @@ from pvtbuild.dataset import read_dataset_json, verify_dataset
 from pvtbuild.dataset.tf_reader import make_dataset  # noqa: E402
 from pvtbuild.dataset.torch_reader import TFRecordIterableDataset
 from pvtbuild.engine.executor import open_executor
-from pvtbuild.errors import PvtbuildError
-from pvtbuild.pipeline import run_render
+from pvtbuild.errors import ConfigError, PvtbuildError
+from pvtbuild.music.soundfonts import soundfont_sha256
+from pvtbuild.pipeline import run_all, run_render
+from pvtbuild.stages.render_settings import render_soundfont
 from pvtbuild.stages.shard import BOOKKEEPING, assign_splits, split_of
 from pvtbuild.stages.shard import shard as shard_stage
 
@@ -151,9 +154,6 @@ def test_plain_tf_data_decodes_a_shard_with_only_shapes_txt(small, small_all):
 
 
 def test_dataset_json_records_config_versions_soundfont_weights_and_counts(small, small_all):
-    from pvtbuild.music.soundfonts import soundfont_sha256
-    from pvtbuild.stages.render import render_soundfont
-
     out, cfg = small
     doc = read_dataset_json(small_all)
     assert doc["soundfont"]["sha256"] == soundfont_sha256(render_soundfont(cfg))
@@ -215,9 +215,6 @@ def test_a_format_missing_from_an_encoded_build_names_the_encode_command_for_all
 
 
 def test_run_all_stops_before_any_work_when_shard_wants_a_format_encode_skips(tmp_path):
-    from pvtbuild.errors import ConfigError
-    from pvtbuild.pipeline import run_all
-
     cfg = make_config(LAKH, limit=1)
     cfg = replace(cfg, encode=replace(cfg.encode, formats=("cqt",)))
     with pytest.raises(ConfigError, match="shard.formats: asks for encodec, disc"):
@@ -343,8 +340,6 @@ def test_cli_shard_before_render_is_a_one_line_error(tmp_path):
 def test_a_midi_file_whose_name_is_not_utf8_shards_with_its_neighbours_and_keeps_its_name(tmp_path):
     """`source` once went through str.encode("utf-8"), which fails on such a name: the whole shard
     failed on every rerun and no dataset.json was written."""
-    import os
-
     midi = tmp_path / "midi"
     midi.mkdir()
     bad = os.fsdecode(b"caf\xe9-latin1.mid")  # a Latin-1 name, as old archives have
@@ -361,5 +356,6 @@ def test_a_midi_file_whose_name_is_not_utf8_shards_with_its_neighbours_and_keeps
     stored = {bytes(ex["source"].numpy()).rsplit(b"/", 1)[-1]
               for s in splits for ex in make_dataset(out / "dataset", s, ["source"], batch_size=None)}
     assert stored == {b"caf\xe9-latin1.mid", b"plain.mid"}  # the file system's own bytes, losslessly
-    shown = {ex["source"].rsplit("/", 1)[-1] for s in splits for ex in TFRecordIterableDataset(out / "dataset", s, ["source"])}
+    shown = {ex["source"].rsplit("/", 1)[-1] for s in splits
+             for ex in TFRecordIterableDataset(out / "dataset", s, ["source"])}
     assert shown == {"caf\ufffd-latin1.mid", "plain.mid"}

@@ -1,24 +1,34 @@
-"""The dataset-building commands: select, render, encode, run, shard, qa."""
+"""The dataset-building commands: select, render, encode, run, shard, qa.
+
+Each parses its options into a config (and the few options that are no config key) and calls
+its function in `pvtbuild.build_commands`, printing the lines it yields (`show`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Iterable
 
 import click
 
-from pvtbuild.cli.common import (
-    DEFAULT_PIPELINE,
-    cli,
-    csv_option,
-    echo_lines,
-    load_config,
-    path_str,
-    report,
-    stage_options,
-    writable,
-)
+from pvtbuild.build_dir import build_config
+from pvtbuild.cli.common import DEFAULT_PIPELINE, cli, csv_option, path_str, stage_options, writable
+from pvtbuild.config import load_pipeline
 from pvtbuild.errors import PvtbuildError
+
+
+def _commands() -> ModuleType:
+    """`pvtbuild.build_commands`, imported when a build command runs, not when the CLI loads."""
+    from pvtbuild import build_commands  # noqa: PLC0415  (the stages import torch, ~4 s; --help needs none)
+
+    return build_commands
+
+
+def show(lines: Iterable[Any]) -> None:
+    """Print a command's lines (`build_commands.Line`) as they come: summaries to stderr, paths to stdout."""
+    for line in lines:
+        click.echo(line.text, err=not line.to_stdout)
 
 
 @cli.command("select")
@@ -31,19 +41,9 @@ from pvtbuild.errors import PvtbuildError
 def select_cmd(pipeline: str, midi: Path, limit: int | None, manifest: Path | None, out: Path,
                seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Select monophonic clips into a selection manifest, which `render --midi MANIFEST` rebuilds exactly."""
-    from pvtbuild.pipeline import run_select
-    from pvtbuild.stages.select import SELECTION_NAME, write_selection
-
-    cfg = load_config(pipeline, seed=seed, limit=limit, **{"exec.jobs": jobs, "exec.scheduler": scheduler,
-                                                     "midi": path_str(midi)})
-    clips, summary = run_select(cfg, out)
-    written = [out / "select" / SELECTION_NAME]
-    if manifest is not None:
-        write_selection(manifest, clips)
-        written.append(manifest)
-    echo_lines(summary.lines() + [f"selection: {len(clips)} clips in {', '.join(map(str, written))}"])
-    if not clips:
-        raise PvtbuildError("no clip was selected; see the skipped reasons above")
+    cfg = load_pipeline(pipeline, seed=seed, limit=limit, **{"exec.jobs": jobs, "exec.scheduler": scheduler,
+                                                       "midi": path_str(midi)})
+    show(_commands().select(cfg, out, manifest))
 
 
 @cli.command()
@@ -56,12 +56,9 @@ def select_cmd(pipeline: str, midi: Path, limit: int | None, manifest: Path | No
 def render(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | None, out: Path,
            seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Select monophonic clips and render them with FluidSynth, with their controls."""
-    from pvtbuild.pipeline import run_render
-
-    cfg = load_config(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
-                                                     "exec.scheduler": scheduler, "midi": path_str(midi)})
-    summaries = run_render(cfg, out)
-    report(summaries, "rendered")
+    cfg = load_pipeline(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
+                                                       "exec.scheduler": scheduler, "midi": path_str(midi)})
+    show(_commands().render(cfg, out))
 
 
 def _encode_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,14 +95,11 @@ def encode(pipeline: str | None, formats: str | None, random_weights: bool | Non
            device: str | None, batch_size: int | None, out: Path, seed: int | None, jobs: int | None,
            scheduler: str | None) -> None:
     """Encode the clips rendered into --out as CQT, EnCodec latents and EnCodec codes."""
-    from pvtbuild.pipeline import build_config, run_encode
-
     overrides = _encode_overrides(random_weights, encodec_checkpoint, device, batch_size)
     if formats is not None:
         overrides["encode.formats"] = csv_option(formats)
     cfg = build_config(out, pipeline, seed=seed, **overrides, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
-    summaries = run_encode(cfg, out)
-    report(summaries, "encoded")
+    show(_commands().encode(cfg, out))
 
 
 @cli.command()
@@ -120,22 +114,16 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
         encodec_checkpoint: Path | None, device: str | None, batch_size: int | None,
         out: Path, seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Run every stage of PIPELINE into --out (finished work is kept)."""
-    from pvtbuild.pipeline import run_all
-
-    cfg = load_config(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
-                                                     "exec.scheduler": scheduler, "midi": path_str(midi)},
-                **_encode_overrides(random_weights, encodec_checkpoint, device, batch_size))
-    summaries = run_all(cfg, out)
-    report(summaries)
-    if cfg.qa.enabled:
-        from pvtbuild.stages.qa import read_summary, summary_lines
-
-        echo_lines(summary_lines(read_summary(out) or {}))
+    cfg = load_pipeline(pipeline, seed=seed, limit=limit, **{"render.soundfont": soundfont, "exec.jobs": jobs,
+                                                       "exec.scheduler": scheduler, "midi": path_str(midi)},
+                        **_encode_overrides(random_weights, encodec_checkpoint, device, batch_size))
+    show(_commands().run(cfg, out))
 
 
 @cli.command()
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
-@click.option("--formats", default=None, help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
+@click.option("--formats", default=None,
+              help="Comma-separated subset of audio,cqt,encodec,disc (pipeline: shard.formats).")
 @click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable,
               help="Where the dataset goes (default: OUT/dataset).")
 @click.option("--drop-failing/--keep-failing", default=None,
@@ -144,33 +132,20 @@ def run(pipeline: str, midi: Path | None, limit: int | None, soundfont: str | No
 def shard(pipeline: str | None, formats: str | None, dataset: Path | None, drop_failing: bool | None, out: Path,
           seed: int | None, jobs: int | None, scheduler: str | None) -> None:
     """Write the clips rendered (and encoded) in --out as TFRecord shards with shapes.txt and dataset.json."""
-    from pvtbuild.pipeline import build_config, run_shard
-
     cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler,
                                                     "qa.drop_failing": drop_failing})
-    summaries = run_shard(cfg, out, dataset, csv_option(formats))
-    report(summaries)
-    if summaries[-1].failed_shards:
-        raise PvtbuildError("some shards failed (listed above), so no dataset.json was written; rerun to finish them")
+    show(_commands().shard(cfg, out, dataset, csv_option(formats)))
 
 
 @cli.command("qa")
 @click.option("--pipeline", default=None, help="Pipeline YAML (default: the config the build directory recorded).")
-@click.option("--plot-failing", type=int, default=0, help="Plot controls against the audio's estimates for N failing clips.")
+@click.option("--plot-failing", type=int, default=0,
+              help="Plot controls against the audio's estimates for N failing clips.")
 @click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable,
               help="Where --plot-failing writes (default: OUT/qa/plots).")
 @stage_options
 def qa_cmd(pipeline: str | None, plot_failing: int, plot_dir: Path | None, out: Path, seed: int | None,
            jobs: int | None, scheduler: str | None) -> None:
     """Check every rendered clip in --out against its controls, from the audio alone (results: OUT/qa)."""
-    from pvtbuild.pipeline import build_config, run_qa
-    from pvtbuild.stages.qa import plot_failing as plot
-    from pvtbuild.stages.qa import read_summary, summary_lines
-
     cfg = build_config(out, pipeline, seed=seed, **{"exec.jobs": jobs, "exec.scheduler": scheduler})
-    report(run_qa(cfg, out))
-    echo_lines(summary_lines(read_summary(out) or {}))
-    for path in plot(out, cfg, plot_failing, plot_dir or out / "qa" / "plots") if plot_failing else []:
-        click.echo(f"plot: {path}")
-
-
+    show(_commands().qa(cfg, out, plot_failing, plot_dir))

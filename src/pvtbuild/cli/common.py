@@ -14,12 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click
 
-from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.engine.manifest import check_writable
 from pvtbuild.errors import PvtbuildError
 
 DEFAULT_PIPELINE = "pipelines/pvt.yaml"
-
 
 
 def writable(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -45,20 +43,9 @@ def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def load_config(pipeline: str, **overrides: Any) -> PipelineConfig:
-    return load_pipeline(pipeline, **overrides)
-
-
 def echo_lines(lines: list[str]) -> None:
     for line in lines:
         click.echo(line, err=True)
-
-
-def report(summaries: list[Any], nothing: str | None = None) -> None:
-    """Print every stage's summary; with `nothing` ("rendered"), fail when the last stage has no clip at all."""
-    echo_lines([line for s in summaries for line in s.lines()])
-    if nothing and summaries[-1].total_ok == 0:
-        raise PvtbuildError(f"no clip was {nothing}; see the skipped reasons above")
 
 
 def csv_option(text: str | None) -> tuple[str, ...] | None:
@@ -82,7 +69,6 @@ class _Group(click.Group):
 @click.version_option(package_name="pvtbuild")
 def cli() -> None:
     """Build controllable-music-diffusion datasets from MIDI, and train on them."""
-
 
 
 def path_str(p: Path | None) -> str | None:

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from pvtbuild.dataclass_dict import shallow_dict
 from pvtbuild.errors import InputError, PvtbuildError
 
 
@@ -39,9 +40,7 @@ class ManifestRow:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        # Shallow: the fields are JSON data already; asdict's deep copy of every nested dict
-        # was ~15 % of the render stage's time.
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return shallow_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ManifestRow":

@@ -24,14 +24,14 @@ arrays made two ways; one whose encoder.json names another CQT transform (or non
 nnAudio, before `TRANSFORM` was recorded) is refused with a line saying so. The batch
 size and the device are not part of it: they change latents only by float rounding
 (codes not at all; the CQT on CPU not at all either, it goes clip by clip), so each
-row's `info.device` says which device computed it (`device.py` says what differs).
-The torch thread count would change them too, so it is fixed (`device.ENCODE_THREADS`):
+row's `info.device` says which device computed it (`pvtbuild.compute` says what differs).
+The torch thread count would change them too, so it is fixed (`compute.ENCODE_THREADS`):
 outputs are byte-identical whatever --jobs.
 
 A task encodes one render shard on CPU; on a GPU, enough consecutive render shards to
 fill a batch (`shards_per_task`), each still written as its own encode shard. Within
 `pvtbuild run`, an encode task takes its render shards' records as `After`s of the
-render tasks, so it starts as soon as they are rendered (see stage.run_stages).
+render tasks, so it starts as soon as they are rendered (see `engine.planning.run_stages`).
 
 Render shards whose task failed have no clips to encode; their encode record is
 marked failed, so the next run (after render redid them) encodes them.
@@ -55,23 +55,20 @@ from pvtbuild.encoders.cqt import TRANSFORM, CqtEncoder
 from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path, resolve_checkpoint
 from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, atomic_write_bytes, sha256_bytes, sha256_file
-from pvtbuild.engine.stage import (
+from pvtbuild.engine.planning import StageRun, plan_stage, run_stages
+from pvtbuild.engine.stage_files import (
     FinishedStage,
     ShardRecord,
-    StageRun,
-    StageSummary,
     claim_stage_dir,
-    plan_stage,
     read_finished_stage,
-    read_render_input,
-    rendered_rows,
-    run_stages,
     shard_stem,
     write_record,
     write_shard_file,
 )
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import ConfigError, InputError, PvtbuildError
+from pvtbuild.stages.render_input import read_render_input, rendered_rows, row_from_render, unknown_render_row
 
 ENCODED_FORMATS = ("cqt", "encodec", "disc")  # what this stage computes, in storage order
 ENCODEC_FORMATS = ("encodec", "disc")
@@ -188,10 +185,30 @@ def shards_per_task(cfg: PipelineConfig, resources: dict[str, float], local: boo
     return max(1, -(-batch // cfg.render.clips_per_shard))
 
 
+class Encode:
+    """The encode stage (see `stages.base.Stage`): plans on render's output, shard by shard."""
+
+    name = "encode"
+    reads = "render"
+    streams = True
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def check(self, cfg: PipelineConfig, together: frozenset[str]) -> None:
+        check_encode_config(cfg)
+
+    def worker_paths(self, cfg: PipelineConfig) -> dict[str, str]:
+        return {}
+
+    def plan(self, cfg: PipelineConfig, out: Path, executor: Executor, upstream: FinishedStage | None) -> StageRun:
+        rendered = upstream or read_finished_stage(Path(out), "render", "pvtbuild render")
+        return plan_encode(out, cfg, executor, rendered)
+
+
 def encode(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
-    """Encode every render shard of OUT/render into OUT/encode; shards finished by an earlier run are kept."""
-    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
-    return run_stages(executor, [plan_encode(out, cfg, executor, rendered)])[0]
+    """Encode every render shard of OUT/render into OUT/encode (this stage alone, on `executor`)."""
+    return run_stages(executor, [Encode().plan(cfg, out, executor, None)])[0]
 
 
 def plan_encode(out: Path, cfg: PipelineConfig, executor: Executor, rendered: FinishedStage) -> StageRun:
@@ -212,7 +229,7 @@ def plan_encode(out: Path, cfg: PipelineConfig, executor: Executor, rendered: Fi
 
     def note_failed_renders(records: dict[int, ShardRecord]) -> None:
         for i, rec in sorted(records.items()):
-            if rec.params.startswith("failed:") and not rec.rows:
+            if rec.failed and not rec.rows:
                 summary.failed_shards.append(f"render {shard_stem(i)} failed; rerun render, then encode, to retry it")
 
     local = cfg.exec.scheduler in (None, "sync")
@@ -232,7 +249,7 @@ def encode_task(indices: list[int], renders: list[ShardRecord], job: EncodeJob, 
     """
     stage = Path(stage_dir)
     done: dict[int, ShardRecord] = {}
-    loaded: list[tuple[int, list[dict[str, Any]], list[str], np.ndarray]] = []  # index, its rows, ids, audio
+    loaded: list[tuple[int, list[ManifestRow], list[str], np.ndarray]] = []  # index, its rows, ids, audio
     for index, render in zip(indices, renders):
         got = read_render_input("encode", index, render, job.render_params, job.params, Path(render_dir), stage,
                                 ("id", "audio"), lambda row, status: _row(row, job.params, status, job))
@@ -254,18 +271,19 @@ def encode_task(indices: list[int], renders: list[ShardRecord], job: EncodeJob, 
     return [done[i] for i in indices]
 
 
-def _write_encoded(stage: Path, index: int, rendered: list[dict[str, Any]], ids: list[str],
+def _write_encoded(stage: Path, index: int, rendered: list[ManifestRow], ids: list[str],
                    encoded: dict[str, dict[int, np.ndarray]], problems: dict[int, str], job: EncodeJob,
                    device: str) -> ShardRecord:
     """Write one encode shard (its clips that encoded ok, in render order) and its record."""
-    sources = {r["id"]: r for r in rendered}
+    sources = {r.id: r for r in rendered}
     rows = []
     for n, cid in enumerate(ids):
         if n in problems:
-            rows.append(_row(sources.get(cid, {"id": cid}), job.params, f"skipped: {problems[n]}", job, device=device))
+            rows.append(_row(sources.get(cid) or unknown_render_row(cid), job.params, f"skipped: {problems[n]}", job,
+                             device=device))
         else:
             outputs = {f: sha256_bytes(encoded[f][n].tobytes()) for f in job.formats}
-            rows.append(_row(sources.get(cid, {"id": cid}), job.params, "ok", job, outputs, device))
+            rows.append(_row(sources.get(cid) or unknown_render_row(cid), job.params, "ok", job, outputs, device))
     keep = [n for n in range(len(ids)) if n not in problems]
     file, sha = "", ""
     if keep:
@@ -286,7 +304,7 @@ def encode_clips(audio: np.ndarray, job: EncodeJob) -> tuple[dict[str, dict[int,
     good = [n for n in range(len(audio)) if n not in problems]
     batch_size = job.batch_size or default_batch_size(device)
     encoded: dict[str, dict[int, np.ndarray]] = {f: {} for f in job.formats}
-    with torch.inference_mode(), encode_threads():  # a fixed count, not PVTBUILD_THREADS: see device.py
+    with torch.inference_mode(), encode_threads():  # a fixed count, not PVTBUILD_THREADS: see compute.py
         for start in range(0, len(good), batch_size):
             batch = good[start:start + batch_size]
             for members, result in _encode_or_split(np.stack([audio[n] for n in batch]), batch, job, cqt, codec):
@@ -307,7 +325,7 @@ def encode_clips(audio: np.ndarray, job: EncodeJob) -> tuple[dict[str, dict[int,
 
 
 def _encoders(job: EncodeJob) -> tuple[CqtEncoder | None, EncodecEncoder | None, torch.device]:
-    """This worker's encoders, built once per process and reused across tasks (see cqt.py, encodec.py)."""
+    """This worker's encoders, built once per process and reused across tasks (`encoders.cqt`, `encoders.encodec`)."""
     device = pick_device(job.device)
     if device.type == "cuda":
         deterministic_cuda()
@@ -360,14 +378,11 @@ def _audio_problem(clip: np.ndarray, n_samples: int) -> str:
     return f"audio has {bad} non-finite samples (NaN/inf)" if bad else ""
 
 
-
-def _row(render_row: dict[str, Any], params: str, status: str, job: EncodeJob,
-         outputs: dict[str, str] | None = None, device: str | None = None) -> dict[str, Any]:
+def _row(render_row: ManifestRow, params: str, status: str, job: EncodeJob,
+         outputs: dict[str, str] | None = None, device: str | None = None) -> ManifestRow:
     """An encode manifest row; `device` ("cpu", "cuda") is the one that computed its arrays (they differ by it)."""
-    inputs = {"source": render_row.get("inputs", {}).get("source", ""),
-              "audio": render_row.get("outputs", {}).get("audio", "")}
     info = {"weights": job.weights.kind} if device is None else {"weights": job.weights.kind, "device": device}
-    return ManifestRow(render_row["id"], "encode", status, inputs, params, outputs or {}, info).to_dict()
+    return row_from_render(render_row, "encode", params, status, outputs, info)
 
 
 def _check_cqt_transform(stage_dir: Path, formats: tuple[str, ...]) -> None:
@@ -384,7 +399,6 @@ def _check_cqt_transform(stage_dir: Path, formats: tuple[str, ...]) -> None:
         raise PvtbuildError(f"{stage_dir}: its CQT was computed by {what}, this pvtbuild computes "
                             f"{TRANSFORM['name']} v{TRANSFORM['version']}; delete that folder to re-encode, "
                             f"or use another --out")
-
 
 
 def _announce(weights: Weights, requested: str) -> None:

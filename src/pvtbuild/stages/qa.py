@@ -42,24 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from pvtbuild.clip import clip_path
+from pvtbuild.clip import ClipNotes, clip_path
 from pvtbuild.config import GridConfig, PipelineConfig, QaConfig, config_hash
 from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, atomic_write_bytes
-from pvtbuild.engine.stage import (
-    FinishedStage,
-    ShardRecord,
-    StageRun,
-    StageSummary,
-    claim_stage_dir,
-    each_shard,
-    plan_stage,
-    read_finished_stage,
-    read_render_input,
-    rendered_rows,
-    run_stages,
-    write_record,
-)
+from pvtbuild.engine.planning import StageRun, each_shard, plan_stage, run_stages
+from pvtbuild.engine.stage_files import FinishedStage, ShardRecord, claim_stage_dir, read_finished_stage, write_record
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.music.analysis import (
@@ -75,8 +64,11 @@ from pvtbuild.music.analysis import (
     pitch_yin,
     timbre_distances_batch,
 )
+from pvtbuild.music.synth import render_notes
+from pvtbuild.stages.qa_output import SUMMARY_JSON, read_qa
+from pvtbuild.stages.render_input import read_render_input, rendered_rows, row_from_render, unknown_render_row
+from pvtbuild.stages.render_settings import render_soundfont
 
-SUMMARY_JSON = "summary.json"
 FAILED = "failed qa"
 
 
@@ -108,10 +100,31 @@ def tolerances(qa: QaConfig, instrument: str) -> Tolerances:
     return Tolerances(qa.onset_frames, qa.release_s.get(instrument, qa.default_release_s))
 
 
+class Qa:
+    """The qa stage (see `stages.base.Stage`): plans on render's output, shard by shard;
+    `qa.enabled` puts it in `pvtbuild run`."""
+
+    name = "qa"
+    reads = "render"
+    streams = True
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.qa.enabled
+
+    def check(self, cfg: PipelineConfig, together: frozenset[str]) -> None:
+        return None  # its settings are checked with the config; the SoundFont of timbre references, by `plan`
+
+    def worker_paths(self, cfg: PipelineConfig) -> dict[str, str]:
+        return {}
+
+    def plan(self, cfg: PipelineConfig, out: Path, executor: Executor, upstream: FinishedStage | None) -> StageRun:
+        rendered = upstream or read_finished_stage(Path(out), "render", "pvtbuild render")
+        return plan_qa(out, cfg, rendered)
+
+
 def qa(out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
-    """Judge every clip of OUT/render into OUT/qa; shards judged by an earlier run with the same settings are kept."""
-    rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
-    return run_stages(executor, [plan_qa(out, cfg, rendered)])[0]
+    """Judge every clip of OUT/render into OUT/qa (this stage alone, on `executor`)."""
+    return run_stages(executor, [Qa().plan(cfg, out, executor, None)])[0]
 
 
 def plan_qa(out: Path, cfg: PipelineConfig, rendered: FinishedStage) -> StageRun:
@@ -155,13 +168,13 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
                                lambda row, status: _row(row, job.params, status, {}))
     if isinstance(arrays, ShardRecord):
         return arrays
-    rendered = {r["id"]: r for r in rendered_rows(render)}
+    rendered = {r.id: r for r in rendered_rows(render)}
     ids = [str(x) for x in arrays["id"]]
     audio = arrays["audio"]
     controls = {name: arrays[f"{name}_{g}"] for name in names}
     rows = []
-    given = [rendered.get(cid, {"id": cid, "inputs": {}}) for cid in ids]
-    instruments = [row.get("inputs", {}).get("instrument", "") for row in given]
+    given = [rendered.get(cid) or unknown_render_row(cid) for cid in ids]
+    instruments = [row.inputs.get("instrument", "") for row in given]
     with one_blas_thread():  # once per shard (see analysis.one_blas_thread)
         judged = judge_clips(audio, controls, instruments, job, ids)
     for row, instrument, (scores, extra) in zip(given, instruments, judged):
@@ -253,10 +266,6 @@ def timbre_references(cfg: PipelineConfig) -> dict[str, tuple[np.ndarray, np.nda
     `FrameEstimates.harmonics` over its held frames read at the right pitch (0.06..0.45 s in).
     About 20 renders per instrument, once per stage run.
     """
-    from pvtbuild.clip import ClipNotes
-    from pvtbuild.music.synth import render_notes
-    from pvtbuild.stages.render import render_soundfont
-
     grid = qa_grid(cfg)
     soundfont = render_soundfont(cfg)
     pitches = np.arange(cfg.select.pitch_min, cfg.select.pitch_max + 1)
@@ -351,24 +360,24 @@ def share_bounds(share: float, n: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(rows: list[ManifestRow]) -> dict[str, Any]:
     """The build's qa summary: pass rate, failures by reason, per instrument (clips, pass rate, mean scores)."""
-    judged = [r for r in rows if r["stage"] == "qa" and "reasons" in r.get("info", {})]
+    judged = [r for r in rows if r.stage == "qa" and "reasons" in r.info]
     reasons: Counter = Counter()
-    per: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    per: dict[str, list[ManifestRow]] = defaultdict(list)
     for r in judged:
-        reasons.update(r["info"]["reasons"])
-        per[r["info"].get("instrument", "")].append(r)
-    passed = sum(1 for r in judged if not r["info"]["reasons"])
+        reasons.update(r.info["reasons"])
+        per[r.info.get("instrument", "")].append(r)
+    passed = sum(1 for r in judged if not r.info["reasons"])
     out: dict[str, Any] = {"clips": len(judged), "passed": passed,
                            "pass_rate": round(passed / len(judged), 4) if judged else None,
                            "failures": dict(reasons.most_common()), "instruments": {}}
     for inst, rs in sorted(per.items()):
-        entry: dict[str, Any] = {"clips": len(rs), "pass_rate": round(sum(1 for r in rs if not r["info"]["reasons"])
+        entry: dict[str, Any] = {"clips": len(rs), "pass_rate": round(sum(1 for r in rs if not r.info["reasons"])
                                                                        / len(rs), 4)}
         for key in ("voiced_agreement", "chroma_accuracy", "octave_accuracy", "loudness_velocity_spearman",
                     "onset_offset_ms", "yin_agreement"):
-            vals = [r["info"][key] for r in rs if r["info"].get(key) is not None]
+            vals = [r.info[key] for r in rs if r.info.get(key) is not None]
             entry[key] = round(float(np.mean(vals)), 4) if vals else None
         out["instruments"][inst] = entry
     return out
@@ -384,31 +393,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for inst, e in report["instruments"].items():
         def pct(key: str) -> str:
             return "-" if e.get(key) is None else f"{100 * e[key]:.1f}"
-        lines.append(f"  {inst:10s} {e['clips']:5d} clips, pass {pct('pass_rate')} %, voiced {pct('voiced_agreement')} %, "
-                     f"pitch class {pct('chroma_accuracy')} %, octave {pct('octave_accuracy')} %, "
+        lines.append(f"  {inst:10s} {e['clips']:5d} clips, pass {pct('pass_rate')} %, "
+                     f"voiced {pct('voiced_agreement')} %, pitch class {pct('chroma_accuracy')} %, "
+                     f"octave {pct('octave_accuracy')} %, "
                      f"loudness~velocity rho {e['loudness_velocity_spearman']}")
     return lines
-
-
-def read_qa(out: Path) -> FinishedStage | None:
-    """The finished qa stage of a build, or None when qa never ran there."""
-    if not (Path(out) / "qa" / "stage.json").is_file():
-        return None
-    return read_finished_stage(Path(out), "qa", "pvtbuild qa")
-
-
-def read_summary(out: Path) -> dict[str, Any] | None:
-    path = Path(out) / "qa" / SUMMARY_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def qa_status(out: Path) -> dict[str, str]:
-    """Clip id -> its qa status ("ok" or "skipped: failed qa: ..."); raises when qa has not run."""
-    stage = read_qa(out)
-    if stage is None:
-        raise PvtbuildError(f"{Path(out) / 'qa'}: no qa output to drop failing clips by; "
-                            f"run `pvtbuild qa --out {out}` first")
-    return {r["id"]: r["status"] for rec in stage.records for r in rec.rows}
 
 
 # --- internals --------------------------------------------------------------------------
@@ -426,25 +415,21 @@ def _rounded(scores: dict[str, float]) -> dict[str, float | None]:
     return {k: _round(scores[k]) for k in SCORE_KEYS}
 
 
-
-def _row(render_row: dict[str, Any], params: str, status: str, info: dict[str, Any]) -> dict[str, Any]:
-    inputs = {"source": render_row.get("inputs", {}).get("source", ""),
-              "audio": render_row.get("outputs", {}).get("audio", "")}
-    return ManifestRow(render_row["id"], "qa", status, inputs, params, {}, info).to_dict()
-
+def _row(render_row: ManifestRow, params: str, status: str, info: dict[str, Any]) -> ManifestRow:
+    return row_from_render(render_row, "qa", params, status, None, info)
 
 
 def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list[Path]:
     """PNGs of the first n failing clips: each control against what the audio says, failure reasons in the title."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (matplotlib takes ~1 s to import and only --plot-failing draws)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (as above; after use("Agg"), so no display is needed)
 
     stage = read_qa(out)
     if stage is None:
         raise PvtbuildError(f"{Path(out) / 'qa'}: no qa output; run `pvtbuild qa --out {out}` first")
-    failing = {r["id"]: r for rec in stage.records for r in rec.rows if r["status"] != "ok" and r["info"].get("reasons")}
+    failing = {r.id: r for rec in stage.records for r in rec.rows if r.status != "ok" and r.info.get("reasons")}
     wanted = list(failing)[:n]
     grid = qa_grid(cfg)
     rendered = read_finished_stage(Path(out), "render", "pvtbuild render")
@@ -453,7 +438,7 @@ def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for rec in rendered.records:
-        if not rec.file or not any(r["id"] in wanted for r in rec.rows):
+        if not rec.file or not any(r.id in wanted for r in rec.rows):
             continue
         with np.load(Path(out) / "render" / rec.file) as npz:
             ids = [str(x) for x in npz["id"]]
@@ -478,8 +463,8 @@ def plot_failing(out: Path, cfg: PipelineConfig, n: int, plot_dir: Path) -> list
                 ax2.plot(t, controls["velocity"], "C1", label="velocity")
                 ax[2].set_xlabel("s")
                 ax[2].legend(loc="upper left")
-                fig.suptitle(f"{cid} ({failing[cid]['info'].get('instrument', '')}): "
-                             f"{', '.join(failing[cid]['info']['reasons'])}")
+                fig.suptitle(f"{cid} ({failing[cid].info.get('instrument', '')}): "
+                             f"{', '.join(failing[cid].info['reasons'])}")
                 path = clip_path(plot_dir, cid, ".png")
                 fig.savefig(path, dpi=80)
                 plt.close(fig)

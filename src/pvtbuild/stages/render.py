@@ -6,11 +6,11 @@ rendered ok, in selection order:
 - `id`: [n] clip ids (str);
 - `audio`: [n, clip_samples] float32, mono, `render.sample_rate`;
 - `{control}_{grid}`: [n, frames] float32 (`instrument_{grid}`: [n, n_instruments, frames])
-  for every control of controls.py and every grid of `controls.grids`.
+  for every control of `music.controls` and every grid of `controls.grids`.
 Clips that could not be rendered are rows `skipped: <reason>` in the shard record.
 
 A clip's notes come from the select stage of the same build when it ran there
-(`OUT/select/shard-*.npz`, see select.py); clips of a selection manifest are
+(`OUT/select/shard-*.npz`, see `stages.select`), handed on in the `Selection`; clips of a selection manifest are
 re-derived from their source MIDI files, whose md5 is checked. Both give the
 same notes, hence the same bytes.
 """
@@ -25,61 +25,62 @@ from typing import Iterator
 
 import numpy as np
 
-from pvtbuild.clip import ClipNotes, ClipSpec, unpack_notes
-from pvtbuild.config import PipelineConfig, config_hash
+from pvtbuild.clip import ClipNotes, ClipSpec, Selection, unpack_notes
+from pvtbuild.config import PipelineConfig
 from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, sha256_bytes, stable_hash
-from pvtbuild.engine.stage import (
-    ShardRecord,
-    StageRun,
-    StageSummary,
-    chunk,
-    claim_stage_dir,
-    each_shard,
-    plan_stage,
-    run_stages,
-    write_record,
-    write_shard_file,
-)
+from pvtbuild.engine.planning import StageRun, chunk, each_shard, plan_stage, run_stages
+from pvtbuild.engine.stage_files import ShardRecord, claim_stage_dir, write_record, write_shard_file
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import Task
-from pvtbuild.errors import ConfigError, InputError
+from pvtbuild.errors import InputError
+from pvtbuild.music.controls import clip_controls
+from pvtbuild.music.midi import clip_notes, load_midi, md5_file
+from pvtbuild.music.soundfonts import soundfont_sha256
+from pvtbuild.music.synth import render_notes
+from pvtbuild.stages.render_settings import render_params, render_soundfont
 
 # A rendered clip quieter than this (-80 dBFS) is skipped as silence: a program the SoundFont
 # lacks, or "ghost" tracks of velocity-1 notes (real in Lakh: RMS ~1e-5, inaudible). Real clips
 # measured on lakh-sample and the edge cases: RMS >= 4e-3.
 
 
-def render_params(cfg: PipelineConfig, soundfont_sha256: str) -> str:
-    return config_hash({"select": cfg.select, "render": cfg.render, "controls": cfg.controls,
-                        "seed": cfg.seed, "soundfont": soundfont_sha256})
+class Render:
+    """The render stage (see `stages.base.Stage`): plans on the `Selection` select hands on."""
+
+    name = "render"
+    reads = "select"
+    streams = False  # it needs the whole selection to cut it into shards
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def check(self, cfg: PipelineConfig, together: frozenset[str]) -> None:
+        render_soundfont(cfg)
+
+    def worker_paths(self, cfg: PipelineConfig) -> dict[str, str]:
+        return {"SoundFont": str(render_soundfont(cfg).resolve())}
+
+    def plan(self, cfg: PipelineConfig, out: Path, executor: Executor, upstream: Selection) -> StageRun:
+        return plan_render(upstream, out, cfg)
 
 
-def render_soundfont(cfg: PipelineConfig) -> Path:
-    """The configured SoundFont, resolved and verified; a problem is a ConfigError naming `render.soundfont`."""
-    from pvtbuild.music.soundfonts import resolve_soundfont
-
-    try:
-        return resolve_soundfont(cfg.render.soundfont)
-    except InputError as e:
-        raise ConfigError(f"render.soundfont: {e}") from None
+def render(selection: Selection, out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
+    """Render every clip into shards under OUT/render (this stage alone, on `executor`)."""
+    return run_stages(executor, [plan_render(selection, out, cfg)])[0]
 
 
-def render(clips: list[ClipSpec], out: Path, cfg: PipelineConfig, executor: Executor) -> StageSummary:
-    """Render every clip into shards under OUT/render; shards finished by an earlier run are kept."""
-    return run_stages(executor, [plan_render(clips, out, cfg)])[0]
+def plan_render(selection: Selection, out: Path, cfg: PipelineConfig) -> StageRun:
+    """The render stage's run: `render.clips_per_shard` clips per shard, one task per shard not finished yet.
 
-
-def plan_render(clips: list[ClipSpec], out: Path, cfg: PipelineConfig) -> StageRun:
-    """The render stage's run: `render.clips_per_shard` clips per shard, one task per shard not finished yet."""
-    from pvtbuild.music.soundfonts import soundfont_sha256
-    from pvtbuild.stages.select import notes_files
-
+    A clip's notes come from the select stage file `selection.notes` names, else from its source file.
+    """
+    clips, stored = selection.clips, selection.notes
     soundfont = render_soundfont(cfg)
     params = render_params(cfg, soundfont_sha256(soundfont))
     stage_dir = out / "render"
     inputs = stable_hash([c.clip_id for c in clips])
     claim_stage_dir(stage_dir, "render", params, inputs)
-    stored = notes_files(out, cfg)
     return plan_stage(stage_dir, params, chunk(clips, cfg.render.clips_per_shard),
                       each_shard(lambda i, group: Task(
                           f"render-{params[:6]}-{i:05d}", render_task,
@@ -96,11 +97,9 @@ def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfon
     `notes_files` are select shards holding some of these clips' notes; the others are
     re-derived from their source files.
     """
-    from pvtbuild.music.soundfonts import soundfont_sha256
-
     params = render_params(cfg, soundfont_sha256(Path(soundfont)))
     stored = _read_notes(notes_files or [])
-    rows: list[dict] = []
+    rows: list[ManifestRow] = []
     ok: list[tuple[str, dict[str, np.ndarray]]] = []
     audio = np.empty((len(specs), cfg.clip_samples), dtype=np.float32)  # row k: the k-th clip rendered ok
     for _, group in groupby(specs, key=lambda s: s.source):
@@ -127,9 +126,6 @@ def render_task(index: int, specs: list[ClipSpec], cfg: PipelineConfig, soundfon
 def render_clip(notes: ClipNotes, spec: ClipSpec, cfg: PipelineConfig, soundfont: Path,
                 out: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     """Render one clip's audio into `out` ([clip_samples] float32); returns its controls on every grid and info."""
-    from pvtbuild.music.controls import clip_controls
-    from pvtbuild.music.synth import render_notes
-
     names = [i.name for i in cfg.select.instruments]
     if spec.instrument not in names:
         raise InputError(f"instrument {spec.instrument!r} is not in this pipeline ({', '.join(names)})")
@@ -161,8 +157,6 @@ def _read_notes(files: list[str]) -> dict[str, ClipNotes]:
 def _clip_notes(group: list[ClipSpec], stored: dict[str, ClipNotes],
                 cfg: PipelineConfig) -> Iterator[tuple[ClipSpec, ClipNotes | InputError]]:
     """The notes of each clip of one source file: stored ones, else from the file, parsed at most once."""
-    from pvtbuild.music.midi import clip_notes
-
     midi = None  # the parsed file, or the InputError parsing it raised
     for spec in group:
         if spec.clip_id in stored:
@@ -185,8 +179,6 @@ def _clip_notes(group: list[ClipSpec], stored: dict[str, ClipNotes],
 
 
 def _load_source(source: str, md5: str, cfg: PipelineConfig):
-    from pvtbuild.music.midi import load_midi, md5_file
-
     if not os.path.isfile(source):
         raise InputError(f"{source}: source MIDI file not found")
     if md5_file(source) != md5:
@@ -194,9 +186,10 @@ def _load_source(source: str, md5: str, cfg: PipelineConfig):
     return load_midi(source, cfg.select)
 
 
-def _row(spec: ClipSpec, params: str, status: str, outputs: dict | None = None, info: dict | None = None) -> dict:
+def _row(spec: ClipSpec, params: str, status: str, outputs: dict | None = None,
+         info: dict | None = None) -> ManifestRow:
     inputs = dict(spec.to_dict(), source=os.path.basename(spec.source))
-    return ManifestRow(spec.clip_id, "render", status, inputs, params, outputs or {}, info or {}).to_dict()
+    return ManifestRow(spec.clip_id, "render", status, inputs, params, outputs or {}, info or {})
 
 
 def _stack(ok: list[tuple[str, dict[str, np.ndarray]]], audio: np.ndarray) -> dict[str, np.ndarray]:

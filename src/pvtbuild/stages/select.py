@@ -23,26 +23,28 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from pvtbuild.clip import ClipSpec, pack_notes
+from pvtbuild.clip import ClipSpec, Selection, pack_notes
 from pvtbuild.config import PipelineConfig, config_hash
 from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, read_jsonl, stable_hash, write_jsonl
-from pvtbuild.engine.stage import (
+from pvtbuild.engine.planning import StageRun, chunk, each_shard, plan_stage, run_stages
+from pvtbuild.engine.stage_files import (
     ShardRecord,
-    StageSummary,
     check_shard_file,
-    chunk,
     claim_stage_dir,
     read_record,
-    run_stage,
     shard_stem,
     write_manifest,
     write_record,
     write_shard_file,
 )
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import InputError, PvtbuildError
+from pvtbuild.music.midi import clip_notes, load_midi, md5_file, select_clips
+from pvtbuild.stages.base import Ready
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
 SELECTION_NAME = "selection.jsonl"
@@ -63,8 +65,67 @@ def select_params(cfg: PipelineConfig) -> str:
     return config_hash({"select": cfg.select, "seed": cfg.seed})
 
 
+class Select:
+    """The select stage (see `stages.base.Stage`): the head of a build, from `cfg.midi`.
+
+    `manifest_ok`: a selection manifest (.jsonl) may stand for the folder (render and run: its clips
+    are handed on as they are, nothing is selected); the select command alone needs a folder.
+    """
+
+    name = "select"
+    reads = None
+    streams = False
+
+    def __init__(self, manifest_ok: bool = True):
+        self.manifest_ok = manifest_ok
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def check(self, cfg: PipelineConfig, together: frozenset[str]) -> None:
+        if self.manifest_ok:
+            midi_source(cfg)
+        elif not cfg.midi or not Path(cfg.midi).is_dir():
+            raise PvtbuildError(f"--midi {cfg.midi or '(none)'}: select needs a folder of MIDI files")
+
+    def worker_paths(self, cfg: PipelineConfig) -> dict[str, str]:
+        return {"MIDI input": str(midi_source(cfg).resolve())}
+
+    def plan(self, cfg: PipelineConfig, out: Path, executor: Executor, upstream: Any) -> StageRun | Ready:
+        source = midi_source(cfg)
+        if self.manifest_ok and source.is_file() and source.suffix == ".jsonl":
+            return Ready(Selection(manifest_clips(source, cfg.limit), notes_files(out, cfg)))
+        return plan_select(source, out, cfg)
+
+
+def midi_source(cfg: PipelineConfig) -> Path:
+    """The configured MIDI input (a folder or a selection manifest), which must exist."""
+    if not cfg.midi:
+        raise PvtbuildError("no MIDI input: pass --midi DIR_OR_MANIFEST or set `midi` in the pipeline")
+    source = Path(cfg.midi)
+    if not source.exists():
+        raise PvtbuildError(f"{source}: no such MIDI folder or selection manifest")
+    return source
+
+
+def manifest_clips(path: Path, limit: int) -> list[ClipSpec]:
+    """The clips of a selection manifest; `limit` counts source files, as it does for a MIDI folder."""
+    clips = read_selection(path)
+    if limit:
+        keep = list(dict.fromkeys(c.source_md5 for c in clips))[:limit]
+        clips = [c for c in clips if c.source_md5 in set(keep)]
+    return clips
+
+
 def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -> tuple[list[ClipSpec], StageSummary]:
-    """Select clips from every MIDI file under `midi_dir`; resumable, one task per group of files."""
+    """Select clips from every MIDI file under `midi_dir` (this stage alone, on `executor`)."""
+    run = plan_select(midi_dir, out, cfg)
+    [summary] = run_stages(executor, [run])
+    return run.upstream().clips, summary
+
+
+def plan_select(midi_dir: Path, out: Path, cfg: PipelineConfig) -> StageRun:
+    """The select stage's run: resumable, one task per group of files; hands on a `Selection`."""
     files = find_midi_files(midi_dir, cfg.limit)
     stage_dir = out / "select"
     params = select_params(cfg)
@@ -74,28 +135,34 @@ def select(midi_dir: Path, out: Path, cfg: PipelineConfig, executor: Executor) -
     groups = chunk([str(p.resolve()) for _, p in sorted(zip(keys, files))], cfg.exec.select_files_per_task)
     _drop_stale_shards(stage_dir, len(groups))
     key_of = dict(zip((str(p.resolve()) for p in files), keys))
-    summary = StageSummary("select", unit="file", done="with clips")
-    records = run_stage(executor, stage_dir, params, groups,
-                        lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
-                                              (i, group, cfg, str(stage_dir))),
-                        lambda group, status: [_file_row(stable_hash(os.path.basename(p)), p, params, status)
-                                               for p in group],
-                        summary, unit="group", inputs_of=lambda group: _group_key([key_of[p] for p in group]))
-    moved = [_follow_moved_files(stage_dir, records[i], group) for i, group in enumerate(groups)]
-    if any(moved):
-        write_manifest(stage_dir, records.values())
-    clips = [ClipSpec.from_dict(r["inputs"]) for i in sorted(records) for r in records[i].rows
-             if r["status"] == "ok" and r["stage"] == "select-clip"]
-    write_selection(stage_dir / SELECTION_NAME, clips)
-    return clips, summary.finish()
+    selection: list[Selection] = []
+
+    def finish(records: dict[int, ShardRecord]) -> None:
+        moved = [_follow_moved_files(stage_dir, records[i], group) for i, group in enumerate(groups)]
+        if any(moved):
+            write_manifest(stage_dir, records.values())
+        clips = [ClipSpec.from_dict(r.inputs) for i in sorted(records) for r in records[i].rows
+                 if r.status == "ok" and r.stage == "select-clip"]
+        write_selection(stage_dir / SELECTION_NAME, clips)
+        selection.append(Selection(clips))
+
+    def hand_on() -> Selection:
+        return Selection(selection[0].clips, notes_files(out, cfg))
+
+    return plan_stage(stage_dir, params, groups,
+                      each_shard(lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
+                                                       (i, group, cfg, str(stage_dir)))),
+                      lambda group, status: [_file_row(stable_hash(os.path.basename(p)), p, params, status)
+                                             for p in group],
+                      StageSummary("select", unit="file", done="with clips"), unit="group",
+                      inputs_of=lambda group: _group_key([key_of[p] for p in group]), on_finish=finish,
+                      hand_on=hand_on)
 
 
 def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: str) -> ShardRecord:
     """Select clips from a group of MIDI files; a bad file becomes a skipped row, never an error."""
-    from pvtbuild.music.midi import clip_notes, load_midi, select_clips
-
     params = select_params(cfg)
-    rows: list[dict] = []
+    rows: list[ManifestRow] = []
     notes = []
     keys = []
     for path in paths:
@@ -117,7 +184,7 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
             rows.append(_file_row(file_id, path, params, f"skipped: {reason}"))
             continue
         rows.append(_file_row(file_id, path, params, "ok", clips=len(clips)))
-        rows.extend(ManifestRow(c.clip_id, "select-clip", "ok", c.to_dict(), params).to_dict() for c in clips)
+        rows.extend(ManifestRow(c.clip_id, "select-clip", "ok", c.to_dict(), params) for c in clips)
         notes.extend((c.clip_id, clip_notes(midi, c, cfg.select)) for c in clips)
     stage = Path(stage_dir)
     file, sha = "", ""
@@ -130,8 +197,6 @@ def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: st
 
 def content_key(path: str | Path) -> str:
     """What select keys a file by: its md5; a file that cannot be read, by its name until it can."""
-    from pvtbuild.music.midi import md5_file
-
     try:
         return md5_file(path)
     except OSError:
@@ -160,10 +225,10 @@ def _follow_moved_files(stage_dir: Path, record: ShardRecord, group: list[str]) 
     current, changed = "", False
     files = iter(group)
     for row in record.rows:
-        if row["stage"] == "select":
+        if row.stage == "select":
             current = next(files)
-        if row["inputs"].get("source") != current:
-            row["inputs"]["source"] = current
+        if row.inputs.get("source") != current:
+            row.inputs["source"] = current
             changed = True
     if changed:
         write_record(stage_dir, record)
@@ -181,18 +246,18 @@ def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in sorted(stage_dir.glob("shard-*.json")):
         rec = read_record(stage_dir, int(path.stem.split("-")[1]))
-        if rec is None or rec.params != params or not rec.file:
+        if rec is None or rec.failed or rec.params != params or not rec.file:
             continue
         try:
             check_shard_file(stage_dir, rec)
         except InputError:
             continue
-        found.update((r["id"], str(stage_dir / rec.file)) for r in rec.rows if r["stage"] == "select-clip")
+        found.update((r.id, str(stage_dir / rec.file)) for r in rec.rows if r.stage == "select-clip")
     return found
 
 
-def _file_row(file_id: str, path: str, params: str, status: str, **info: int) -> dict:
-    return ManifestRow(file_id, "select", status, {"source": path}, params, info=dict(info)).to_dict()
+def _file_row(file_id: str, path: str, params: str, status: str, **info: int) -> ManifestRow:
+    return ManifestRow(file_id, "select", status, {"source": path}, params, info=dict(info))
 
 
 def write_selection(path: Path, clips: list[ClipSpec]) -> None:
@@ -218,7 +283,8 @@ def read_selection(path: Path) -> list[ClipSpec]:
         except InputError as e:
             raise InputError(f"{path}:{n}: not a clip selection row ({e})") from None
         source = Path(spec.source)
-        clips.append(ClipSpec.from_dict(dict(d, source=str(source if source.is_absolute() else (base / source).resolve()))))
+        resolved = source if source.is_absolute() else (base / source).resolve()
+        clips.append(ClipSpec.from_dict(dict(d, source=str(resolved))))
     return clips
 
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from pvtbuild.clip import ClipSpec
-from pvtbuild.config import PipelineConfig, config_hash
+from pvtbuild.config import FORMATS, PipelineConfig, config_hash
 from pvtbuild.dataset import (
     ShardInfo,
     meta_schema,
@@ -57,20 +57,18 @@ from pvtbuild.dataset.layout import SPLITS, num_shards
 from pvtbuild.engine.executor import Executor
 from pvtbuild.engine.manifest import ManifestRow, remove_stale_temporaries, sha256_bytes, stable_hash
 from pvtbuild.engine.npz import NpzRows
-from pvtbuild.engine.stage import (
-    ShardRecord,
-    StageSummary,
-    chunk,
-    claim_stage_dir,
-    read_finished_stage,
-    run_stage,
-    write_record,
-)
+from pvtbuild.engine.planning import StageRun, chunk, each_shard, plan_stage, run_stages
+from pvtbuild.engine.stage_files import ShardRecord, claim_stage_dir, read_finished_stage, write_record
+from pvtbuild.engine.summary import StageSummary
 from pvtbuild.engine.tasks import Task
-from pvtbuild.errors import PvtbuildError
+from pvtbuild.errors import ConfigError, PvtbuildError
+from pvtbuild.music.soundfonts import soundfont_sha256
+from pvtbuild.stages.qa_output import qa_status, read_summary
+from pvtbuild.stages.render_settings import render_params, render_soundfont
 
 ENCODED = ("cqt", "encodec", "disc")
 BOOKKEEPING = ".shard"  # the stage folder inside the dataset directory
+DATASET_DIR = "dataset"  # where the shard stage writes unless told otherwise (OUT/dataset)
 VERSIONED_PACKAGES = ("pvtbuild", "numpy", "torch", "tensorflow-cpu", "tensorflow", "encodec", "nnAudio",
                       "librosa", "pyfluidsynth", "pretty_midi", "dask", "distributed")
 BPM_BIN = 10  # width of dataset.json's BPM histogram bins
@@ -102,12 +100,54 @@ class ShardPlan:
         return f"{self.split}/{shard_name(self.split, self.index, self.count)}"
 
 
+class Shard:
+    """The shard stage (see `stages.base.Stage`): reads the build directory's render, encode (and qa) output
+    itself, every file sha256-checked, once they are whole; writes the dataset into `dataset` (default
+    OUT/dataset) with `formats` (default `shard.formats`)."""
+
+    name = "shard"
+    reads = None
+    streams = False  # it splits and packs every clip, so it needs them all
+
+    def __init__(self, dataset: Path | None = None, formats: tuple[str, ...] | None = None):
+        self.dataset = dataset
+        self.formats = formats
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def check(self, cfg: PipelineConfig, together: frozenset[str]) -> None:
+        """With encode in the same command, the dataset may ask only for what encode computes."""
+        if "encode" in together:
+            check_shard_formats(cfg)
+        _check_formats(tuple(self.formats or cfg.shard.formats), cfg)
+
+    def worker_paths(self, cfg: PipelineConfig) -> dict[str, str]:
+        return {}
+
+    def plan(self, cfg: PipelineConfig, out: Path, executor: Executor, upstream: Any) -> StageRun:
+        return plan_shard(out, self.dataset or Path(out) / DATASET_DIR, cfg, self.formats)
+
+
+def check_shard_formats(cfg: PipelineConfig) -> None:
+    """Stop before any work when the dataset asks for a format the encode stage will not compute."""
+    missing = [f for f in cfg.shard.formats if f in ENCODED and f not in cfg.encode.formats]
+    if missing:
+        raise ConfigError(f"shard.formats: asks for {', '.join(missing)}, which encode.formats "
+                          f"({', '.join(cfg.encode.formats)}) does not compute; add it there or drop it here")
+
+
 def shard(out: Path, dataset: Path, cfg: PipelineConfig, executor: Executor,
           formats: tuple[str, ...] | None = None) -> StageSummary:
-    """Write the dataset of build directory `out` into `dataset`; shards finished by an earlier run are kept."""
+    """Write the dataset of build directory `out` into `dataset` (this stage alone, on `executor`)."""
+    _check_formats(tuple(formats or cfg.shard.formats), cfg)
+    return run_stages(executor, [plan_shard(out, dataset, cfg, formats)])[0]
+
+
+def plan_shard(out: Path, dataset: Path, cfg: PipelineConfig, formats: tuple[str, ...] | None = None) -> StageRun:
+    """The shard stage's run; shards finished by an earlier run are kept, dataset.json is written last."""
     formats = tuple(formats or cfg.shard.formats)
     out, dataset = Path(out), Path(dataset)
-    _check_formats(formats, cfg)
     summary = StageSummary("shard")
     inputs = _read_inputs(out, cfg, formats, summary)
     if not inputs.clips:
@@ -116,18 +156,21 @@ def shard(out: Path, dataset: Path, cfg: PipelineConfig, executor: Executor,
     plans = plan_shards(inputs.clips, shapes, cfg)
     params = config_hash({"formats": formats, "grids": _grids(formats, cfg), "valid_share": cfg.shard.valid_share,
                           "shard_mb": cfg.shard.shard_mb, "seed": cfg.seed, "render": inputs.render_params,
-                          "encode": inputs.encode_params,  # and which clip goes where, so a record never outlives its plan:
+                          "encode": inputs.encode_params,  # and which clip goes where, so no record outlives its plan:
                           "plan": [(p.file, [c.clip_id for c in p.clips]) for p in plans]})
     stage_dir = dataset / BOOKKEEPING
     _claim(dataset, stage_dir, params, stable_hash([c.clip_id for c in inputs.clips]))
     write_shapes(dataset / "shapes.txt", shapes)
-    records = run_stage(executor, stage_dir, params, plans,
-                        lambda i, plan: Task(f"shard-{params[:6]}-{i:05d}", shard_task,
-                                             (i, plan, shapes, cfg.controls.bpm_max, str(dataset), params)),
-                        lambda plan, status: [_row(c, plan, params, status) for c in plan.clips], summary)
-    if not summary.failed_shards:  # else no dataset.json: the dataset is not whole until a rerun finishes it
-        _write_dataset_json(dataset, plans, records, shapes, cfg, formats, inputs)
-    return summary.finish()
+
+    def finish(records: dict[int, ShardRecord]) -> None:
+        if not summary.failed_shards:  # else no dataset.json: the dataset is not whole until a rerun finishes it
+            _write_dataset_json(dataset, plans, records, shapes, cfg, formats, inputs)
+
+    return plan_stage(stage_dir, params, plans,
+                      each_shard(lambda i, plan: Task(f"shard-{params[:6]}-{i:05d}", shard_task,
+                                                      (i, plan, shapes, cfg.controls.bpm_max, str(dataset), params))),
+                      lambda plan, status: [_row(c, plan, params, status) for c in plan.clips], summary,
+                      on_finish=finish)
 
 
 def split_point(source_md5: str) -> float:
@@ -237,31 +280,28 @@ def _read_inputs(out: Path, cfg: PipelineConfig, formats: tuple[str, ...], summa
         encode_params = encoded_stage.params
         for rec in encoded_stage.records:
             for row in rec.rows:
-                encode_status[row["id"]] = (row["status"], str(out / "encode" / rec.file) if rec.file else "")
-    qa_status = _qa_status(out) if cfg.qa.drop_failing else {}
+                encode_status[row.id] = (row.status, str(out / "encode" / rec.file) if rec.file else "")
+    judged = qa_status(out) if cfg.qa.drop_failing else {}
     clips = []
     for rec in rendered.records:
         for row in rec.rows:
-            status, encode_file = row["status"], ""
+            status, encode_file = row.status, ""
             if status == "ok" and encoded:
-                status, encode_file = encode_status.get(row["id"], ("skipped: not in the encode stage's output", ""))
+                status, encode_file = encode_status.get(row.id, ("skipped: not in the encode stage's output", ""))
             if status == "ok" and cfg.qa.drop_failing:
-                status = qa_status.get(row["id"], "skipped: not judged by qa")
+                status = judged.get(row.id, "skipped: not judged by qa")
             if status != "ok":
                 reason = status.split(":", 1)[-1].strip()
                 summary.skipped[reason] += 1
-                summary.examples.setdefault(reason, row["inputs"].get("source", row["id"]))
+                summary.examples.setdefault(reason, row.inputs.get("source", row.id))
                 continue
-            clips.append(ShardClip(row["id"], row["inputs"]["source_md5"], str(out / "render" / rec.file),
+            clips.append(ShardClip(row.id, row.inputs["source_md5"], str(out / "render" / rec.file),
                                    encode_file, _meta(row)))
     return _Inputs(clips, render_params, encode_params, soundfont_sha, encoder, dict(summary.skipped))
 
 
 def _check_render_config(out: Path, cfg: PipelineConfig, params: str) -> str:
     """The SoundFont's sha256, after checking that render used this config (else the dataset.json would lie)."""
-    from pvtbuild.music.soundfonts import soundfont_sha256
-    from pvtbuild.stages.render import render_params, render_soundfont
-
     sha = soundfont_sha256(render_soundfont(cfg))
     if render_params(cfg, sha) != params:
         raise PvtbuildError(f"{out / 'render'}: was rendered with other settings or another SoundFont than this "
@@ -279,15 +319,16 @@ def _encoder_info(out: Path, encoded: list[str]) -> dict[str, Any]:
     missing = [f for f in encoded if f not in have]
     if missing:  # an encode folder holds one set of formats: adding one means encoding them all again
         both = ",".join(have + missing)
-        raise PvtbuildError(f"{out / 'encode'}: holds no {','.join(missing)} (has {','.join(have)}); delete that folder "
+        raise PvtbuildError(f"{out / 'encode'}: holds no {','.join(missing)} (has {','.join(have)}); "
+                            f"delete that folder "
                             f"and run `pvtbuild encode --out {out} --formats {both}`, or shard only {','.join(have)}")
     return info
 
 
-def _meta(row: dict[str, Any]) -> dict[str, Any]:
+def _meta(row: ManifestRow) -> dict[str, Any]:
     """Metadata stored with a clip: its id and selection, each with the type ClipSpec declares."""
-    inputs = row["inputs"]
-    meta: dict[str, Any] = {"id": row["id"], "source": str(inputs.get("source", ""))}
+    inputs = row.inputs
+    meta: dict[str, Any] = {"id": row.id, "source": str(inputs.get("source", ""))}
     for f in fields(ClipSpec):
         cast = _META_CASTS.get(str(f.type))  # scalars only: an Example feature holds no None or nested value
         if f.name in ("clip_id", "source") or f.name not in inputs or cast is None:
@@ -305,8 +346,6 @@ def _median_bpm(arrays: dict[str, np.ndarray], bpm_max: float) -> float:
 
 
 def _check_formats(formats: tuple[str, ...], cfg: PipelineConfig) -> None:
-    from pvtbuild.config import FORMATS
-
     for f in formats:
         if f not in FORMATS:
             raise PvtbuildError(f"--formats: unknown format {f!r} (known: {', '.join(FORMATS)})")
@@ -318,7 +357,8 @@ def _grids(formats: tuple[str, ...], cfg: PipelineConfig) -> list[str]:
     return sorted({cfg.shard.control_grids[f] for f in formats})
 
 
-def _array_shapes(clip: ShardClip, formats: tuple[str, ...], cfg: PipelineConfig) -> dict[str, tuple[Any, tuple[int, ...]]]:
+def _array_shapes(clip: ShardClip, formats: tuple[str, ...],
+                  cfg: PipelineConfig) -> dict[str, tuple[Any, tuple[int, ...]]]:
     """name -> (dtype, shape) of every stored array, from the npz headers of the first clip's shards."""
     render = NpzRows(clip.render_file)
     shapes: dict[str, tuple[Any, tuple[int, ...]]] = {}
@@ -349,10 +389,10 @@ def _claim(dataset: Path, stage_dir: Path, params: str, inputs: str) -> None:
 
 
 def _row(clip: ShardClip, plan: ShardPlan, params: str, status: str, outputs: dict | None = None,
-         info: dict | None = None) -> dict[str, Any]:
+         info: dict | None = None) -> ManifestRow:
     inputs = {"source": clip.meta.get("source", ""), "source_md5": clip.source_md5, "split": plan.split,
               "file": plan.file}
-    return ManifestRow(clip.clip_id, "shard", status, inputs, params, outputs or {}, info or {}).to_dict()
+    return ManifestRow(clip.clip_id, "shard", status, inputs, params, outputs or {}, info or {})
 
 
 def _write_dataset_json(dataset: Path, plans: list[ShardPlan], records: dict[int, ShardRecord],
@@ -365,8 +405,8 @@ def _write_dataset_json(dataset: Path, plans: list[ShardPlan], records: dict[int
         splits[plan.split].append(ShardInfo(path, len(rec.rows), path.stat().st_size, rec.sha256))
         split_stats = stats.setdefault(plan.split, {"instruments": Counter(), "bpm_histogram": Counter()})
         for row in rec.rows:
-            split_stats["instruments"][row["info"]["instrument"]] += 1
-            split_stats["bpm_histogram"][_bpm_bin(row["info"]["bpm"])] += 1
+            split_stats["instruments"][row.info["instrument"]] += 1
+            split_stats["bpm_histogram"][_bpm_bin(row.info["bpm"])] += 1
     first = inputs.clips[0]
     meta_kinds = meta_schema(dict(first.meta, bpm=0.0))
     config = {k: v for k, v in cfg.to_dict().items() if k != "exec"}  # how many workers ran it changes nothing
@@ -387,16 +427,8 @@ def _write_dataset_json(dataset: Path, plans: list[ShardPlan], records: dict[int
     write_dataset_json(dataset / "dataset.json", splits, extra, meta_kinds)
 
 
-def _qa_status(out: Path) -> dict[str, str]:
-    from pvtbuild.stages.qa import qa_status
-
-    return qa_status(out)
-
-
 def _qa_summary(out: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The qa stage's summary (qa.py) with whether failing clips were dropped; None when qa did not run."""
-    from pvtbuild.stages.qa import read_summary
-
+    """The qa stage's summary (`stages.qa.summarise`) and whether failing clips were dropped; None: qa did not run."""
     report = read_summary(out)
     return None if report is None else dict(report, dropped_failing=cfg.qa.drop_failing)
 

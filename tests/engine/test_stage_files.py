@@ -1,4 +1,4 @@
-"""Tests of what every stage shares (pvtbuild.engine.stage): shard records read back from disk."""
+"""Tests of stage files and their records (pvtbuild.engine.stage_files): shard records read back from disk."""
 
 from __future__ import annotations
 
@@ -6,18 +6,31 @@ import json
 
 import pytest
 
-from pvtbuild.engine.stage import ShardRecord, read_record, record_path, write_record
+from pvtbuild.engine.manifest import ManifestRow
+from pvtbuild.engine.stage_files import ShardRecord, read_record, record_path, write_record
 
 
 def _record(**changes) -> dict:
     row = {"id": "231052b4b5b4dfd8", "stage": "render", "status": "ok", "inputs": {}, "params": "p",
            "outputs": {}, "info": {}}
-    return {**ShardRecord("render", 0, "shard-00000.npz", "0" * 64, "p", [row]).to_dict(), **changes}
+    return {**ShardRecord("render", 0, "shard-00000.npz", "0" * 64, "p", [ManifestRow.from_dict(row)]).to_dict(),
+            **changes}
 
 
 def test_a_written_record_reads_back(tmp_path):
     rec = write_record(tmp_path, ShardRecord.from_dict(_record()))
     assert read_record(tmp_path, 0) == rec
+    assert isinstance(rec.rows[0], ManifestRow) and rec.rows[0].id == "231052b4b5b4dfd8"
+
+
+def test_a_failed_record_is_stored_as_its_params_marked_failed_and_reads_back_failed(tmp_path):
+    """On disk a failed task's record is what it always was (params "failed:<params>", no other key)."""
+    rec = write_record(tmp_path, ShardRecord("render", 0, "", "", "p", [], failed=True))
+    stored = json.loads(record_path(tmp_path, 0).read_text())
+    assert stored == {"stage": "render", "index": 0, "file": "", "sha256": "", "params": "failed:p", "rows": [],
+                      "inputs": ""}
+    back = read_record(tmp_path, 0)
+    assert back == rec and back.failed and back.params == "p"
 
 
 @pytest.mark.parametrize("changes", [
