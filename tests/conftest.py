@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from paths import LAKH, SHARED_ROOTS
 from pvtbuild.config import PipelineConfig, config_from_dict
@@ -110,8 +111,6 @@ def one_torch_thread():
     """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): the two
     cores are shared by everything a test run starts, where two threads stalled tiny models 10-20x, and oneDNN's
     float results depend on the thread count, which checks that compare floats must fix."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
