@@ -95,10 +95,9 @@ def run_planned(ex: Executor, cfg: PipelineConfig, out: Path, stages: Sequence[S
     return Built(summaries, planned)
 
 
-def stages_named(*names: str, select: Select | None = None, shard: Shard | None = None) -> list[Stage]:
-    """The stages of `STAGES` called `names`, in pipeline order; `select` / `shard` replace the default ones."""
-    chosen = {"select": select, "shard": shard}
-    return [chosen.get(s.name) or s for s in STAGES if s.name in names]
+def stages_named(*names: str) -> list[Stage]:
+    """The stages of `STAGES` called `names`, in pipeline order."""
+    return [s for s in STAGES if s.name in names]
 
 
 def run_select(cfg: PipelineConfig, out: Path) -> tuple[list[ClipSpec], StageSummary]:
