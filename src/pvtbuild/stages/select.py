@@ -112,8 +112,8 @@ def manifest_clips(path: Path, limit: int) -> list[ClipSpec]:
     """The clips of a selection manifest; `limit` counts source files, as it does for a MIDI folder."""
     clips = read_selection(path)
     if limit:
-        keep = list(dict.fromkeys(c.source_md5 for c in clips))[:limit]
-        clips = [c for c in clips if c.source_md5 in set(keep)]
+        keep = set(list(dict.fromkeys(c.source_md5 for c in clips))[:limit])
+        clips = [c for c in clips if c.source_md5 in keep]
     return clips
 
 
