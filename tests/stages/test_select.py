@@ -18,10 +18,11 @@ import pytest
 from pvtbuild.clip import ClipSpec, unpack_notes
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine.executor import Executor
+from pvtbuild.engine.planning import run_stages
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.music.midi import clip_notes, load_midi
 from pvtbuild.pipeline import selected_clips
-from pvtbuild.stages.select import SELECTION_NAME, notes_files, read_selection, select, write_selection
+from pvtbuild.stages.select import SELECTION_NAME, notes_files, plan_select, read_selection, select, write_selection
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "midi"
@@ -91,6 +92,17 @@ def test_select_shards_store_every_clips_notes_exactly_as_render_would_derive_th
             assert a.dtype == b.dtype and np.array_equal(a, b), (clip.clip_id, name)
         assert got.duration == expected.duration
     assert notes_files(out, demo_cfg(midi=str(EXAMPLES), seed=1)) == {}  # other settings: not used
+
+
+def test_the_selection_select_hands_on_names_the_notes_files_its_folder_holds_fresh_and_resumed(tmp_path):
+    cfg = demo_cfg(midi=str(EXAMPLES), **{"exec.select_files_per_task": 3})  # several shards
+    for _ in range(2):  # a run that selects every file, then one that reuses every shard
+        run = plan_select(EXAMPLES, tmp_path, cfg)
+        run_stages(SYNC, [run])
+        handed = run.upstream()
+        assert len(set(handed.notes.values())) > 1
+        assert handed.notes == notes_files(tmp_path, cfg)  # what render would read back from the folder
+        assert set(handed.notes) == {c.clip_id for c in handed.clips}
 
 
 def test_limit_on_a_manifest_counts_source_files_as_it_does_for_a_folder(tmp_path):

@@ -144,10 +144,10 @@ def plan_select(midi_dir: Path, out: Path, cfg: PipelineConfig) -> StageRun:
         clips = [ClipSpec.from_dict(r.inputs) for i in sorted(records) for r in records[i].rows
                  if r.status == "ok" and r.stage == "select-clip"]
         write_selection(stage_dir / SELECTION_NAME, clips)
-        selection.append(Selection(clips))
-
-    def hand_on() -> Selection:
-        return Selection(selection[0].clips, notes_files(out, cfg))
+        # where the notes are, from the records in hand (a reused one's file was sha256-checked at planning,
+        # a new one's just written): what `notes_files` would read back from the folder, without reading it
+        notes = dict(pair for i in sorted(records) for pair in _notes_in(stage_dir, records[i]))
+        selection.append(Selection(clips, notes))
 
     return plan_stage(stage_dir, params, groups,
                       each_shard(lambda i, group: Task(f"select-{params[:6]}-{i:05d}", select_task,
@@ -156,7 +156,7 @@ def plan_select(midi_dir: Path, out: Path, cfg: PipelineConfig) -> StageRun:
                                              for p in group],
                       StageSummary("select", unit="file", done="with clips"), unit="group",
                       inputs_of=lambda group: _group_key([key_of[p] for p in group]), on_finish=finish,
-                      hand_on=hand_on)
+                      hand_on=lambda: selection[0])
 
 
 def select_task(index: int, paths: list[str], cfg: PipelineConfig, stage_dir: str) -> ShardRecord:
@@ -236,7 +236,8 @@ def _follow_moved_files(stage_dir: Path, record: ShardRecord, group: list[str]) 
 
 
 def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
-    """Clip id -> the select shard holding its notes, for a build whose select stage ran with `cfg`.
+    """Clip id -> the select shard holding its notes, for a build whose select stage ran with `cfg`, read back
+    from its folder (a select that runs in the same command hands on the same map from its records instead).
 
     Empty when there is no select stage (clips came from a manifest) or it was run with
     other settings; shards that do not verify are left out (render then parses the file).
@@ -252,8 +253,15 @@ def notes_files(out: Path, cfg: PipelineConfig) -> dict[str, str]:
             check_shard_file(stage_dir, rec)
         except InputError:
             continue
-        found.update((r.id, str(stage_dir / rec.file)) for r in rec.rows if r.stage == "select-clip")
+        found.update(_notes_in(stage_dir, rec))
     return found
+
+
+def _notes_in(stage_dir: Path, rec: ShardRecord) -> list[tuple[str, str]]:
+    """(clip id, select shard file) for each clip whose notes the file of `rec` holds; none for a failed task."""
+    if rec.failed or not rec.file:
+        return []
+    return [(r.id, str(stage_dir / rec.file)) for r in rec.rows if r.stage == "select-clip"]
 
 
 def _file_row(file_id: str, path: str, params: str, status: str, **info: int) -> ManifestRow:
