@@ -18,10 +18,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from conftest import BOMB, write_slow_midi
-from paths import EDGE, LAKH
+from paths import EDGE, LAKH, REPO
 from pvtbuild.cli import cli
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "midi"
 ONE_LINE_REASON = re.compile(r"skipped: [^\n]{1,200}")
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from paths import REPO
 from pvtbuild.build_dir import build_config
 from pvtbuild.cli import cli
 from pvtbuild.compute import ENCODE_THREADS, encode_threads
@@ -33,7 +34,6 @@ from pvtbuild.errors import InputError, PvtbuildError
 from pvtbuild.pipeline import run_all, run_encode, run_render
 from pvtbuild.stages.encode import encode, shards_per_task, task_resources
 
-REPO = Path(__file__).resolve().parents[2]
 N_CLIPS = 4
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paths import LAKH
+from paths import LAKH, REPO
 from pvtbuild.clip import ClipSpec
 from pvtbuild.config import PipelineConfig, load_pipeline
 from pvtbuild.engine.manifest import sha256_bytes, sha256_file
@@ -27,7 +27,6 @@ from pvtbuild.pipeline import run_render
 from pvtbuild.stages.render_settings import render_soundfont
 from pvtbuild.stages.select import notes_files
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "midi"
 DEMO_MANIFEST = REPO / "manifests" / "demo.jsonl"
 N_LAKH = 40  # files of lakh-sample rendered here: ~115 clips, a few seconds

@@ -15,6 +15,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
+from paths import REPO
 from pvtbuild.clip import ClipSpec, unpack_notes
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine.executor import Executor
@@ -24,7 +25,6 @@ from pvtbuild.music.midi import clip_notes, load_midi
 from pvtbuild.pipeline import selected_clips
 from pvtbuild.stages.select import SELECTION_NAME, notes_files, plan_select, read_selection, select, write_selection
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "midi"
 DEMO_MANIFEST = REPO / "manifests" / "demo.jsonl"
 DEMO_PIPELINE = REPO / "pipelines" / "demo.yaml"
