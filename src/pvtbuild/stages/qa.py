@@ -159,7 +159,7 @@ def plan_qa(out: Path, cfg: PipelineConfig, rendered: FinishedStage) -> StageRun
 def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_dir: str) -> ShardRecord:
     """Judge the clips of one render shard; writes and returns its qa record."""
     if job.qa.yin_share > 0:
-        _warm_yin()
+        warm_yin()
     stage = Path(stage_dir)
     g = job.grid.name
     names = ("voiced", "pitch", "chroma", "velocity")
@@ -225,7 +225,7 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
 _YIN_WARM = False
 
 
-def _warm_yin() -> None:
+def warm_yin() -> None:
     """librosa's YIN costs ~1.9 s on its first call in a process (lazy imports, numba compiling),
     then ~10 ms: pay it on a worker's first qa task, not at whichever task a sampled clip first
     falls in (so task times, and a benchmark's warm-up, see it where it belongs)."""
