@@ -13,7 +13,7 @@ import torch
 from paths import LAKH
 from pvtbuild.clip import ClipNotes
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.music.analysis import SCORE_KEYS
+from pvtbuild.music.analysis import SCORE_KEYS, SCORED_CONTROLS
 from pvtbuild.music.controls import compute_controls
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_qa, run_render, run_shard
@@ -191,7 +191,7 @@ def test_crepe_labels_are_reproducible_and_cached_by_audio(tmp_path):
                       for n in (notes, transposed(notes, 1))])
     grid = qa_grid(short)
     controls = coarse_controls({k: v for k, v in compute_controls(notes, 1, 3, grid, 300.0).items()
-                                if k in ("voiced", "pitch", "chroma", "velocity")})
+                                if k in SCORED_CONTROLS})
     coarse = coarse_grid(grid)
     judge = CrepeJudge("tiny")
     cache = CrepeCache(tmp_path / "tracks.npz", judge.label, coarse)

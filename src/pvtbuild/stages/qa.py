@@ -53,6 +53,7 @@ from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.music.analysis import (
     SCORE_KEYS,
+    SCORED_CONTROLS,
     AnalysisParams,
     Tolerances,
     adherence_batch,
@@ -162,16 +163,15 @@ def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_
         warm_yin()
     stage = Path(stage_dir)
     g = job.grid.name
-    names = ("voiced", "pitch", "chroma", "velocity")
     arrays = read_render_input("qa", index, render, job.render_params, job.params, Path(render_dir), stage,
-                               ("id", "audio", *(f"{name}_{g}" for name in names)),
+                               ("id", "audio", *(f"{name}_{g}" for name in SCORED_CONTROLS)),
                                lambda row, status: _row(row, job.params, status, {}))
     if isinstance(arrays, ShardRecord):
         return arrays
     rendered = {r.id: r for r in rendered_rows(render)}
     ids = [str(x) for x in arrays["id"]]
     audio = arrays["audio"]
-    controls = {name: arrays[f"{name}_{g}"] for name in names}
+    controls = {name: arrays[f"{name}_{g}"] for name in SCORED_CONTROLS}
     rows = []
     given = [rendered.get(cid) or unknown_render_row(cid) for cid in ids]
     instruments = [row.inputs.get("instrument", "") for row in given]
