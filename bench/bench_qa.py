@@ -34,9 +34,9 @@ from pvtbuild.clip import Selection
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine import written_shards
 from pvtbuild.engine.stage_files import ShardRecord
-from pvtbuild.music.analysis import one_blas_thread, pitch_yin
+from pvtbuild.music.analysis import SCORED_CONTROLS, one_blas_thread, pitch_yin
 from pvtbuild.pipeline import executor_for, run_render, selected_clips
-from pvtbuild.stages.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references
+from pvtbuild.stages.qa import QaJob, judge_clips, qa_grid, qa_task, timbre_references, warm_yin
 from pvtbuild.stages.render import plan_render
 from pvtbuild.stages.select import notes_files
 
@@ -53,10 +53,9 @@ def main() -> None:
     timbre = timbre_references(cfg)
     print(f"timbre references (once per qa stage run): {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
-    pitch_yin(np.zeros(4800, dtype=np.float32), 24000, 75.0, 4)  # what a qa task's first call pays
+    warm_yin()  # what a qa task's first call pays
     print(f"librosa's first YIN call (once per worker process): {time.perf_counter() - t0:.2f} s; "
           f"YIN cross-checks qa.yin_share = {cfg.qa.yin_share:g} of the clips")
-    names = ("voiced", "pitch", "chroma", "velocity")
     yin_ms = _yin_ms(cfg)
     ratios: dict[str, list[float]] = {"streamed": [], "from disk": [], "judge_clips": []}
     extra_yin: list[float] = []
@@ -101,7 +100,7 @@ def main() -> None:
             for rec in recs:
                 inst = {row.id: row.inputs.get("instrument", "") for row in rec.rows}
                 with np.load(render_dir / rec.file) as d:
-                    audio, controls = d["audio"], {c: d[f"{c}_{grid.name}"] for c in names}
+                    audio, controls = d["audio"], {c: d[f"{c}_{grid.name}"] for c in SCORED_CONTROLS}
                     instruments = [inst.get(str(i), "") for i in d["id"]]
                 t0 = time.perf_counter()
                 with one_blas_thread():

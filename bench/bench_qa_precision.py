@@ -38,7 +38,7 @@ import torch
 from pvtbuild.clip import unpack_notes
 from pvtbuild.config import load_pipeline
 from pvtbuild.engine.stage_files import read_finished_stage, read_shard_arrays
-from pvtbuild.music.analysis import one_blas_thread
+from pvtbuild.music.analysis import SCORED_CONTROLS, one_blas_thread
 from pvtbuild.music.controls import compute_controls
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_render
@@ -67,7 +67,6 @@ from pvtbuild.train.judge import CrepeJudge
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {8.0: {}, 4.0: {"select.clips_per_source": 20, "select.min_notes": 2},
             2.0: {"select.clips_per_source": 40, "select.min_notes": 2}}
-CONTROL_NAMES = ("voiced", "pitch", "chroma", "velocity")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,7 +113,7 @@ def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
         judged = []
         for a in range(0, n, cfg.render.clips_per_shard):  # one shard's clips at a time, as the stage does
             b = min(n, a + cfg.render.clips_per_shard)
-            judged += judge_clips(clips["audio"][a:b], {k: clips[k][a:b] for k in CONTROL_NAMES},
+            judged += judge_clips(clips["audio"][a:b], {k: clips[k][a:b] for k in SCORED_CONTROLS},
                                   clips["instrument"][a:b], job)
     qa_s = time.perf_counter() - t0
     reasons = [failure_reasons(scores, cfg.qa) for scores, _ in judged]
@@ -125,7 +124,7 @@ def bench_length(length: float, args: argparse.Namespace, judge) -> dict:
     pitch = crepe_track(judge, clips["audio"], cfg.render.sample_rate, coarse, cache)
     cache.save()
     crepe_s = time.perf_counter() - t0
-    cs = crepe_scores(pitch, [coarse_controls({k: clips[k][i] for k in CONTROL_NAMES}) for i in range(n)], coarse)
+    cs = crepe_scores(pitch, [coarse_controls({k: clips[k][i] for k in SCORED_CONTROLS}) for i in range(n)], coarse)
     wrong = [crepe_right(s) for s in cs]
 
     fails = [i for i in range(n) if reasons[i]]
@@ -178,7 +177,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
         audio, controls, instruments = [], [], []
         for j, i in enumerate(sample):
             notes, program, inst = stored[clips["id"][i]], clips["program"][i], clips["instrument"][i]
-            label = {k: clips[k][i] for k in CONTROL_NAMES}
+            label = {k: clips[k][i] for k in SCORED_CONTROLS}
             if kind == "semitone":
                 a = render(transposed(notes, 1), program)
             elif kind == "octave":
@@ -196,7 +195,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
                 a = clips["audio"][i]
                 moved = shifted(notes, LABEL_SHIFT_S if j % 2 == 0 else -LABEL_SHIFT_S)
                 label = {k: v for k, v in compute_controls(moved, names.index(inst), len(names), grid,
-                                                           cfg.controls.bpm_max).items() if k in CONTROL_NAMES}
+                                                           cfg.controls.bpm_max).items() if k in SCORED_CONTROLS}
             elif kind == "wrong program":
                 a = render(notes, WRONG_PROGRAM[program])
             else:  # swapped audio: the next sampled clip's audio under these labels
@@ -206,7 +205,7 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
             instruments.append(inst)
         if not audio:
             continue
-        judged = judge_clips(np.stack(audio), {k: np.stack([c[k] for c in controls]) for k in CONTROL_NAMES},
+        judged = judge_clips(np.stack(audio), {k: np.stack([c[k] for c in controls]) for k in SCORED_CONTROLS},
                              instruments, job)
         got = [failure_reasons(s, cfg.qa) for s, _ in judged]
         failed = np.mean([bool(g) for g in got])
@@ -227,20 +226,20 @@ def bench_broken(cfg, out: Path, clips: dict, clean: list[int], per_class: int, 
 def _read_clips(out: Path, grid: str) -> dict:
     """Every rendered clip of a build: id, audio [N, S], controls on `grid` [N, T], instrument, program."""
     stage = read_finished_stage(out, "render", "bench")
-    clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in CONTROL_NAMES}}
+    clips: dict = {"id": [], "audio": [], "instrument": [], "program": [], **{k: [] for k in SCORED_CONTROLS}}
     for rec in stage.records:
         if not rec.file:
             continue
         rows = {r.id: r for r in rendered_rows(rec)}
-        d = read_shard_arrays(out / "render", rec, ["id", "audio", *(f"{k}_{grid}" for k in CONTROL_NAMES)])
+        d = read_shard_arrays(out / "render", rec, ["id", "audio", *(f"{k}_{grid}" for k in SCORED_CONTROLS)])
         ids = [str(x) for x in d["id"]]
         clips["id"] += ids
         clips["audio"].append(d["audio"])
-        for k in CONTROL_NAMES:
+        for k in SCORED_CONTROLS:
             clips[k].append(d[f"{k}_{grid}"])
         clips["instrument"] += [rows[i].inputs["instrument"] for i in ids]
         clips["program"] += [int(rows[i].inputs["program"]) for i in ids]
-    for k in ("audio", *CONTROL_NAMES):
+    for k in ("audio", *SCORED_CONTROLS):
         clips[k] = np.concatenate(clips[k])
     return clips
 

@@ -13,7 +13,7 @@ import torch
 from paths import LAKH
 from pvtbuild.clip import ClipNotes
 from pvtbuild.config import PipelineConfig, load_pipeline
-from pvtbuild.music.analysis import SCORE_KEYS
+from pvtbuild.music.analysis import SCORE_KEYS, SCORED_CONTROLS
 from pvtbuild.music.controls import compute_controls
 from pvtbuild.music.synth import render_notes
 from pvtbuild.pipeline import run_qa, run_render, run_shard
@@ -191,7 +191,7 @@ def test_crepe_labels_are_reproducible_and_cached_by_audio(tmp_path):
                       for n in (notes, transposed(notes, 1))])
     grid = qa_grid(short)
     controls = coarse_controls({k: v for k, v in compute_controls(notes, 1, 3, grid, 300.0).items()
-                                if k in ("voiced", "pitch", "chroma", "velocity")})
+                                if k in SCORED_CONTROLS})
     coarse = coarse_grid(grid)
     judge = CrepeJudge("tiny")
     cache = CrepeCache(tmp_path / "tracks.npz", judge.label, coarse)
@@ -223,12 +223,7 @@ def test_qa_passes_lakh_clips_it_used_to_fail_that_crepe_finds_right(cfg, timbre
     c = load_pipeline(REPO / "pipelines" / "pvt.yaml", **{"exec.scheduler": "sync", "select.clip_seconds": seconds})
     notes = ClipNotes(np.array(clip["onsets"]), np.array(clip["offsets"]), np.array(clip["pitches"], np.int16),
                       np.array(clip["velocities"], np.int16), np.zeros(0), seconds)
-    audio, _ = render_notes(notes, clip["program"], render_soundfont(c), c.render, c.clip_samples)
-    grid = qa_grid(c)
-    names = [i.name for i in c.select.instruments]
-    controls = compute_controls(notes, names.index(clip["instrument"]), len(names), grid, c.controls.bpm_max)
-    scores, _ = judge_clip(audio, controls, clip["instrument"], QaJob(c.qa, grid, c.render.sample_rate, "", "", timbre))
-    assert failure_reasons(scores, c.qa) == []
+    assert judge(c, clip["instrument"], notes, program=clip["program"], timbre=timbre) == []
 
 
 def test_a_share_fails_a_clip_only_when_enough_frames_back_it(cfg):

@@ -53,6 +53,7 @@ from pvtbuild.engine.tasks import Task
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.music.analysis import (
     SCORE_KEYS,
+    SCORED_CONTROLS,
     AnalysisParams,
     Tolerances,
     adherence_batch,
@@ -159,19 +160,18 @@ def plan_qa(out: Path, cfg: PipelineConfig, rendered: FinishedStage) -> StageRun
 def qa_task(index: int, render: ShardRecord, job: QaJob, stage_dir: str, render_dir: str) -> ShardRecord:
     """Judge the clips of one render shard; writes and returns its qa record."""
     if job.qa.yin_share > 0:
-        _warm_yin()
+        warm_yin()
     stage = Path(stage_dir)
     g = job.grid.name
-    names = ("voiced", "pitch", "chroma", "velocity")
     arrays = read_render_input("qa", index, render, job.render_params, job.params, Path(render_dir), stage,
-                               ("id", "audio", *(f"{name}_{g}" for name in names)),
+                               ("id", "audio", *(f"{name}_{g}" for name in SCORED_CONTROLS)),
                                lambda row, status: _row(row, job.params, status, {}))
     if isinstance(arrays, ShardRecord):
         return arrays
     rendered = {r.id: r for r in rendered_rows(render)}
     ids = [str(x) for x in arrays["id"]]
     audio = arrays["audio"]
-    controls = {name: arrays[f"{name}_{g}"] for name in names}
+    controls = {name: arrays[f"{name}_{g}"] for name in SCORED_CONTROLS}
     rows = []
     given = [rendered.get(cid) or unknown_render_row(cid) for cid in ids]
     instruments = [row.inputs.get("instrument", "") for row in given]
@@ -225,7 +225,7 @@ def judge_clips(audio: np.ndarray, controls: dict[str, np.ndarray], instruments:
 _YIN_WARM = False
 
 
-def _warm_yin() -> None:
+def warm_yin() -> None:
     """librosa's YIN costs ~1.9 s on its first call in a process (lazy imports, numba compiling),
     then ~10 ms: pay it on a worker's first qa task, not at whichever task a sampled clip first
     falls in (so task times, and a benchmark's warm-up, see it where it belongs)."""

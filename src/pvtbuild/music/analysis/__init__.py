@@ -36,7 +36,7 @@ Public API (stable; other modules depend on these names)
   note changes, and over changes and note starts; `lags.switch_lags`), and the frame counts
   the shares stand on (`pitch_frames`, `held_frames`, `quiet_frames`: the qa stage fails a clip
   on a share only when enough frames back it, `qa.share_bounds`). `controls` maps control names (velocity, chroma,
-  pitch, voiced; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
+  pitch, voiced: `SCORED_CONTROLS`; as stored: pitch = MIDI/127, chroma = pc/11) to [T] arrays on the same grid.
   A control that is -1 (unconditional, from the trainer or a generator) makes the
   metrics needing it nan; metrics with no frame to score are nan too.
 - `adherence_batch(ests, controls [B, T] each, tolerances per clip)` -> one dict per clip: `adherence`
@@ -64,11 +64,12 @@ from __future__ import annotations
 from pvtbuild.music.analysis.blas import one_blas_thread
 from pvtbuild.music.analysis.estimates import TIMBRE_HARMONICS, AnalysisParams, FrameEstimates
 from pvtbuild.music.analysis.labels import Tolerances, after_offsets, near_changes, note_segments
-from pvtbuild.music.analysis.scoring import SCORE_KEYS, adherence, adherence_batch
+from pvtbuild.music.analysis.scoring import SCORE_KEYS, SCORED_CONTROLS, adherence, adherence_batch
 from pvtbuild.music.analysis.timbre import timbre_distances, timbre_distances_batch
 from pvtbuild.music.analysis.tracker import analyse, analyse_batch
 from pvtbuild.music.analysis.yin import check_pitch_yin, pitch_yin
 
-__all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "analyse", "analyse_batch", "adherence",
-           "adherence_batch", "pitch_yin", "check_pitch_yin", "one_blas_thread", "timbre_distances",
-           "timbre_distances_batch", "TIMBRE_HARMONICS", "near_changes", "after_offsets", "note_segments"]
+__all__ = ["AnalysisParams", "Tolerances", "FrameEstimates", "SCORE_KEYS", "SCORED_CONTROLS", "analyse",
+           "analyse_batch", "adherence", "adherence_batch", "pitch_yin", "check_pitch_yin", "one_blas_thread",
+           "timbre_distances", "timbre_distances_batch", "TIMBRE_HARMONICS", "near_changes", "after_offsets",
+           "note_segments"]

@@ -144,6 +144,4 @@ def nearest_offset(targets: np.ndarray, found: np.ndarray) -> np.ndarray:
     tie; inf when nothing was found."""
     if len(found) == 0:
         return np.full(len(targets), np.inf)
-    j = np.minimum(np.searchsorted(found, targets), len(found) - 1)
-    before, after = found[np.maximum(j - 1, 0)] - targets, found[j] - targets
-    return np.where(np.abs(before) <= np.abs(after), before, after)
+    return found[_nearest_index(targets, found)] - targets

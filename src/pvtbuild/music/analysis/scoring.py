@@ -21,6 +21,8 @@ SCORE_KEYS: tuple[str, ...] = (
     "onset_offset_ms", "onset_abs_ms", "onset_match", "missing_notes", "notes", "sound_beyond_label",
     "label_beyond_sound", "harmonicity", "peak_db", "frames_scored", "label_lag_ms", "change_lag_ms", "switch_lag_ms",
     "pitch_frames", "held_frames", "quiet_frames")
+# the control arrays the scores read (as stored; any may be missing or -1), in the order callers read them
+SCORED_CONTROLS: tuple[str, ...] = ("voiced", "pitch", "chroma", "velocity")
 # a held note whose core starts with this long a silence is missing (`_score_notes`): on the Lakh clips CREPE finds
 # right, a core's leading silence (a slow attack) stays under 0.16 s (12 frames), and 2 of 1177 clips reach 0.107 s
 LEAD_SILENT_S = 0.2
@@ -67,8 +69,8 @@ def adherence_batch(ests: Sequence[FrameEstimates], controls: Mapping[str, np.nd
     for k in np.flatnonzero(finite.any(axis=1)):
         out[k]["peak_db"] = float(peak[k])
     labels: dict[str, np.ndarray] = {}
-    given = np.zeros((b, len(_CONTROLS)), dtype=bool)  # per clip: the control is there and not -1
-    for j, name in enumerate(_CONTROLS):
+    given = np.zeros((b, len(SCORED_CONTROLS)), dtype=bool)  # per clip: the control is there and not -1
+    for j, name in enumerate(SCORED_CONTROLS):
         if name in controls:
             a = np.asarray(controls[name], dtype=np.float64).reshape(b, -1)
             if a.shape[1] != n:
@@ -78,12 +80,9 @@ def adherence_batch(ests: Sequence[FrameEstimates], controls: Mapping[str, np.nd
     patterns, group = np.unique(given, axis=0, return_inverse=True)
     for g, pattern in enumerate(patterns):
         rows = np.flatnonzero(group.reshape(-1) == g)
-        have = {name: labels[name][rows] for name, ok in zip(_CONTROLS, pattern) if ok}
+        have = {name: labels[name][rows] for name, ok in zip(SCORED_CONTROLS, pattern) if ok}
         _score_group(out, rows, [ests[k] for k in rows], have, [tolerances[k] for k in rows])
     return out
-
-
-_CONTROLS = ("voiced", "pitch", "chroma", "velocity")
 
 
 def _score_group(out: list[dict[str, float]], rows: np.ndarray, ests: list[FrameEstimates],
