@@ -14,7 +14,7 @@ from test_train_loop import TRAIN_CONFIGS, config, log_rows, quiet
 from pvtbuild.cli import cli
 from pvtbuild.errors import ConfigError, InputError
 from pvtbuild.train.build import build_backbone, build_formalism
-from pvtbuild.train.checkpoint import load_checkpoint
+from pvtbuild.train.checkpoint import ema_weights, load_checkpoint
 from pvtbuild.train.data import Position, ToySource
 from pvtbuild.train.guidance import Controls
 from pvtbuild.train.loop import Resume, TrainOptions, accumulated_backward, ema_beta, lr_factor, train
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _distance(a: dict, b: dict) -> float:
     return math.sqrt(sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in b))
-
-
-def _ema_weights(state: dict) -> dict:
-    return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
 
 
 # --- EMA warm-up ------------------------------------------------------------------------------
@@ -54,8 +50,8 @@ def test_with_the_rampup_the_ema_at_step_10_no_longer_holds_the_first_weights(tm
     assert torch.equal(plain["model"]["inp.weight"], ramped["model"]["inp.weight"])  # the EMA changes no step
     moved = _distance(ramped["model"], first)
     assert moved > 0
-    assert _distance(_ema_weights(ramped), ramped["model"]) < 0.2 * moved
-    assert _distance(_ema_weights(plain), first) < 0.01 * moved
+    assert _distance(ema_weights(ramped["ema"]), ramped["model"]) < 0.2 * moved
+    assert _distance(ema_weights(plain["ema"]), first) < 0.01 * moved
 
 
 def test_the_ema_rampup_resumes_exactly(tmp_path):

@@ -117,6 +117,14 @@ def restoring(path: Path, what: str) -> Iterator[None]:
                          f"together ({type(e).__name__}: {reason})") from None
 
 
+def ema_weights(ema: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone's weights inside a checkpoint's `ema` (an `AveragedModel` state: `module.` keys, and
+    `n_averaged` left out), named as the backbone's `state_dict`: what sampling loads and `export` writes
+    (contiguous, as safetensors requires)."""
+    prefix = "module."
+    return {k[len(prefix):]: v.contiguous() for k, v in ema.items() if k.startswith(prefix)}
+
+
 def rng_state() -> dict[str, Any]:
     """torch's global RNG states (CPU and every CUDA device)."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}

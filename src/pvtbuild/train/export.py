@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from pvtbuild.dataset.layout import DATASET_JSON
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.train.checkpoint import RUN_JSON, load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.checkpoint import RUN_JSON, ema_weights, load_checkpoint, resolve_checkpoint, restoring
 from pvtbuild.train.config import train_config_from_dict
 
 EXPORT_JSON = "export.json"
@@ -59,7 +59,7 @@ def export_run(checkpoint: str | Path, out: Path, data: Path | None = None) -> P
     state = load_checkpoint(path)
     with restoring(path, "export"):
         cfg = train_config_from_dict(state["config"])
-        weights = _ema_weights(state["ema"])
+        weights = ema_weights(state["ema"])
     dataset = _dataset_of(path, cfg.is_toy, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -125,12 +125,6 @@ def _read_record(folder: Path) -> dict[str, Any]:
         if not isinstance(record.get(key), kind):
             raise InputError(f"{path}: its {key} is missing or not a {kind.__name__}")
     return record
-
-
-def _ema_weights(ema: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The backbone's weights inside an `AveragedModel` state (`module.` keys; `n_averaged` left out)."""
-    prefix = "module."
-    return {k[len(prefix):]: v.contiguous() for k, v in ema.items() if k.startswith(prefix)}
 
 
 def _dataset_of(checkpoint: Path, toy: bool, data: Path | None) -> Path | None:

@@ -43,7 +43,7 @@ from pvtbuild.errors import ConfigError, InputError, PvtbuildError
 from pvtbuild.tools.decode import AudioDecoder, write_wav
 from pvtbuild.tools.inspection import draw_clip
 from pvtbuild.train.build import build_backbone, build_formalism
-from pvtbuild.train.checkpoint import RUN_JSON, load_checkpoint, resolve_checkpoint, restoring
+from pvtbuild.train.checkpoint import RUN_JSON, ema_weights, load_checkpoint, resolve_checkpoint, restoring
 from pvtbuild.train.conditioning import ControlRequest, ControlSpace, build_controls, model_controls
 from pvtbuild.train.config import TrainConfig, train_config_from_dict
 from pvtbuild.train.data import DatasetLayout, mix_seed
@@ -82,9 +82,8 @@ def load_for_sampling(checkpoint: str | Path, device: torch.device) -> Sampler:
                              device, exported=True)
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
-    prefix = "module."
-    ema = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    return build_sampler(path, state["config"], state["spec"], state["stats"], ema, int(state["step"]), device)
+    return build_sampler(path, state["config"], state["spec"], state["stats"], ema_weights(state["ema"]),
+                         int(state["step"]), device)
 
 
 def build_sampler(source: Path, config: dict[str, Any], s: dict[str, Any], stats: dict[str, Any],
