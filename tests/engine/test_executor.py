@@ -51,12 +51,15 @@ def worker_setup() -> dict:
             "daemon": multiprocessing.current_process().daemon}
 
 
+def demo_rows(items: list[int], status: str) -> list[ManifestRow]:
+    """A demo shard's rows: what `shard_task` records ("ok"), and `run_stage`'s rows of a failed shard."""
+    return [ManifestRow(str(x), "demo", status, {}, "p") for x in items]
+
+
 def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
     if 13 in items:
         raise ZeroDivisionError("unlucky item 13")
-    rows = [ManifestRow(str(x), "demo", "ok", {}, "p")
-            for x in items]
-    record = ShardRecord("demo", index, "", "", "p", rows)
+    record = ShardRecord("demo", index, "", "", "p", demo_rows(items, "ok"))
     write_record(Path(stage_dir), record)
     return record
 
@@ -160,14 +163,11 @@ def test_a_task_that_keeps_killing_its_worker_is_given_up_and_the_run_goes_on(lo
 
 def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(local, tmp_path):
     groups = [[1, 2], [13, 14], [5]]
-    def failed(group, status):
-        return [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
-
     def make(i, group):
         return Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
 
     summary = StageSummary("demo")
-    run_stage(local, tmp_path, "p", groups, make, failed, summary)
+    run_stage(local, tmp_path, "p", groups, make, demo_rows, summary)
 
     status = {r.id: r.status for r in read_manifest(tmp_path)}
     assert status == {"1": "ok", "2": "ok", "5": "ok", "13": "skipped: task failed: ZeroDivisionError: unlucky item 13",
@@ -177,7 +177,7 @@ def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(l
 
     groups[1] = [12, 14]  # the input was fixed: the next run redoes only the failed shard
     again = StageSummary("demo")
-    run_stage(local, tmp_path, "p", groups, make, failed, again)
+    run_stage(local, tmp_path, "p", groups, make, demo_rows, again)
     assert (again.ok, again.reused) == (2, 3)
     assert {r.status for r in read_manifest(tmp_path)} == {"ok"}
 
@@ -263,15 +263,12 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
     blocked.write_text("a file where the tasks expect their folder")
     stage_dir = tmp_path / "stage"
     stage_dir.mkdir()
-    def failed(group, status):
-        return [ManifestRow(str(x), "demo", status, {}, "p") for x in group]
-
     def make(i, group):
         return Task(f"env-{i}", write_into, (i, group, str(blocked)))
 
     with pytest.raises(PvtbuildError, match=r"^demo: its first 3 tasks all failed the same way, which is the "
                                             r"environment, not the input: NotADirectoryError: .*rerun when"):
-        run_stage(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, failed, StageSummary("demo"))
+        run_stage(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, demo_rows, StageSummary("demo"))
     assert list(stage_dir.iterdir()) == []  # no skipped rows: a rerun after the fix does every shard
 
 

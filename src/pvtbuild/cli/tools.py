@@ -1,4 +1,5 @@
-"""The tool commands: soundfont-audit, inspect. Each parses its options and calls one library function."""
+"""The tool commands: soundfont-audit, inspect. Each parses its options and calls one library function,
+imported when the command runs: loading the CLI (`pvtbuild --help`, any other command) needs neither."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import click
 
 from pvtbuild.cli.common import cli
 from pvtbuild.errors import PvtbuildError
-from pvtbuild.tools.audit import audit_soundfont, parse_programs
-from pvtbuild.tools.inspection import InspectOptions, inspect_dataset
 
 
 @cli.command("soundfont-audit")
@@ -25,6 +24,8 @@ def soundfont_audit(soundfont: str, programs: str, pitch_min: int, pitch_max: in
     Pitch within 30 cents, onset latency, loudness rising with velocity, no silence, no clipping,
     release length; prints a table and exits non-zero when a note fails (see audit.py).
     """
+    from pvtbuild.tools.audit import audit_soundfont, parse_programs  # noqa: PLC0415  (numpy, the synth)
+
     report = audit_soundfont(soundfont, parse_programs(programs, "--programs"), pitch_min, pitch_max,
                              parse_programs(velocities, "--velocities"))
     click.echo("\n".join(report.lines()))
@@ -48,5 +49,7 @@ def soundfont_audit(soundfont: str, programs: str, pitch_min: int, pitch_max: in
 def inspect(dataset: Path, verify: bool, plot_ids: tuple[str, ...], plot_random: int, wav_ids: tuple[str, ...],
             out_dir: Path, seed: int) -> None:
     """Summarise DATASET; optionally verify it, plot clips, export WAVs."""
+    from pvtbuild.tools.inspection import InspectOptions, inspect_dataset  # noqa: PLC0415  (the qa stage)
+
     for line in inspect_dataset(InspectOptions(dataset, verify, plot_ids, plot_random, wav_ids, out_dir, seed)):
         click.echo(line)
