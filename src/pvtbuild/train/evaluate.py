@@ -67,7 +67,7 @@ from pvtbuild.dataset import decode_record, iter_records, list_shards, read_shap
 from pvtbuild.encoders.encodec import EncodecEncoder, hub_checkpoint_path
 from pvtbuild.engine.manifest import atomic_write
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.music.analysis import adherence, analyse
+from pvtbuild.music.analysis import SCORED_CONTROLS, adherence, analyse
 from pvtbuild.music.controls import CONTROL_NAMES
 from pvtbuild.tools.decode import DECODABLE, AudioDecoder
 from pvtbuild.train.conditioning import RequestedControls, model_controls
@@ -160,8 +160,7 @@ def score_clip(audio: np.ndarray, sample_rate: int, controls: Mapping[str, np.nd
         # as the qa stage does: search +-13 semitones of the asked pitch, so a semitone or octave error still shows
         expected = np.where(np.asarray(controls["voiced"]) > 0.5, np.asarray(controls["pitch"]) * 127.0, np.nan)
     est = analyse(audio, sample_rate, float(grid.rate), int(grid.frames), float(grid.offset), expected_pitch=expected)
-    labels = {k: np.asarray(controls[k], dtype=np.float32) for k in ("voiced", "pitch", "chroma", "velocity")
-              if k in controls}
+    labels = {k: np.asarray(controls[k], dtype=np.float32) for k in SCORED_CONTROLS if k in controls}
     scores = adherence(est, labels)
     out = {new: float(scores[old]) for old, new in _ANALYSIS_NAMES.items()}
     out.update(tempo_scores(audio, sample_rate, controls.get("beat"), controls.get("bpm"), est.times, bpm_max))
