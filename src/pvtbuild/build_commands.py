@@ -18,8 +18,8 @@ from pvtbuild.config import PipelineConfig
 from pvtbuild.engine.summary import StageSummary
 from pvtbuild.errors import PvtbuildError
 from pvtbuild.pipeline import run_all, run_encode, run_qa, run_render, run_select, run_shard
-from pvtbuild.stages.qa import plot_failing, summary_lines
-from pvtbuild.stages.qa_output import read_summary
+from pvtbuild.stages.qa import plot_failing
+from pvtbuild.stages.qa_output import read_summary, summary_lines
 from pvtbuild.stages.select import SELECTION_NAME, write_selection
 
 

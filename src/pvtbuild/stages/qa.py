@@ -383,23 +383,6 @@ def summarise(rows: list[ManifestRow]) -> dict[str, Any]:
     return out
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """The summary as a few lines for people (`pvtbuild qa`, `pvtbuild inspect`, `make demo`)."""
-    if not report or not report.get("clips"):
-        return ["qa: no clip judged"]
-    lines = [f"qa: {report['passed']}/{report['clips']} clips pass ({100 * report['pass_rate']:.1f} %)"]
-    if report["failures"]:
-        lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
-    for inst, e in report["instruments"].items():
-        def pct(key: str) -> str:
-            return "-" if e.get(key) is None else f"{100 * e[key]:.1f}"
-        lines.append(f"  {inst:10s} {e['clips']:5d} clips, pass {pct('pass_rate')} %, "
-                     f"voiced {pct('voiced_agreement')} %, pitch class {pct('chroma_accuracy')} %, "
-                     f"octave {pct('octave_accuracy')} %, "
-                     f"loudness~velocity rho {e['loudness_velocity_spearman']}")
-    return lines
-
-
 # --- internals --------------------------------------------------------------------------
 
 

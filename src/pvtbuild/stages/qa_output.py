@@ -1,4 +1,5 @@
-"""Reading a build's qa output: its records and its summary, for the shard stage and the commands.
+"""Reading a build's qa output: its records and its summary (and the summary as lines for people), for the
+shard stage, the commands and `pvtbuild inspect`.
 
 The qa stage (`stages.qa`) writes them; the shard stage reads them to drop failing clips
 (`qa.drop_failing`) and to copy the summary into dataset.json, without importing that stage.
@@ -35,3 +36,20 @@ def qa_status(out: Path) -> dict[str, str]:
         raise PvtbuildError(f"{Path(out) / 'qa'}: no qa output to drop failing clips by; "
                             f"run `pvtbuild qa --out {out}` first")
     return {r.id: r.status for rec in stage.records for r in rec.rows}
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The summary as a few lines for people (`pvtbuild qa`, `pvtbuild inspect`, `make demo`)."""
+    if not report or not report.get("clips"):
+        return ["qa: no clip judged"]
+    lines = [f"qa: {report['passed']}/{report['clips']} clips pass ({100 * report['pass_rate']:.1f} %)"]
+    if report["failures"]:
+        lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
+    for inst, e in report["instruments"].items():
+        def pct(key: str) -> str:
+            return "-" if e.get(key) is None else f"{100 * e[key]:.1f}"
+        lines.append(f"  {inst:10s} {e['clips']:5d} clips, pass {pct('pass_rate')} %, "
+                     f"voiced {pct('voiced_agreement')} %, pitch class {pct('chroma_accuracy')} %, "
+                     f"octave {pct('octave_accuracy')} %, "
+                     f"loudness~velocity rho {e['loudness_velocity_spearman']}")
+    return lines

@@ -39,7 +39,7 @@ from pvtbuild.dataset import (
 from pvtbuild.dataset.layout import SPLITS
 from pvtbuild.engine.manifest import atomic_write, check_writable
 from pvtbuild.errors import InputError, PvtbuildError
-from pvtbuild.stages.qa import summary_lines as qa_lines
+from pvtbuild.stages.qa_output import summary_lines as qa_lines
 from pvtbuild.tools.decode import AudioDecoder, write_wav
 
 SPECTRAL = ("cqt", "audio", "encodec", "disc")  # what the top panel of a plot shows, best first
