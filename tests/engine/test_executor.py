@@ -1,7 +1,7 @@
 """The executor on a real local dask cluster (worker processes under nannies) and in-process:
 results, failures (a raising task, a task that kills its worker), worker setup, and errors
-that must be one line. The stage failure path (`stage.run_stage`) is checked here too, on the
-same cluster."""
+that must be one line. The stage failure path (`planning.plan_stage` run by `run_stages`) is checked here
+too, on the same cluster."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pvtbuild.engine import processes
 from pvtbuild.engine.cluster import ALLOWED_FAILURES, dask_settings
 from pvtbuild.engine.executor import Executor, open_executor
 from pvtbuild.engine.manifest import ManifestRow
-from pvtbuild.engine.planning import run_stage
+from pvtbuild.engine.planning import each_shard, plan_stage, run_stages
 from pvtbuild.engine.processes import WORKER_ENV, cores, prepare_process
 from pvtbuild.engine.stage_files import ShardRecord, read_manifest, write_record
 from pvtbuild.engine.summary import StageSummary
@@ -52,8 +52,13 @@ def worker_setup() -> dict:
 
 
 def demo_rows(items: list[int], status: str) -> list[ManifestRow]:
-    """A demo shard's rows: what `shard_task` records ("ok"), and `run_stage`'s rows of a failed shard."""
+    """A demo shard's rows: what `shard_task` records ("ok"), and the planner's rows of a failed shard."""
     return [ManifestRow(str(x), "demo", status, {}, "p") for x in items]
+
+
+def run_alone(executor: Executor, stage_dir, params, groups, make, failed_rows, summary) -> None:
+    """One stage alone, one task per unfinished shard (`make(i, group)`), as a stage plans and runs it."""
+    run_stages(executor, [plan_stage(stage_dir, params, groups, each_shard(make), failed_rows, summary)])
 
 
 def shard_task(index: int, items: list[int], stage_dir: str) -> ShardRecord:
@@ -167,7 +172,7 @@ def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(l
         return Task(f"demo-{i}", shard_task, (i, group, str(tmp_path)))
 
     summary = StageSummary("demo")
-    run_stage(local, tmp_path, "p", groups, make, demo_rows, summary)
+    run_alone(local, tmp_path, "p", groups, make, demo_rows, summary)
 
     status = {r.id: r.status for r in read_manifest(tmp_path)}
     assert status == {"1": "ok", "2": "ok", "5": "ok", "13": "skipped: task failed: ZeroDivisionError: unlucky item 13",
@@ -177,7 +182,7 @@ def test_a_failed_shard_is_recorded_as_skipped_rows_and_redone_by_the_next_run(l
 
     groups[1] = [12, 14]  # the input was fixed: the next run redoes only the failed shard
     again = StageSummary("demo")
-    run_stage(local, tmp_path, "p", groups, make, demo_rows, again)
+    run_alone(local, tmp_path, "p", groups, make, demo_rows, again)
     assert (again.ok, again.reused) == (2, 3)
     assert {r.status for r in read_manifest(tmp_path)} == {"ok"}
 
@@ -268,7 +273,7 @@ def test_a_stage_whose_first_tasks_all_fail_the_same_way_stops_the_run_and_recor
 
     with pytest.raises(PvtbuildError, match=r"^demo: its first 3 tasks all failed the same way, which is the "
                                             r"environment, not the input: NotADirectoryError: .*rerun when"):
-        run_stage(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, demo_rows, StageSummary("demo"))
+        run_alone(local, stage_dir, "p", [[1], [2], [3], [4], [5]], make, demo_rows, StageSummary("demo"))
     assert list(stage_dir.iterdir()) == []  # no skipped rows: a rerun after the fix does every shard
 
 
@@ -279,6 +284,6 @@ def test_a_temporary_that_a_killed_worker_left_is_gone_when_the_stage_finishes(t
     def make(i, group):
         return Task(f"demo-{i}", dies_mid_write, (i, group, str(tmp_path)))
 
-    run_stage(Executor(None, "in-process"), tmp_path, "p", [[1], [2]], make, failed, StageSummary("demo"))
+    run_alone(Executor(None, "in-process"), tmp_path, "p", [[1], [2]], make, failed, StageSummary("demo"))
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl", "shard-00000.json", "shard-00001.json"]

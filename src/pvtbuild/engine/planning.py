@@ -170,16 +170,6 @@ def run_stages(executor: Executor, runs: list[StageRun]) -> list["StageSummary"]
     return [run.finish() for run in runs]
 
 
-def run_stage(executor: Executor, stage_dir: Path, params: str, groups: list[Any],
-              make_task: Callable[[int, Any], Task], failed_rows: Callable[[Any, str], list[ManifestRow]],
-              summary: "StageSummary", unit: str = "shard",
-              inputs_of: Callable[[Any], str] | None = None) -> dict[int, ShardRecord]:
-    """One stage alone, one task per unfinished shard (`make_task(i, group)`); every shard's record, old and new."""
-    run = plan_stage(stage_dir, params, groups, each_shard(make_task), failed_rows, summary, unit, inputs_of)
-    run_stages(executor, [run])
-    return run.records
-
-
 def _gist(reason: str) -> str:
     """A failure reason without what names the input (quoted paths, numbers): equal gists, same cause."""
     return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "#", reason)
